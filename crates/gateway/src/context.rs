@@ -1,0 +1,72 @@
+//! The shared state every task receives as an `Arc<Context>`: configuration (behind an
+//! `ArcSwap` so a reload swaps it atomically), the upstream pool, metrics, the drain signal and
+//! the id counters. There is no other shared state: no globals.
+
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bson::oid::ObjectId;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::upstream::{Pool, PoolSettings};
+
+/// Shared state of one running gateway.
+#[derive(Debug)]
+pub struct Context {
+    /// The configuration in force.
+    pub config: ArcSwap<Config>,
+    /// Upstream connections.
+    pub pool: Arc<Pool>,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the gateway starts draining.
+    pub draining: watch::Receiver<bool>,
+    /// Identifies this gateway process to load-balanced drivers (`serviceId`).
+    pub service_id: ObjectId,
+    connection_ids: AtomicI64,
+    reply_ids: AtomicI32,
+}
+
+impl Context {
+    /// Builds the context for a validated configuration.
+    pub fn new(config: Config, draining: watch::Receiver<bool>) -> Arc<Context> {
+        let metrics = Arc::new(Metrics::default());
+        let settings = PoolSettings {
+            upstream: config.upstream().clone(),
+            size: config.pool_size,
+            max_pinned: config.pinned_limit(),
+            checkout_timeout: config.checkout_timeout,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        Arc::new(Context {
+            pool: Pool::new(settings, metrics.clone()),
+            config: ArcSwap::from_pointee(config),
+            metrics,
+            draining,
+            service_id: ObjectId::new(),
+            connection_ids: AtomicI64::new(0),
+            reply_ids: AtomicI32::new(0),
+        })
+    }
+
+    /// A fresh `connectionId` for the handshake reply.
+    pub fn next_connection_id(&self) -> i64 {
+        self.connection_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A requestID for a reply the gateway sends to a client.
+    pub fn next_reply_id(&self) -> i32 {
+        self.reply_ids
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+    }
+
+    /// Whether the gateway is draining.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}

@@ -1,0 +1,32 @@
+//! The mongomux gateway: it speaks the MongoDB wire protocol to any official driver, answers the
+//! handshake itself as a mongos, and multiplexes many client connections over a small, bounded
+//! pool of authenticated upstream connections.
+//!
+//! Module map, from the socket inwards:
+//! - [`server`]: listener, client limit, descriptor exhaustion, drain.
+//! - [`session`]: one task per client connection; what is answered locally, what is forwarded.
+//! - [`handshake`]: the gateway's own `hello`.
+//! - [`request`]: the routing fields read from each command.
+//! - [`routing`]: per-client cursors, sessions and pinned transactions.
+//! - [`upstream`]: authenticated upstream connections and the bounded pool.
+//! - [`framed`]: whole messages out of a byte stream, with length checks.
+//! - [`config`], [`metrics`], [`error`]: settings, Prometheus metrics, the error-to-reply mapping.
+//!
+//! State shared between tasks lives in one [`Context`] passed as an `Arc`; there are no globals.
+
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod framed;
+pub mod handshake;
+pub mod metrics;
+pub mod request;
+pub mod routing;
+pub mod server;
+pub mod session;
+pub mod upstream;
+
+pub use config::Config;
+pub use context::Context;
+pub use error::GatewayError;
+pub use server::Gateway;

@@ -1,0 +1,193 @@
+//! The listener, the accept loop and the drain.
+//!
+//! Owns the client limit (a semaphore whose permits travel with each session task, so "all
+//! permits back" means "no client left") and the reaction to running out of file descriptors:
+//! a spare descriptor is kept open so that, at the limit, the gateway can still accept and
+//! immediately close a new client instead of spinning on EMFILE, while existing clients carry on.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::error::GatewayError;
+use crate::{metrics, session};
+
+/// Least time between two warnings about refused clients.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// A bound, not yet running gateway.
+pub struct Gateway {
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    drain_tx: watch::Sender<bool>,
+    clients: Arc<Semaphore>,
+}
+
+impl Gateway {
+    /// Validates nothing further (see [`Config::finish`]) and binds the sockets.
+    pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            GatewayError::Config(format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                GatewayError::Config(format!("cannot listen on {addr} for metrics: {e}"))
+            })?),
+            None => None,
+        };
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let clients = Arc::new(Semaphore::new(config.max_clients));
+        Ok(Gateway {
+            ctx: Context::new(config, drain_rx),
+            listener,
+            metrics_listener,
+            drain_tx,
+            clients,
+        })
+    }
+
+    /// The client address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    /// The metrics address actually bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound socket has an address"))
+    }
+
+    /// The shared context (for tests and embedding).
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, lets in-flight
+    /// operations finish, closes idle clients, and returns when none is left or at the drain
+    /// deadline.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Gateway {
+            ctx,
+            listener,
+            metrics_listener,
+            drain_tx,
+            clients,
+        } = self;
+        if let Some(l) = metrics_listener {
+            tokio::spawn(metrics::serve(l, ctx.metrics.clone(), ctx.draining.clone()));
+        }
+        tokio::spawn(reaper(ctx.clone()));
+        tokio::spawn({
+            let ctx = ctx.clone();
+            async move { crate::handshake::ensure_upstream_info(&ctx).await }
+        });
+        accept_loop(&ctx, listener, &clients, shutdown).await;
+        let _ = drain_tx.send(true);
+        let max = ctx.config.load().max_clients as u32;
+        let deadline = ctx.config.load().drain_timeout;
+        let in_flight = max as usize - clients.available_permits();
+        tracing::info!(clients = in_flight, "draining");
+        match tokio::time::timeout(deadline, clients.acquire_many(max)).await {
+            Ok(_) => tracing::info!("drained: no client left"),
+            Err(_) => tracing::warn!(
+                clients = max as usize - clients.available_permits(),
+                "drain deadline reached; closing remaining clients"
+            ),
+        }
+        ctx.pool.close_idle();
+    }
+}
+
+async fn accept_loop(
+    ctx: &Arc<Context>,
+    listener: TcpListener,
+    clients: &Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    let mut last_warn: Option<Instant> = None;
+    let mut warn = |msg: &str, peer: Option<SocketAddr>| {
+        if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            last_warn = Some(Instant::now());
+            tracing::warn!(peer = ?peer, "{msg}");
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => match clients.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(session::run(ctx.clone(), stream, peer, permit));
+                }
+                Err(_) => {
+                    ctx.metrics
+                        .client_connections_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn(
+                        "max-clients reached; refusing new client connections",
+                        Some(peer),
+                    );
+                    drop(stream);
+                }
+            },
+            Err(e) if is_fd_exhaustion(&e) => {
+                // Free the spare descriptor to accept and close the waiting client, so it
+                // learns now instead of hanging in the backlog.
+                ctx.metrics
+                    .client_connections_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                warn(
+                    "file descriptor limit reached; refusing new client connections",
+                    None,
+                );
+                drop(spare.take());
+                if let Ok((stream, _)) = listener.accept().await {
+                    refuse(stream);
+                }
+                spare = std::fs::File::open("/dev/null").ok();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn refuse(stream: TcpStream) {
+    drop(stream);
+}
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    // EMFILE (24): process limit; ENFILE (23): system limit.
+    matches!(e.raw_os_error(), Some(23) | Some(24))
+}
+
+/// Closes idle upstream connections past their idle timeout.
+async fn reaper(ctx: Arc<Context>) {
+    let every = (ctx.config.load().idle_timeout / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut draining = ctx.draining.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => ctx.pool.reap_idle(),
+            _ = draining.changed() => return,
+        }
+    }
+}

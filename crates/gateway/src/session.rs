@@ -1,0 +1,461 @@
+//! One client connection: a task that owns the client socket, reads whole messages, answers
+//! what the gateway answers itself (handshake, ping, errors) and forwards the rest through the
+//! pool, and on exit releases everything the client held upstream.
+//!
+//! The client's byte stream is trusted only as far as framing holds: a message that frames but
+//! does not decode gets an error reply and the connection carries on; a length prefix out of
+//! range means message boundaries are lost, so the connection gets one error reply (when a
+//! requestID is known) and is closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bson::{doc, Document, RawDocument};
+use bytes::{Bytes, BytesMut};
+use mongomux_wire::{
+    encode_op_msg, encode_op_reply, rewrite_ids, strip_checksum, Header, MsgFlags, OpCode,
+    OpCompressed, OpMsg, OpQuery, MAX_MESSAGE_SIZE, REPLY_QUERY_FAILURE,
+};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::context::Context;
+use crate::error::GatewayError;
+use crate::framed::{FrameError, Framed};
+use crate::handshake::{ensure_upstream_info, hello_reply, is_hello, ping_reply};
+use crate::request::{as_i64, reply_cursor, reply_error_code, RequestInfo};
+use crate::routing::{ClientState, Pinned};
+
+/// What to do after handling one message.
+enum Outcome {
+    /// Send these bytes.
+    Reply(Bytes),
+    /// Send nothing (moreToCome requests).
+    Silent,
+}
+
+/// A connected client.
+struct Session {
+    ctx: Arc<Context>,
+    framed: Framed<TcpStream>,
+    peer: SocketAddr,
+    connection_id: i64,
+    handshaken: bool,
+    state: ClientState,
+}
+
+/// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
+pub async fn run(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = stream.set_nodelay(true);
+    ctx.metrics.client_connections.fetch_add(1, Relaxed);
+    ctx.metrics.client_connections_total.fetch_add(1, Relaxed);
+    let mut session = Session {
+        connection_id: ctx.next_connection_id(),
+        framed: Framed::new(stream, MAX_MESSAGE_SIZE),
+        ctx: ctx.clone(),
+        peer,
+        handshaken: false,
+        state: ClientState::default(),
+    };
+    tracing::debug!(peer = %peer, conn = session.connection_id, "client connected");
+    session.serve().await;
+    session.framed.shutdown().await;
+    let Session { state, .. } = session;
+    state.teardown(&ctx).await;
+    ctx.metrics.client_connections.fetch_sub(1, Relaxed);
+    tracing::debug!(peer = %peer, "client disconnected");
+}
+
+impl Session {
+    async fn serve(&mut self) {
+        let mut draining = self.ctx.draining.clone();
+        let handshake_deadline =
+            tokio::time::Instant::now() + self.ctx.config.load().handshake_timeout;
+        loop {
+            if self.ctx.is_draining() {
+                return;
+            }
+            let read = tokio::select! {
+                r = self.framed.read_frame() => r,
+                _ = draining.changed() => return,
+                _ = tokio::time::sleep_until(handshake_deadline), if !self.handshaken => {
+                    tracing::debug!(peer = %self.peer, "no handshake before the deadline; closing");
+                    return;
+                }
+            };
+            let frame = match read {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(FrameError::Wire(e)) => {
+                    self.refuse_stream(GatewayError::Protocol(e)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "client read failed");
+                    return;
+                }
+            };
+            // Any message counts: the handshake deadline only guards silent sockets.
+            self.handshaken = true;
+            match self.handle(frame).await {
+                Outcome::Reply(bytes) => {
+                    if self.framed.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Outcome::Silent => {}
+            }
+        }
+    }
+
+    /// Answers a message whose length prefix cannot be trusted, then the caller closes.
+    async fn refuse_stream(&mut self, e: GatewayError) {
+        tracing::debug!(peer = %self.peer, error = %e, "unframeable client message");
+        let buffered = self.framed.buffered();
+        if buffered.len() >= 8 {
+            let request_id = i32::from_le_bytes(buffered[4..8].try_into().expect("4 bytes"));
+            if let Outcome::Reply(bytes) = self.error(request_id, e, false) {
+                let _ = self.framed.write_all(&bytes).await;
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: BytesMut) -> Outcome {
+        let header = match Header::parse(&frame) {
+            Ok(h) => h,
+            Err(e) => return self.error(0, e.into(), false),
+        };
+        match header.op_code {
+            OpCode::Msg => self.handle_msg(frame).await,
+            OpCode::Query => self.handle_query(&frame).await,
+            OpCode::Compressed => {
+                let inner = OpCompressed::parse(&frame).and_then(|c| c.decompress_noop());
+                match inner {
+                    Ok(inner) => match Header::parse(&inner).map(|h| h.op_code) {
+                        Ok(OpCode::Msg) => self.handle_msg(BytesMut::from(&inner[..])).await,
+                        Ok(OpCode::Query) => self.handle_query(&inner).await,
+                        _ => self.error(
+                            header.request_id,
+                            GatewayError::BadCommand(
+                                "OP_COMPRESSED wraps an unsupported opcode".into(),
+                            ),
+                            false,
+                        ),
+                    },
+                    Err(e) => self.error(header.request_id, e.into(), false),
+                }
+            }
+            other => self.error(
+                header.request_id,
+                GatewayError::NotSupported(format!("unsupported opcode {}", other.as_i32())),
+                false,
+            ),
+        }
+    }
+
+    async fn handle_msg(&mut self, frame: BytesMut) -> Outcome {
+        let parsed = OpMsg::parse(&frame).map_err(GatewayError::from);
+        let req = parsed.and_then(|m| RequestInfo::from_msg(&m));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                let header = Header::parse(&frame).expect("framed messages have a header");
+                let more = frame.len() >= 20
+                    && u32::from_le_bytes(frame[16..20].try_into().expect("4 bytes"))
+                        & MsgFlags::MORE_TO_COME
+                        != 0;
+                if more {
+                    return Outcome::Silent;
+                }
+                return self.error(header.request_id, e, false);
+            }
+        };
+        self.ctx.metrics.count_op(&req.command);
+        match req.command.as_str() {
+            name if is_hello(name) => {
+                ensure_upstream_info(&self.ctx).await;
+                let msg = OpMsg::parse(&frame).expect("parsed above");
+                let reply = hello_reply(&self.ctx, name, msg.body, self.connection_id);
+                self.reply(req.request_id, &reply)
+            }
+            "ping" => self.reply(req.request_id, &ping_reply()),
+            "saslStart" | "saslContinue" | "authenticate" => self.error(
+                req.request_id,
+                GatewayError::NotSupported(
+                    "client authentication is not enabled on this gateway; connect without credentials".into(),
+                ),
+                false,
+            ),
+            "getMore" => match req.get_more_id {
+                Some(id) if self.state.owns_cursor(id) => self.forward(frame, &req).await,
+                Some(id) => self.error(req.request_id, GatewayError::CursorNotFound(id), false),
+                None => self.error(
+                    req.request_id,
+                    GatewayError::BadCommand("getMore needs an integer cursor id".into()),
+                    false,
+                ),
+            },
+            "killCursors" => self.kill_cursors(frame, &req).await,
+            "endSessions" => self.end_sessions(frame, &req).await,
+            _ => self.forward(frame, &req).await,
+        }
+    }
+
+    /// Forwards a request upstream and relays the reply, keeping the routing table current.
+    async fn forward(&mut self, mut frame: BytesMut, req: &RequestInfo) -> Outcome {
+        if let Some(lsid) = &req.lsid {
+            self.state.note_session(lsid);
+        }
+        let in_txn = req.in_transaction;
+        let pinned = match (&req.lsid, in_txn) {
+            (Some(lsid), true) => self.state.take_pinned(lsid.as_bytes()),
+            _ => None,
+        };
+        let mut conn = match pinned {
+            Some(p) => p.conn,
+            None => {
+                let checkout = if in_txn && req.start_transaction {
+                    self.ctx.pool.checkout_pinned().await
+                } else {
+                    self.ctx.pool.checkout().await
+                };
+                match checkout {
+                    Ok(c) => c,
+                    Err(e) => return self.error(req.request_id, e, in_txn),
+                }
+            }
+        };
+        // Exhaust replies cannot be multiplexed; the gateway never lets the upstream stream.
+        let (_, len) = strip_checksum(&mut frame, MsgFlags::EXHAUST_ALLOWED);
+        frame.truncate(len);
+        if req.more_to_come {
+            if conn.conn().send(&mut frame).await.is_ok() {
+                self.keep_or_release(conn, req);
+            }
+            return Outcome::Silent;
+        }
+        let started = Instant::now();
+        let result = conn.conn().round_trip(&mut frame).await;
+        self.ctx.metrics.upstream_latency.observe(started.elapsed());
+        let mut reply = match result {
+            // Dropping `conn` here closes it: its state is unknown.
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "upstream exchange failed");
+                return self.error(req.request_id, e, in_txn);
+            }
+        };
+        let meta = conn.conn().meta.clone();
+        self.keep_or_release(conn, req);
+        if let Ok(msg) = OpMsg::parse(&reply) {
+            self.track_reply(msg.body, req, &meta);
+        }
+        let (_, len) = strip_checksum(&mut reply, 0);
+        reply.truncate(len);
+        rewrite_ids(&mut reply, self.ctx.next_reply_id(), req.request_id);
+        Outcome::Reply(reply.freeze())
+    }
+
+    /// After a clean exchange: keep a transaction's connection pinned until the transaction
+    /// ends, otherwise return it to the pool.
+    fn keep_or_release(&mut self, conn: crate::upstream::PooledConn, req: &RequestInfo) {
+        match (&req.lsid, req.txn_number) {
+            (Some(lsid), Some(txn_number))
+                if req.in_transaction && !req.ends_transaction() && conn.is_pinned() =>
+            {
+                self.state.pin(Pinned {
+                    conn,
+                    txn_number,
+                    lsid: lsid.clone(),
+                })
+            }
+            _ => conn.release(),
+        }
+    }
+
+    /// Records cursors opened, exhausted or lost according to a reply.
+    fn track_reply(
+        &mut self,
+        body: &RawDocument,
+        req: &RequestInfo,
+        meta: &Arc<crate::upstream::ConnMeta>,
+    ) {
+        if let Some(id) = req.get_more_id {
+            let gone = match reply_cursor(body) {
+                Some((next, _)) => next == 0,
+                None => reply_error_code(body).is_some(),
+            };
+            if gone {
+                self.state.remove_cursor(&self.ctx, id);
+            }
+            return;
+        }
+        if let Some((id, ns)) = reply_cursor(body) {
+            self.state.add_cursor(&self.ctx, id, ns, meta);
+        }
+    }
+
+    /// killCursors: only the client's own cursors reach the upstream; the others are reported
+    /// as not found, exactly as a server reports unknown ids.
+    async fn kill_cursors(&mut self, frame: BytesMut, req: &RequestInfo) -> Outcome {
+        let msg = OpMsg::parse(&frame).expect("parsed before");
+        let Ok(ids) = msg.body.get_array("cursors") else {
+            return self.error(
+                req.request_id,
+                GatewayError::BadCommand("killCursors needs a cursors array".into()),
+                false,
+            );
+        };
+        let ids: Vec<i64> = ids
+            .into_iter()
+            .filter_map(|v| v.ok().and_then(as_i64))
+            .collect();
+        let (owned, foreign): (Vec<i64>, Vec<i64>) =
+            ids.into_iter().partition(|id| self.state.owns_cursor(*id));
+        if foreign.is_empty() {
+            for id in &owned {
+                self.state.remove_cursor(&self.ctx, *id);
+            }
+            return self.forward(frame, req).await;
+        }
+        let coll = msg.body.get_str("killCursors").unwrap_or("").to_string();
+        let mut reply = doc! {
+            "cursorsKilled": [], "cursorsNotFound": foreign.clone(),
+            "cursorsAlive": [], "cursorsUnknown": [], "ok": 1.0,
+        };
+        if !owned.is_empty() {
+            for id in &owned {
+                self.state.remove_cursor(&self.ctx, *id);
+            }
+            let kill = doc! { "killCursors": coll, "cursors": owned, "$db": &req.db };
+            let mut conn = match self.ctx.pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => return self.error(req.request_id, e, false),
+            };
+            match conn.conn().command(&kill).await {
+                Ok(up) => {
+                    conn.release();
+                    for key in ["cursorsKilled", "cursorsAlive", "cursorsUnknown"] {
+                        if let Ok(v) = up.get_array(key) {
+                            reply.insert(key, v.clone());
+                        }
+                    }
+                    let mut not_found: Vec<bson::Bson> =
+                        up.get_array("cursorsNotFound").cloned().unwrap_or_default();
+                    not_found.extend(foreign.into_iter().map(bson::Bson::Int64));
+                    reply.insert("cursorsNotFound", not_found);
+                }
+                Err(e) => return self.error(req.request_id, e, false),
+            }
+        }
+        if req.more_to_come {
+            return Outcome::Silent;
+        }
+        self.reply(req.request_id, &reply)
+    }
+
+    /// endSessions: forwarded when the upstream knows sessions; always answered `ok`, since a
+    /// session the upstream never saw is simply gone either way.
+    async fn end_sessions(&mut self, frame: BytesMut, req: &RequestInfo) -> Outcome {
+        if let Ok(msg) = OpMsg::parse(&frame) {
+            if let Ok(ids) = msg.body.get_array("endSessions") {
+                for lsid in ids.into_iter().flatten() {
+                    if let Some(d) = lsid.as_document() {
+                        self.state.forget_session(d.as_bytes());
+                    }
+                }
+            }
+        }
+        let _ = self.forward(frame, req).await;
+        if req.more_to_come {
+            return Outcome::Silent;
+        }
+        self.reply(req.request_id, &doc! { "ok": 1.0 })
+    }
+
+    /// Legacy OP_QUERY: only the handshake is served, as servers since 5.1 do.
+    async fn handle_query(&mut self, frame: &[u8]) -> Outcome {
+        let q = match OpQuery::parse(frame) {
+            Ok(q) => q,
+            Err(e) => {
+                let id = Header::parse(frame).map(|h| h.request_id).unwrap_or(0);
+                return self.legacy_error(id, GatewayError::from(e), true);
+            }
+        };
+        let mut cmd = q.query;
+        // Old drivers wrap commands in `$query` when they add read preferences.
+        if let Ok(inner) = cmd.get_document("$query") {
+            cmd = inner;
+        }
+        let name = match cmd.iter().next() {
+            Some(Ok((k, _))) => k.to_string(),
+            _ => String::new(),
+        };
+        self.ctx.metrics.count_op(&name);
+        if q.is_command() && is_hello(&name) {
+            ensure_upstream_info(&self.ctx).await;
+            let reply = hello_reply(&self.ctx, &name, cmd, self.connection_id);
+            let bytes = bson::to_vec(&reply).expect("hello reply encodes");
+            return Outcome::Reply(Bytes::from(encode_op_reply(
+                self.ctx.next_reply_id(),
+                q.header.request_id,
+                0,
+                &[&bytes],
+            )));
+        }
+        let what = if name.is_empty() {
+            "query".to_string()
+        } else {
+            name
+        };
+        self.legacy_error(
+            q.header.request_id,
+            GatewayError::UnsupportedOpQuery(what),
+            !q.is_command(),
+        )
+    }
+
+    fn legacy_error(&self, request_id: i32, e: GatewayError, query_failure: bool) -> Outcome {
+        self.ctx.metrics.count_error(e.code().0);
+        let mut body = e.to_reply(false);
+        let flags = if query_failure {
+            body.insert("$err", e.to_string());
+            REPLY_QUERY_FAILURE
+        } else {
+            0
+        };
+        let bytes = bson::to_vec(&body).expect("error reply encodes");
+        Outcome::Reply(Bytes::from(encode_op_reply(
+            self.ctx.next_reply_id(),
+            request_id,
+            flags,
+            &[&bytes],
+        )))
+    }
+
+    fn reply(&self, request_id: i32, body: &Document) -> Outcome {
+        let bytes = bson::to_vec(body).expect("gateway replies encode");
+        Outcome::Reply(Bytes::from(encode_op_msg(
+            self.ctx.next_reply_id(),
+            request_id,
+            0,
+            &bytes,
+            &[],
+        )))
+    }
+
+    /// The error reply for `e`; the mapping itself lives in [`GatewayError::to_reply`].
+    fn error(&self, request_id: i32, e: GatewayError, in_txn: bool) -> Outcome {
+        let (code, _) = e.code();
+        self.ctx.metrics.count_error(code);
+        tracing::debug!(peer = %self.peer, code, error = %e, "error reply");
+        self.reply(request_id, &e.to_reply(in_txn))
+    }
+}

@@ -1,0 +1,291 @@
+//! One authenticated connection to the upstream deployment.
+//!
+//! Owns the socket, the `hello` handshake and the SCRAM conversation (source/auth/auth.md) that
+//! make a connection usable, and the strict request/reply exchange on it. A connection whose
+//! exchange did not complete cleanly must be dropped by its owner, never reused: a reply still
+//! in flight would otherwise reach the wrong client.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bson::{doc, spec::BinarySubtype, Binary, Document};
+use bytes::BytesMut;
+use mongomux_auth::{Mechanism, ScramClient};
+use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSAGE_SIZE};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use crate::framed::Framed;
+
+/// What the upstream said about itself in its `hello`; the gateway's own hello repeats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamInfo {
+    /// `minWireVersion`.
+    pub min_wire_version: i32,
+    /// `maxWireVersion`.
+    pub max_wire_version: i32,
+    /// `logicalSessionTimeoutMinutes`, if the upstream supports sessions.
+    pub session_timeout_minutes: Option<i32>,
+}
+
+impl Default for UpstreamInfo {
+    /// Used only until the first upstream connection succeeds: MongoDB 6.0's values.
+    fn default() -> Self {
+        UpstreamInfo {
+            min_wire_version: 0,
+            max_wire_version: 17,
+            session_timeout_minutes: Some(30),
+        }
+    }
+}
+
+/// Per-connection facts shared with the cursor table, which must know whether a connection
+/// still carries open cursors before the pool reaps it.
+#[derive(Debug, Default)]
+pub struct ConnMeta {
+    /// Gateway-local id of the upstream connection.
+    pub id: u64,
+    /// Cursors opened on this connection that are still open.
+    pub open_cursors: AtomicI64,
+}
+
+/// An upstream connection.
+#[derive(Debug)]
+pub struct UpstreamConn {
+    framed: Framed<TcpStream>,
+    /// Shared facts about this connection.
+    pub meta: Arc<ConnMeta>,
+    next_request_id: i32,
+    /// When the connection last went back to the pool.
+    pub last_used: Instant,
+}
+
+impl UpstreamConn {
+    /// Connects, says hello and authenticates. The caller bounds the whole with a deadline.
+    pub async fn connect(
+        cfg: &UpstreamConfig,
+        id: u64,
+    ) -> Result<(UpstreamConn, UpstreamInfo), GatewayError> {
+        let stream = TcpStream::connect(&cfg.address)
+            .await
+            .map_err(|e| GatewayError::Upstream(format!("connect to {}: {e}", cfg.address)))?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = UpstreamConn {
+            framed: Framed::new(stream, MAX_MESSAGE_SIZE),
+            meta: Arc::new(ConnMeta {
+                id,
+                open_cursors: AtomicI64::new(0),
+            }),
+            next_request_id: 1,
+            last_used: Instant::now(),
+        };
+        let mut hello = doc! {
+            "hello": 1,
+            "$db": "admin",
+            "client": {
+                "driver": { "name": "mongomux", "version": env!("CARGO_PKG_VERSION") },
+                "os": { "type": std::env::consts::OS },
+                "application": { "name": "mongomux" },
+            },
+        };
+        if let Some(user) = &cfg.username {
+            hello.insert(
+                "saslSupportedMechs",
+                format!("{}.{}", cfg.auth_source, user),
+            );
+        }
+        let reply = conn.command(&hello).await?;
+        let info = UpstreamInfo {
+            min_wire_version: int_field(&reply, "minWireVersion").unwrap_or(0),
+            max_wire_version: int_field(&reply, "maxWireVersion").unwrap_or(17),
+            session_timeout_minutes: int_field(&reply, "logicalSessionTimeoutMinutes"),
+        };
+        if cfg.username.is_some() {
+            let offered: Vec<String> = reply
+                .get_array("saslSupportedMechs")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|m| m.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            conn.authenticate(cfg, &offered).await?;
+        }
+        Ok((conn, info))
+    }
+
+    /// Runs a SCRAM conversation; SCRAM-SHA-256 unless only SCRAM-SHA-1 is offered or the URI
+    /// forces a mechanism.
+    async fn authenticate(
+        &mut self,
+        cfg: &UpstreamConfig,
+        offered: &[String],
+    ) -> Result<(), GatewayError> {
+        let mechanism = cfg.mechanism.unwrap_or_else(|| {
+            if offered.iter().any(|m| m == "SCRAM-SHA-1")
+                && !offered.iter().any(|m| m == "SCRAM-SHA-256")
+            {
+                Mechanism::ScramSha1
+            } else {
+                Mechanism::ScramSha256
+            }
+        });
+        let user = cfg.username.as_deref().unwrap_or_default();
+        let empty = mongomux_auth::Secret::new("");
+        let password = cfg.password.as_ref().unwrap_or(&empty);
+        let mut scram = ScramClient::new(mechanism, user, password);
+        let start = doc! {
+            "saslStart": 1,
+            "mechanism": mechanism.name(),
+            "payload": binary(scram.client_first()),
+            "autoAuthorize": 1,
+            "options": { "skipEmptyExchange": true },
+            "$db": &cfg.auth_source,
+        };
+        let reply = self.command(&start).await?;
+        let first = sasl_reply(&reply)?;
+        let final_msg = scram
+            .client_final(&first.1)
+            .map_err(|_| GatewayError::UpstreamAuth)?;
+        let cont = doc! {
+            "saslContinue": 1,
+            "conversationId": first.0,
+            "payload": binary(final_msg),
+            "$db": &cfg.auth_source,
+        };
+        let reply = self.command(&cont).await?;
+        let (conv, payload, done) = sasl_reply(&reply)?;
+        scram
+            .verify_server_final(&payload)
+            .map_err(|_| GatewayError::UpstreamAuth)?;
+        if !done {
+            // Servers that ignore skipEmptyExchange want one more empty round.
+            let cont = doc! {
+                "saslContinue": 1,
+                "conversationId": conv,
+                "payload": binary(Vec::new()),
+                "$db": &cfg.auth_source,
+            };
+            let reply = self.command(&cont).await?;
+            if !reply.get_bool("done").unwrap_or(false) {
+                return Err(GatewayError::UpstreamAuth);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a command the gateway itself built and returns the reply body; `{ok: 0}` replies
+    /// become errors.
+    pub async fn command(&mut self, cmd: &Document) -> Result<Document, GatewayError> {
+        let body = bson::to_vec(cmd).map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
+        let mut msg = encode_op_msg(0, 0, 0, &body, &[]);
+        let reply = self.round_trip(&mut msg).await?;
+        let parsed = OpMsg::parse(&reply)?;
+        let doc: Document = Document::try_from(parsed.body)
+            .map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
+        let ok = doc
+            .get("ok")
+            .and_then(|v| v.as_f64().or(v.as_i32().map(f64::from)));
+        if ok != Some(1.0) {
+            let code = doc.get_i32("code").unwrap_or(0);
+            if code == 18 {
+                return Err(GatewayError::UpstreamAuth);
+            }
+            let name = doc.get_str("codeName").unwrap_or("unknown").to_string();
+            return Err(GatewayError::UpstreamRefused { code, name });
+        }
+        Ok(doc)
+    }
+
+    /// Sends one request (its requestID is rewritten in place) and reads its reply. Any error
+    /// leaves the connection unusable.
+    pub async fn round_trip(&mut self, request: &mut [u8]) -> Result<BytesMut, GatewayError> {
+        let id = self.send(request).await?;
+        let reply = self
+            .framed
+            .read_frame()
+            .await
+            .map_err(|e| GatewayError::Upstream(format!("reading reply: {e}")))?
+            .ok_or_else(|| GatewayError::Upstream("connection closed by upstream".into()))?;
+        let header = Header::parse(&reply)?;
+        if header.response_to != id {
+            return Err(GatewayError::Upstream(
+                "reply does not answer the request sent".into(),
+            ));
+        }
+        if header.op_code != OpCode::Msg {
+            return Err(GatewayError::Upstream(format!(
+                "unexpected reply opcode {}",
+                header.op_code.as_i32()
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// Sends a request that expects no reply (moreToCome).
+    pub async fn send(&mut self, request: &mut [u8]) -> Result<i32, GatewayError> {
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        rewrite_ids(request, id, 0);
+        self.framed
+            .write_all(request)
+            .await
+            .map_err(|e| GatewayError::Upstream(format!("sending request: {e}")))?;
+        Ok(id)
+    }
+
+    /// Whether an idle connection is still usable: no bytes arrived unasked and the peer has
+    /// not closed it. Does not block.
+    pub fn is_healthy(&self) -> bool {
+        if self.framed.has_buffered() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.framed.get_ref().try_read(&mut probe) {
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+fn binary(bytes: Vec<u8>) -> Binary {
+    Binary {
+        subtype: BinarySubtype::Generic,
+        bytes,
+    }
+}
+
+fn int_field(doc: &Document, key: &str) -> Option<i32> {
+    match doc.get(key)? {
+        bson::Bson::Int32(v) => Some(*v),
+        bson::Bson::Int64(v) => i32::try_from(*v).ok(),
+        bson::Bson::Double(v) => Some(*v as i32),
+        _ => None,
+    }
+}
+
+/// Splits a SASL reply into conversation id, payload and done.
+fn sasl_reply(reply: &Document) -> Result<(bson::Bson, Vec<u8>, bool), GatewayError> {
+    let conv = reply
+        .get("conversationId")
+        .cloned()
+        .ok_or(GatewayError::UpstreamAuth)?;
+    let payload = match reply.get("payload") {
+        Some(bson::Bson::Binary(b)) => b.bytes.clone(),
+        _ => return Err(GatewayError::UpstreamAuth),
+    };
+    Ok((conv, payload, reply.get_bool("done").unwrap_or(false)))
+}
+
+/// Allocates ids for upstream connections.
+#[derive(Debug, Default)]
+pub struct ConnIds(std::sync::atomic::AtomicU64);
+
+impl ConnIds {
+    /// The next id.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}

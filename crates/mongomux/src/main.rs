@@ -1,0 +1,178 @@
+//! The `mongomux` binary: parses the command line, layers flags and environment variables over
+//! the optional TOML file, sets up logging, and runs the gateway. Nothing else lives here.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use mongomux_gateway::{config::parse_uri, Config, Gateway};
+
+#[derive(Parser)]
+#[command(
+    name = "mongomux",
+    version,
+    about = "A MongoDB connection gateway for serverless clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Validate a TOML configuration file and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+/// Every flag also reads an environment variable; flags win over the file.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "MONGOMUX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address clients connect to [default: 127.0.0.1:27018].
+    #[arg(long, env = "MONGOMUX_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Upstream mongodb:// URI (credentials may be given here or in the next two settings).
+    #[arg(long, env = "MONGOMUX_UPSTREAM", hide_env_values = true)]
+    upstream: Option<String>,
+    /// Upstream user name, overriding the URI's.
+    #[arg(long, env = "MONGOMUX_UPSTREAM_USERNAME")]
+    upstream_username: Option<String>,
+    /// Upstream password, overriding the URI's (prefer the environment variable).
+    #[arg(long, env = "MONGOMUX_UPSTREAM_PASSWORD", hide_env_values = true)]
+    upstream_password: Option<String>,
+    /// Most upstream connections [default: 10].
+    #[arg(long, env = "MONGOMUX_POOL_SIZE")]
+    pool_size: Option<usize>,
+    /// Longest wait for an upstream connection, e.g. 500ms, 5s [default: 5s].
+    #[arg(long, env = "MONGOMUX_CHECKOUT_TIMEOUT", value_parser = humantime::parse_duration)]
+    checkout_timeout: Option<Duration>,
+    /// Most client connections at once [default: 10000].
+    #[arg(long, env = "MONGOMUX_MAX_CLIENTS")]
+    max_clients: Option<usize>,
+    /// Address of the Prometheus endpoint (GET /metrics).
+    #[arg(long, env = "MONGOMUX_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// How long a new client has to send its first message [default: 10s].
+    #[arg(long, env = "MONGOMUX_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Idle upstream connections are closed after this [default: 60s].
+    #[arg(long, env = "MONGOMUX_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Longest graceful drain on SIGTERM/SIGINT [default: 30s].
+    #[arg(long, env = "MONGOMUX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// Most upstream connections pinned by open transactions [default: pool-size/2].
+    #[arg(long, env = "MONGOMUX_MAX_PINNED")]
+    max_pinned: Option<usize>,
+    /// Log filter in RUST_LOG syntax [default: info].
+    #[arg(long, env = "MONGOMUX_LOG")]
+    log_level: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            cfg.listen = v;
+        }
+        if let Some(uri) = self.upstream {
+            cfg.upstream = Some(parse_uri(&uri)?);
+        }
+        if let Some(v) = self.upstream_username {
+            cfg.upstream_username = Some(v);
+        }
+        if let Some(v) = self.upstream_password {
+            cfg.upstream_password = Some(mongomux_auth::Secret::new(v));
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { cfg.$f = v; } )* };
+        }
+        set!(
+            pool_size,
+            checkout_timeout,
+            max_clients,
+            handshake_timeout,
+            idle_timeout,
+            drain_timeout
+        );
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen = self.metrics_listen;
+        }
+        if self.max_pinned.is_some() {
+            cfg.max_pinned = self.max_pinned;
+        }
+        Ok(cfg.finish()?)
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            Config::from_file(&file)?.finish()?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log-level")?,
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            raise_fd_limit();
+            let cfg = args.into_config()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(cfg))
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let gateway = Gateway::bind(cfg).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
+    if let Some(addr) = gateway.metrics_addr() {
+        writeln!(out, "mongomux: metrics on {addr}")?;
+    }
+    out.flush()?;
+    drop(out);
+    tracing::info!(listen = %gateway.local_addr(), "mongomux started");
+    gateway.run(shutdown_signal()).await;
+    tracing::info!("mongomux stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+/// Many client sockets need many descriptors: use everything the hard limit allows.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+}

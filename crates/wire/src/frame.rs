@@ -1,0 +1,99 @@
+//! Framing a byte stream into messages, and the in-place header rewrites a proxy needs.
+//!
+//! [`check_frame`] is the only place a length prefix from the network is interpreted: it says
+//! "complete", "need more" or "invalid" before the caller reserves any buffer for the message.
+
+use crate::header::{read_i32, HEADER_LEN};
+use crate::msg::MsgFlags;
+use crate::{Result, WireError};
+
+/// Looks at the start of `buf` and returns `Ok(Some(len))` when a whole message of `len` bytes
+/// is present, `Ok(None)` when more bytes are needed, or an error when the declared length is
+/// outside `[16, max]`. Only the first four bytes are needed to decide validity.
+pub fn check_frame(buf: &[u8], max: usize) -> Result<Option<usize>> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let declared = read_i32(buf, 0) as i64;
+    if declared < HEADER_LEN as i64 {
+        return Err(WireError::LengthTooSmall(declared));
+    }
+    if declared as u64 > max as u64 {
+        return Err(WireError::LengthTooLarge { len: declared, max });
+    }
+    let len = declared as usize;
+    Ok((buf.len() >= len).then_some(len))
+}
+
+/// Overwrites requestID and responseTo of a framed message in place.
+pub fn rewrite_ids(message: &mut [u8], request_id: i32, response_to: i32) {
+    debug_assert!(message.len() >= HEADER_LEN);
+    message[4..8].copy_from_slice(&request_id.to_le_bytes());
+    message[8..12].copy_from_slice(&response_to.to_le_bytes());
+}
+
+/// For an OP_MSG, clears `clear` flag bits and drops a trailing checksum (which any header
+/// rewrite invalidates), fixing messageLength. Returns the flags as they were and the new
+/// length, to which the caller truncates its buffer.
+///
+/// The caller has parsed the message, so the flags field exists.
+pub fn strip_checksum(message: &mut [u8], clear: u32) -> (u32, usize) {
+    let flags = read_i32(message, HEADER_LEN) as u32;
+    let mut new_flags = flags & !clear;
+    let mut len = message.len();
+    if flags & MsgFlags::CHECKSUM_PRESENT != 0 && len >= HEADER_LEN + 8 {
+        new_flags &= !MsgFlags::CHECKSUM_PRESENT;
+        len -= 4;
+        message[0..4].copy_from_slice(&(len as i32).to_le_bytes());
+    }
+    message[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&new_flags.to_le_bytes());
+    (flags, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{crc32c, encode_op_msg, OpMsg, MAX_MESSAGE_SIZE};
+    use bson::rawdoc;
+
+    #[test]
+    fn frame_states() {
+        assert_eq!(check_frame(&[1, 2], MAX_MESSAGE_SIZE), Ok(None));
+        assert_eq!(
+            check_frame(&15i32.to_le_bytes(), MAX_MESSAGE_SIZE),
+            Err(WireError::LengthTooSmall(15))
+        );
+        assert_eq!(
+            check_frame(&(-1i32).to_le_bytes(), MAX_MESSAGE_SIZE),
+            Err(WireError::LengthTooSmall(-1))
+        );
+        assert!(matches!(
+            check_frame(&48_000_001i32.to_le_bytes(), MAX_MESSAGE_SIZE),
+            Err(WireError::LengthTooLarge { .. })
+        ));
+        let mut buf = 20i32.to_le_bytes().to_vec();
+        assert_eq!(check_frame(&buf, MAX_MESSAGE_SIZE), Ok(None));
+        buf.resize(25, 0);
+        assert_eq!(check_frame(&buf, MAX_MESSAGE_SIZE), Ok(Some(20)));
+    }
+
+    #[test]
+    fn strip_checksum_and_exhaust() {
+        let body = rawdoc! { "getMore": 5i64, "$db": "d" };
+        let mut m = encode_op_msg(1, 0, MsgFlags::EXHAUST_ALLOWED, body.as_bytes(), &[]);
+        let flags = (MsgFlags::EXHAUST_ALLOWED | MsgFlags::CHECKSUM_PRESENT).to_le_bytes();
+        m[16..20].copy_from_slice(&flags);
+        let len = (m.len() + 4) as i32;
+        m[0..4].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32c(&m);
+        m.extend_from_slice(&crc.to_le_bytes());
+        assert!(OpMsg::parse(&m).is_ok());
+        let (before, len) = strip_checksum(&mut m, MsgFlags::EXHAUST_ALLOWED);
+        m.truncate(len);
+        assert_ne!(before & MsgFlags::EXHAUST_ALLOWED, 0);
+        rewrite_ids(&mut m, 99, 0);
+        let parsed = OpMsg::parse(&m).unwrap();
+        assert_eq!(parsed.flags.0, 0);
+        assert_eq!(parsed.header.request_id, 99);
+    }
+}
