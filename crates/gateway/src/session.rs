@@ -79,12 +79,21 @@ impl Session {
         let handshake_deadline =
             tokio::time::Instant::now() + self.ctx.config.load().handshake_timeout;
         loop {
-            if self.ctx.is_draining() {
+            // While draining, a request already (partly) received is still served: it is in
+            // flight from the client's point of view.
+            if self.ctx.is_draining() && !self.framed.has_buffered() {
                 return;
             }
             let read = tokio::select! {
+                // Reading first means bytes that already arrived win over the drain signal.
+                biased;
                 r = self.framed.read_frame() => r,
-                _ = draining.changed() => return,
+                changed = draining.changed() => {
+                    if changed.is_ok() && self.framed.has_buffered() {
+                        continue;
+                    }
+                    return;
+                }
                 _ = tokio::time::sleep_until(handshake_deadline), if !self.handshaken => {
                     tracing::debug!(peer = %self.peer, "no handshake before the deadline; closing");
                     return;
