@@ -11,6 +11,7 @@ use std::time::Duration;
 use mongomux_auth::{Mechanism, Secret};
 use serde::Deserialize;
 
+use crate::access::{AccessEntryConfig, AccessList};
 use crate::error::GatewayError;
 
 /// All settings of `mongomux serve`.
@@ -51,6 +52,10 @@ pub struct Config {
     /// Deadline for opening, handshaking and authenticating one upstream connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Source addresses allowed to connect; empty means loopback only.
+    pub access: Vec<AccessEntryConfig>,
+    /// Permits an access entry that admits every address.
+    pub allow_any_address: bool,
 }
 
 impl Default for Config {
@@ -69,6 +74,8 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             max_pinned: None,
             connect_timeout: Duration::from_secs(10),
+            access: Vec::new(),
+            allow_any_address: false,
         }
     }
 }
@@ -139,6 +146,7 @@ impl Config {
                 ));
             }
         }
+        self.access_list()?;
         for (name, d) in [
             ("checkout_timeout", self.checkout_timeout),
             ("handshake_timeout", self.handshake_timeout),
@@ -150,6 +158,11 @@ impl Config {
             }
         }
         Ok(self)
+    }
+
+    /// The access list these settings describe.
+    pub fn access_list(&self) -> Result<AccessList, GatewayError> {
+        AccessList::from_config(&self.access, self.allow_any_address)
     }
 
     /// The effective pinning bound.

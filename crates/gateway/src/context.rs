@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use bson::oid::ObjectId;
 use tokio::sync::watch;
 
+use crate::access::AccessList;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::{Pool, PoolSettings};
@@ -18,6 +19,8 @@ use crate::upstream::{Pool, PoolSettings};
 pub struct Context {
     /// The configuration in force.
     pub config: ArcSwap<Config>,
+    /// Who may connect; swapped on reload.
+    pub access: ArcSwap<AccessList>,
     /// Upstream connections.
     pub pool: Arc<Pool>,
     /// Counters and gauges.
@@ -42,7 +45,11 @@ impl Context {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
         };
+        let access = config
+            .access_list()
+            .expect("Config::finish validated the access list");
         Arc::new(Context {
+            access: ArcSwap::from_pointee(access),
             pool: Pool::new(settings, metrics.clone()),
             config: ArcSwap::from_pointee(config),
             metrics,

@@ -14,6 +14,7 @@
 //!
 //! State shared between tasks lives in one [`Context`] passed as an `Arc`; there are no globals.
 
+pub mod access;
 pub mod config;
 pub mod context;
 pub mod error;

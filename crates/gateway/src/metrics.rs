@@ -109,6 +109,8 @@ pub struct Metrics {
     pub client_connections_total: AtomicU64,
     /// Client connections refused (max-clients reached, descriptor limit, draining).
     pub client_connections_rejected: AtomicU64,
+    /// Client connections refused by the access list.
+    pub client_connections_denied: AtomicU64,
     /// Upstream connections open now (idle or in use).
     pub upstream_connections: AtomicI64,
     /// Upstream connections checked out now.
@@ -141,6 +143,7 @@ impl Default for Metrics {
             client_connections: AtomicI64::new(0),
             client_connections_total: AtomicU64::new(0),
             client_connections_rejected: AtomicU64::new(0),
+            client_connections_denied: AtomicU64::new(0),
             upstream_connections: AtomicI64::new(0),
             upstream_in_use: AtomicI64::new(0),
             upstream_pinned: AtomicI64::new(0),

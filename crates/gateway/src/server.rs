@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -124,12 +124,33 @@ async fn accept_loop(
             tracing::warn!(peer = ?peer, "{msg}");
         }
     };
+    let mut last_denied: Option<Instant> = None;
+    let mut suppressed = 0u64;
+    let mut denied_warn = |msg: &str| {
+        if last_denied.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            last_denied = Some(Instant::now());
+            tracing::warn!(suppressed, "{msg}");
+            suppressed = 0;
+        } else {
+            suppressed += 1;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
             a = listener.accept() => a,
         };
         match accepted {
+            Ok((stream, peer)) if !ctx.access.load().allows(peer.ip(), SystemTime::now()) => {
+                // Refused before reading a byte: nothing from this peer is parsed.
+                ctx.metrics
+                    .client_connections_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                denied_warn(&format!(
+                    "connection from {peer} refused: address not in the access list"
+                ));
+                drop(stream);
+            }
             Ok((stream, peer)) => match clients.clone().try_acquire_owned() {
                 Ok(permit) => {
                     tokio::spawn(session::run(ctx.clone(), stream, peer, permit));

@@ -74,6 +74,12 @@ struct ServeArgs {
     /// Most upstream connections pinned by open transactions [default: pool-size/2].
     #[arg(long, env = "MONGOMUX_MAX_PINNED")]
     max_pinned: Option<usize>,
+    /// Source address or CIDR block allowed to connect; repeat for more [default: loopback only].
+    #[arg(long = "access", env = "MONGOMUX_ACCESS", value_delimiter = ',')]
+    access: Vec<String>,
+    /// Permit an access entry that admits every address (0.0.0.0/0 or ::/0).
+    #[arg(long, env = "MONGOMUX_ALLOW_ANY_ADDRESS")]
+    allow_any_address: bool,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     log_level: Option<String>,
@@ -111,6 +117,18 @@ impl ServeArgs {
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen;
         }
+        if !self.access.is_empty() {
+            cfg.access = self
+                .access
+                .iter()
+                .map(|cidr| mongomux_gateway::access::AccessEntryConfig {
+                    cidr: cidr.clone(),
+                    expires: None,
+                    comment: None,
+                })
+                .collect();
+        }
+        cfg.allow_any_address |= self.allow_any_address;
         if self.max_pinned.is_some() {
             cfg.max_pinned = self.max_pinned;
         }
@@ -154,6 +172,11 @@ async fn serve(cfg: Config) -> Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(listen = %gateway.local_addr(), "mongomux started");
+    if gateway.context().access.load().admits_any() {
+        tracing::warn!(
+            "the access list admits every address: anyone who can reach this port may connect"
+        );
+    }
     gateway.run(shutdown_signal()).await;
     tracing::info!("mongomux stopped");
     Ok(())

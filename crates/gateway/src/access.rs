@@ -1,0 +1,208 @@
+//! The IP access list: which source addresses may open a connection at all.
+//!
+//! Owns address and CIDR parsing, optional expiry (like Atlas's temporary access entries) and
+//! the check made on every accepted socket before a single byte of it is read. The default is
+//! loopback only; a rule that admits every address (`0.0.0.0/0`, `::/0`) must be allowed
+//! explicitly, because that is exactly the "open to the world" setup this gateway exists to
+//! avoid.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use crate::error::GatewayError;
+
+/// One entry as written in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessEntryConfig {
+    /// An address (`10.1.2.3`, `::1`) or CIDR block (`10.0.0.0/8`, `fd00::/8`).
+    pub cidr: String,
+    /// RFC 3339 time after which the entry no longer admits anyone.
+    pub expires: Option<String>,
+    /// Free text for operators.
+    pub comment: Option<String>,
+}
+
+/// A parsed network block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(s: &str) -> Result<IpBlock, GatewayError> {
+        let bad =
+            || GatewayError::Config(format!("invalid access-list address or CIDR block {s:?}"));
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpBlock { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the block. IPv4-mapped IPv6 sources match IPv4 blocks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the block admits every address of its family.
+    pub fn is_any(&self) -> bool {
+        self.prefix == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    block: IpBlock,
+    expires: Option<SystemTime>,
+}
+
+/// The access list in force.
+#[derive(Debug, Clone)]
+pub struct AccessList {
+    entries: Vec<Entry>,
+}
+
+impl Default for AccessList {
+    /// Loopback only.
+    fn default() -> Self {
+        AccessList {
+            entries: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .map(|s| Entry {
+                    block: IpBlock::parse(s).expect("valid literal"),
+                    expires: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl AccessList {
+    /// Builds the list from configuration; an empty configuration means loopback only.
+    /// A catch-all block is refused unless `allow_any` is set.
+    pub fn from_config(
+        entries: &[AccessEntryConfig],
+        allow_any: bool,
+    ) -> Result<AccessList, GatewayError> {
+        if entries.is_empty() {
+            return Ok(AccessList::default());
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let block = IpBlock::parse(&e.cidr)?;
+            if block.is_any() && !allow_any {
+                return Err(GatewayError::Config(format!(
+                    "access-list entry {:?} admits every address; set allow_any_address = true (or --allow-any-address) if that is really intended",
+                    e.cidr
+                )));
+            }
+            let expires = e
+                .expires
+                .as_deref()
+                .map(|t| {
+                    humantime::parse_rfc3339_weak(t).map_err(|_| {
+                        GatewayError::Config(format!(
+                            "access-list entry {:?}: expiry {t:?} is not an RFC 3339 time",
+                            e.cidr
+                        ))
+                    })
+                })
+                .transpose()?;
+            out.push(Entry { block, expires });
+        }
+        Ok(AccessList { entries: out })
+    }
+
+    /// Whether `ip` may connect at `now`.
+    pub fn allows(&self, ip: IpAddr, now: SystemTime) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.expires.is_none_or(|t| now < t) && e.block.contains(ip))
+    }
+
+    /// Whether any entry admits every address.
+    pub fn admits_any(&self) -> bool {
+        self.entries.iter().any(|e| e.block.is_any())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(cidr: &str, expires: Option<&str>) -> AccessEntryConfig {
+        AccessEntryConfig {
+            cidr: cidr.into(),
+            expires: expires.map(String::from),
+            comment: None,
+        }
+    }
+
+    #[test]
+    fn blocks_match_v4_and_v6() {
+        let b = IpBlock::parse("10.1.0.0/16").unwrap();
+        assert!(b.contains("10.1.200.3".parse().unwrap()));
+        assert!(!b.contains("10.2.0.1".parse().unwrap()));
+        assert!(b.contains("::ffff:10.1.2.3".parse().unwrap()));
+        let b = IpBlock::parse("fd00::/8").unwrap();
+        assert!(b.contains("fd12::1".parse().unwrap()));
+        assert!(!b.contains("fe80::1".parse().unwrap()));
+        assert!(!b.contains("10.1.2.3".parse().unwrap()));
+        let host = IpBlock::parse("127.0.0.1").unwrap();
+        assert!(host.contains("127.0.0.1".parse().unwrap()));
+        assert!(!host.contains("127.0.0.2".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "::/129", "nonsense", "1.2.3.4/x", ""] {
+            assert!(IpBlock::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_is_loopback_only() {
+        let l = AccessList::default();
+        let now = SystemTime::now();
+        assert!(l.allows("127.0.0.2".parse().unwrap(), now));
+        assert!(l.allows("::1".parse().unwrap(), now));
+        assert!(!l.allows("192.0.2.1".parse().unwrap(), now));
+    }
+
+    #[test]
+    fn catch_all_needs_explicit_flag() {
+        assert!(AccessList::from_config(&[entry("0.0.0.0/0", None)], false).is_err());
+        assert!(AccessList::from_config(&[entry("::/0", None)], false).is_err());
+        let l = AccessList::from_config(&[entry("0.0.0.0/0", None)], true).unwrap();
+        assert!(l.admits_any());
+    }
+
+    #[test]
+    fn expired_entries_admit_no_one() {
+        let l = AccessList::from_config(&[entry("127.0.0.1", Some("2030-01-01T00:00:00Z"))], false)
+            .unwrap();
+        let before = humantime::parse_rfc3339("2029-12-31T23:59:59Z").unwrap();
+        let after = before + Duration::from_secs(2);
+        assert!(l.allows("127.0.0.1".parse().unwrap(), before));
+        assert!(!l.allows("127.0.0.1".parse().unwrap(), after));
+        assert!(AccessList::from_config(&[entry("127.0.0.1", Some("tomorrow"))], false).is_err());
+    }
+}
