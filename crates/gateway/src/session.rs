@@ -241,26 +241,35 @@ impl Session {
                 }
             }
         };
-        // Exhaust replies cannot be multiplexed; the gateway never lets the upstream stream.
-        let (_, len) = strip_checksum(&mut frame, MsgFlags::EXHAUST_ALLOWED);
+        // Exhaust replies cannot be multiplexed, so the upstream is never allowed to stream.
+        // moreToCome is cleared too: some servers (FerretDB 1.x) reply to it anyway, and a
+        // reply nobody reads would poison the pooled connection. The gateway waits for that
+        // reply and drops it, so the client still gets fire-and-forget and the connection
+        // goes back clean, with this client's operations kept in order.
+        let (_, len) = strip_checksum(
+            &mut frame,
+            MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME,
+        );
         frame.truncate(len);
-        if req.more_to_come {
-            if conn.conn().send(&mut frame).await.is_ok() {
-                self.keep_or_release(conn, req);
-            }
-            return Outcome::Silent;
-        }
         let started = Instant::now();
         let result = conn.conn().round_trip(&mut frame).await;
         self.ctx.metrics.upstream_latency.observe(started.elapsed());
         let mut reply = match result {
             // Dropping `conn` here closes it: its state is unknown.
             Ok(r) => r,
+            Err(e) if req.more_to_come => {
+                tracing::debug!(peer = %self.peer, error = %e, "unacknowledged write failed upstream");
+                return Outcome::Silent;
+            }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "upstream exchange failed");
                 return self.error(req.request_id, e, in_txn);
             }
         };
+        if req.more_to_come {
+            self.keep_or_release(conn, req);
+            return Outcome::Silent;
+        }
         let meta = conn.conn().meta.clone();
         self.keep_or_release(conn, req);
         if let Ok(msg) = OpMsg::parse(&reply) {

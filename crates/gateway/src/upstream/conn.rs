@@ -224,8 +224,8 @@ impl UpstreamConn {
         Ok(reply)
     }
 
-    /// Sends a request that expects no reply (moreToCome).
-    pub async fn send(&mut self, request: &mut [u8]) -> Result<i32, GatewayError> {
+    /// Writes a request, rewriting its requestID; returns that id.
+    async fn send(&mut self, request: &mut [u8]) -> Result<i32, GatewayError> {
         let id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         rewrite_ids(request, id, 0);
