@@ -56,6 +56,8 @@ pub struct Config {
     pub access: Vec<AccessEntryConfig>,
     /// Permits an access entry that admits every address.
     pub allow_any_address: bool,
+    /// Gateway users; none means client authentication is off.
+    pub users: Vec<crate::users::UserConfig>,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             access: Vec::new(),
             allow_any_address: false,
+            users: Vec::new(),
         }
     }
 }
@@ -147,6 +150,7 @@ impl Config {
             }
         }
         self.access_list()?;
+        crate::users::UserStore::from_config(&self.users)?;
         for (name, d) in [
             ("checkout_timeout", self.checkout_timeout),
             ("handshake_timeout", self.handshake_timeout),

@@ -11,8 +11,10 @@ use tokio::sync::watch;
 
 use crate::access::AccessList;
 use crate::config::Config;
+use crate::limits::AuthLimiter;
 use crate::metrics::Metrics;
 use crate::upstream::{Pool, PoolSettings};
+use crate::users::UserStore;
 
 /// Shared state of one running gateway.
 #[derive(Debug)]
@@ -21,6 +23,10 @@ pub struct Context {
     pub config: ArcSwap<Config>,
     /// Who may connect; swapped on reload.
     pub access: ArcSwap<AccessList>,
+    /// Gateway users; swapped on reload.
+    pub users: ArcSwap<UserStore>,
+    /// Authentication failures per source.
+    pub auth_limiter: AuthLimiter,
     /// Upstream connections.
     pub pool: Arc<Pool>,
     /// Counters and gauges.
@@ -48,7 +54,11 @@ impl Context {
         let access = config
             .access_list()
             .expect("Config::finish validated the access list");
+        let users =
+            UserStore::from_config(&config.users).expect("Config::finish validated the users");
         Arc::new(Context {
+            users: ArcSwap::from_pointee(users),
+            auth_limiter: AuthLimiter::default(),
             access: ArcSwap::from_pointee(access),
             pool: Pool::new(settings, metrics.clone()),
             config: ArcSwap::from_pointee(config),

@@ -51,6 +51,9 @@ pub enum GatewayError {
     /// The client's authentication failed.
     #[error("Authentication failed.")]
     AuthenticationFailed,
+    /// The client asked for an authentication mechanism the gateway does not offer.
+    #[error("{0}")]
+    MechanismUnavailable(String),
     /// The client is not allowed to run this command.
     #[error("{0}")]
     Unauthorized(String),
@@ -81,6 +84,7 @@ impl GatewayError {
             GatewayError::NotSupported(_) => (115, "CommandNotSupported"),
             GatewayError::AuthenticationFailed => (18, "AuthenticationFailed"),
             GatewayError::Unauthorized(_) => (13, "Unauthorized"),
+            GatewayError::MechanismUnavailable(_) => (334, "MechanismUnavailable"),
             GatewayError::Config(_) => (2, "BadValue"),
         }
     }

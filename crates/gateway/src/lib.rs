@@ -15,17 +15,21 @@
 //! State shared between tasks lives in one [`Context`] passed as an `Arc`; there are no globals.
 
 pub mod access;
+pub mod authz;
 pub mod config;
 pub mod context;
+pub mod edge_auth;
 pub mod error;
 pub mod framed;
 pub mod handshake;
+pub mod limits;
 pub mod metrics;
 pub mod request;
 pub mod routing;
 pub mod server;
 pub mod session;
 pub mod upstream;
+pub mod users;
 
 pub use config::Config;
 pub use context::Context;

@@ -20,12 +20,15 @@ use mongomux_wire::{
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::authz::{authorize, classify, Class};
 use crate::context::Context;
+use crate::edge_auth::{namespaced_session_id, EdgeAuth};
 use crate::error::GatewayError;
 use crate::framed::{FrameError, Framed};
 use crate::handshake::{ensure_upstream_info, hello_reply, is_hello, ping_reply};
 use crate::request::{as_i64, reply_cursor, reply_error_code, RequestInfo};
 use crate::routing::{ClientState, Pinned};
+use crate::users::UserStore;
 
 /// What to do after handling one message.
 enum Outcome {
@@ -43,6 +46,7 @@ struct Session {
     connection_id: i64,
     handshaken: bool,
     state: ClientState,
+    auth: EdgeAuth,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -63,6 +67,7 @@ pub async fn run(
         peer,
         handshaken: false,
         state: ClientState::default(),
+        auth: EdgeAuth::default(),
     };
     tracing::debug!(peer = %peer, conn = session.connection_id, "client connected");
     session.serve().await;
@@ -169,11 +174,16 @@ impl Session {
         }
     }
 
-    async fn handle_msg(&mut self, frame: BytesMut) -> Outcome {
-        let parsed = OpMsg::parse(&frame).map_err(GatewayError::from);
-        let req = parsed.and_then(|m| RequestInfo::from_msg(&m));
-        let req = match req {
-            Ok(r) => r,
+    async fn handle_msg(&mut self, mut frame: BytesMut) -> Outcome {
+        let users = self.ctx.users.load_full();
+        let parsed = OpMsg::parse(&frame)
+            .map_err(GatewayError::from)
+            .and_then(|m| {
+                let req = RequestInfo::from_msg(&m)?;
+                Ok((m, req))
+            });
+        let (msg, mut req) = match parsed {
+            Ok(p) => p,
             Err(e) => {
                 let header = Header::parse(&frame).expect("framed messages have a header");
                 let more = frame.len() >= 20
@@ -187,21 +197,54 @@ impl Session {
             }
         };
         self.ctx.metrics.count_op(&req.command);
+        if users.auth_required() {
+            if let Err(e) = self.authorize(&users, &req, msg.body) {
+                return self.error(req.request_id, e, req.in_transaction);
+            }
+        }
         match req.command.as_str() {
             name if is_hello(name) => {
                 ensure_upstream_info(&self.ctx).await;
-                let msg = OpMsg::parse(&frame).expect("parsed above");
-                let reply = hello_reply(&self.ctx, name, msg.body, self.connection_id);
-                self.reply(req.request_id, &reply)
+                let mut reply = hello_reply(&self.ctx, name, msg.body, self.connection_id);
+                if users.auth_required() {
+                    self.hello_auth_fields(&users, msg.body, &mut reply).await;
+                }
+                return self.reply(req.request_id, &reply);
             }
-            "ping" => self.reply(req.request_id, &ping_reply()),
-            "saslStart" | "saslContinue" | "authenticate" => self.error(
-                req.request_id,
-                GatewayError::NotSupported(
-                    "client authentication is not enabled on this gateway; connect without credentials".into(),
-                ),
-                false,
-            ),
+            "ping" => return self.reply(req.request_id, &ping_reply()),
+            "saslStart" | "saslContinue" if users.auth_required() => {
+                let body = msg.body.to_raw_document_buf();
+                return self.sasl(&users, &req, &body).await;
+            }
+            "saslStart" | "saslContinue" | "authenticate" => {
+                return self.error(
+                    req.request_id,
+                    GatewayError::NotSupported(
+                        "client authentication is not enabled on this gateway; connect without credentials".into(),
+                    ),
+                    false,
+                )
+            }
+            _ => {}
+        }
+        if let Some(user) = self.auth.identity.clone() {
+            let offsets = session_id_offsets(&frame, msg.body);
+            if !offsets.is_empty() {
+                for at in offsets {
+                    let mapped = namespaced_session_id(&user, &frame[at..at + 16]);
+                    frame[at..at + 16].copy_from_slice(&mapped);
+                }
+                // Re-read the routing fields so the recorded lsid is the namespaced one.
+                match OpMsg::parse(&frame)
+                    .map_err(GatewayError::from)
+                    .and_then(|m| RequestInfo::from_msg(&m))
+                {
+                    Ok(r) => req = r,
+                    Err(e) => return self.error(req.request_id, e, false),
+                }
+            }
+        }
+        match req.command.as_str() {
             "getMore" => match req.get_more_id {
                 Some(id) if self.state.owns_cursor(id) => self.forward(frame, &req).await,
                 Some(id) => self.error(req.request_id, GatewayError::CursorNotFound(id), false),
@@ -214,6 +257,77 @@ impl Session {
             "killCursors" => self.kill_cursors(frame, &req).await,
             "endSessions" => self.end_sessions(frame, &req).await,
             _ => self.forward(frame, &req).await,
+        }
+    }
+
+    /// Applies authentication and authorization to one command.
+    fn authorize(
+        &self,
+        users: &UserStore,
+        req: &RequestInfo,
+        body: &RawDocument,
+    ) -> Result<(), GatewayError> {
+        match &self.auth.identity {
+            None if classify(&req.command, body) == Class::Open => Ok(()),
+            None => Err(GatewayError::Unauthorized(format!(
+                "command {} requires authentication",
+                req.command
+            ))),
+            Some(user) if !users.still_valid(user) => Err(GatewayError::Unauthorized(
+                "this user was removed or changed; reconnect".into(),
+            )),
+            Some(user) => authorize(user, &req.command, &req.db, body),
+        }
+    }
+
+    /// saslSupportedMechs and speculativeAuthenticate in the hello reply.
+    async fn hello_auth_fields(
+        &mut self,
+        users: &UserStore,
+        body: &RawDocument,
+        reply: &mut Document,
+    ) {
+        if let Ok(name) = body.get_str("saslSupportedMechs") {
+            reply.insert("saslSupportedMechs", users.mechanisms_for(name));
+        }
+        if let Ok(spec) = body.get_document("speculativeAuthenticate") {
+            let db = spec.get_str("db").unwrap_or("admin").to_string();
+            tokio::time::sleep(self.ctx.auth_limiter.delay(self.peer.ip())).await;
+            // A failed speculative attempt is simply not answered; the driver then runs the
+            // normal conversation, which fails with the proper error.
+            if let Ok(first) = self.auth.start(users, spec, &db) {
+                reply.insert("speculativeAuthenticate", first);
+            }
+        }
+    }
+
+    /// saslStart / saslContinue at the gateway.
+    async fn sasl(&mut self, users: &UserStore, req: &RequestInfo, body: &RawDocument) -> Outcome {
+        let ip = self.peer.ip();
+        let result = if req.command == "saslStart" {
+            tokio::time::sleep(self.ctx.auth_limiter.delay(ip)).await;
+            self.auth.start(users, body, &req.db)
+        } else {
+            let user = self.auth.pending_user().map(str::to_string);
+            let r = self.auth.next(users, body);
+            if r.is_ok() && self.auth.identity.is_some() {
+                self.ctx.auth_limiter.succeeded(ip);
+                tracing::info!(peer = %self.peer, user = user.as_deref().unwrap_or(""), "client authenticated");
+            }
+            r
+        };
+        match result {
+            Ok(mut reply) => {
+                reply.insert("ok", 1.0);
+                self.reply(req.request_id, &reply)
+            }
+            Err(e) => {
+                if matches!(e, GatewayError::AuthenticationFailed) {
+                    self.ctx.auth_limiter.failed(ip);
+                    tracing::info!(peer = %self.peer, "client authentication failed");
+                }
+                self.error(req.request_id, e, false)
+            }
         }
     }
 
@@ -476,4 +590,26 @@ impl Session {
         tracing::debug!(peer = %self.peer, code, error = %e, "error reply");
         self.reply(request_id, &e.to_reply(in_txn))
     }
+}
+
+/// Byte offsets, within `frame`, of the 16-byte session UUIDs a command carries: its `lsid`
+/// and the ids listed by `endSessions`.
+fn session_id_offsets(frame: &[u8], body: &RawDocument) -> Vec<usize> {
+    let base = frame.as_ptr() as usize;
+    let uuid_at = |lsid: &RawDocument| match lsid.get_binary("id") {
+        Ok(b) if b.bytes.len() == 16 => Some(b.bytes.as_ptr() as usize - base),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    if let Ok(lsid) = body.get_document("lsid") {
+        out.extend(uuid_at(lsid));
+    }
+    if let Ok(ids) = body.get_array("endSessions") {
+        for v in ids.into_iter().flatten() {
+            if let Some(d) = v.as_document() {
+                out.extend(uuid_at(d));
+            }
+        }
+    }
+    out
 }

@@ -24,11 +24,33 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Manage gateway users.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Validate a TOML configuration file and exit.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Read a password from stdin and print the `[[users]]` entry (stored keys only) to add to
+    /// the configuration file.
+    Add {
+        /// User name.
+        name: String,
+        /// Authentication database.
+        #[arg(long, default_value = "admin")]
+        db: String,
+        /// `read` or `readWrite`.
+        #[arg(long, default_value = "readWrite")]
+        role: String,
+        /// Database the user may use; repeat for more [default: all].
+        #[arg(long = "database")]
+        databases: Vec<String>,
     },
 }
 
@@ -144,6 +166,12 @@ fn main() -> Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
+        Command::User(UserCommand::Add {
+            name,
+            db,
+            role,
+            databases,
+        }) => user_add(&name, &db, &role, &databases),
         Command::Serve(args) => {
             let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
             tracing_subscriber::fmt()
@@ -153,7 +181,7 @@ fn main() -> Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             raise_fd_limit();
-            let cfg = args.into_config()?;
+            let cfg = (*args).into_config()?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -198,4 +226,46 @@ fn raise_fd_limit() {
         Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
     }
+}
+
+/// Prints a `[[users]]` entry with SCRAM-SHA-256 and SCRAM-SHA-1 stored keys.
+fn user_add(name: &str, db: &str, role: &str, databases: &[String]) -> Result<()> {
+    use mongomux_auth::{Mechanism, ScramCredential, Secret};
+    use std::io::{BufRead, IsTerminal};
+    if role != "read" && role != "readWrite" {
+        anyhow::bail!("--role must be read or readWrite");
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("password for {name} (input is echoed; pipe it in to avoid that): ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = Secret::new(line.trim_end_matches(['\n', '\r']));
+    if password.expose().is_empty() {
+        anyhow::bail!("empty password");
+    }
+    let quote = |s: &str| format!("{s:?}");
+    let mut out = String::new();
+    out.push_str(&format!(
+        "[[users]]\nname = {}\ndb = {}\nrole = {}\n",
+        quote(name),
+        quote(db),
+        quote(role)
+    ));
+    let dbs: Vec<String> = databases.iter().map(|d| quote(d)).collect();
+    out.push_str(&format!("databases = [{}]\n", dbs.join(", ")));
+    for m in [Mechanism::ScramSha256, Mechanism::ScramSha1] {
+        let c = ScramCredential::try_derive(m, name, &password, m.default_iterations())
+            .map_err(|e| anyhow::anyhow!("cannot derive keys: {e}"))?;
+        out.push_str(&format!(
+            "[[users.scram]]\nmechanism = {}\nsalt = {}\niterations = {}\nstored_key = {}\nserver_key = {}\n",
+            quote(m.name()),
+            quote(&c.salt),
+            c.iterations,
+            quote(&c.stored_key),
+            quote(&c.server_key)
+        ));
+    }
+    print!("{out}");
+    Ok(())
 }

@@ -1,0 +1,159 @@
+//! Client authentication at the gateway: the server side of `saslStart` / `saslContinue`
+//! (source/auth/auth.md, "SASL" and "SCRAM-SHA-256"), speculative authentication inside the
+//! handshake, and per-identity session namespacing.
+//!
+//! Owns one connection's conversation state. It never reveals whether a user exists: unknown
+//! users get a full conversation with stand-in parameters and fail at the proof with the same
+//! AuthenticationFailed (18) as a wrong password.
+
+use std::sync::Arc;
+
+use bson::{doc, spec::BinarySubtype, Binary, Document, RawBsonRef, RawDocument};
+use mongomux_auth::{Mechanism, ScramServer};
+use sha2::{Digest, Sha256};
+
+use crate::error::GatewayError;
+use crate::users::{User, UserStore};
+
+/// A conversation in progress.
+struct Conversation {
+    id: i32,
+    db: String,
+    server: ScramServer,
+    /// The proof was accepted but the client asked for the empty final round.
+    verified: Option<Arc<User>>,
+}
+
+/// Authentication state of one client connection.
+#[derive(Default)]
+pub struct EdgeAuth {
+    conversation: Option<Conversation>,
+    next_id: i32,
+    /// Who the client proved to be.
+    pub identity: Option<Arc<User>>,
+}
+
+impl std::fmt::Debug for EdgeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeAuth")
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|u| u.qualified_name()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn payload_of(body: &RawDocument) -> Result<&[u8], GatewayError> {
+    match body.get("payload") {
+        Ok(Some(RawBsonRef::Binary(b))) => Ok(b.bytes),
+        _ => Err(GatewayError::BadCommand(
+            "SASL payload must be binary data".into(),
+        )),
+    }
+}
+
+fn binary(bytes: Vec<u8>) -> Binary {
+    Binary {
+        subtype: BinarySubtype::Generic,
+        bytes,
+    }
+}
+
+impl EdgeAuth {
+    /// `saslStart` (also used for `speculativeAuthenticate`, whose `db` field replaces `$db`).
+    /// Returns the reply fields without `ok`.
+    pub fn start(
+        &mut self,
+        users: &UserStore,
+        body: &RawDocument,
+        db: &str,
+    ) -> Result<Document, GatewayError> {
+        let mechanism = body.get_str("mechanism").unwrap_or("");
+        let mechanism = Mechanism::from_name(mechanism).ok_or_else(|| {
+            GatewayError::MechanismUnavailable(format!(
+                "mechanism {mechanism:?} is not supported by this gateway; use SCRAM-SHA-256 or SCRAM-SHA-1"
+            ))
+        })?;
+        let payload = payload_of(body)?;
+        let (server, first) = ScramServer::start(mechanism, payload, |name| {
+            users
+                .get(db, name)
+                .and_then(|u| u.credential(mechanism).cloned())
+        })
+        .map_err(|_| GatewayError::AuthenticationFailed)?;
+        self.next_id += 1;
+        self.conversation = Some(Conversation {
+            id: self.next_id,
+            db: db.to_string(),
+            server,
+            verified: None,
+        });
+        Ok(doc! { "conversationId": self.next_id, "done": false, "payload": binary(first) })
+    }
+
+    /// `saslContinue`. Returns the reply fields without `ok`; on `done: true` the identity is set.
+    pub fn next(
+        &mut self,
+        users: &UserStore,
+        body: &RawDocument,
+    ) -> Result<Document, GatewayError> {
+        let id = match body.get("conversationId") {
+            Ok(Some(RawBsonRef::Int32(n))) => n,
+            Ok(Some(RawBsonRef::Int64(n))) => n as i32,
+            _ => return Err(GatewayError::AuthenticationFailed),
+        };
+        let mut conv = match self.conversation.take() {
+            Some(c) if c.id == id => c,
+            _ => return Err(GatewayError::AuthenticationFailed),
+        };
+        if let Some(user) = conv.verified.take() {
+            // The empty final round of a client without skipEmptyExchange.
+            self.identity = Some(user);
+            return Ok(doc! { "conversationId": id, "done": true, "payload": binary(Vec::new()) });
+        }
+        let server_final = conv
+            .server
+            .finish(payload_of(body)?)
+            .map_err(|_| GatewayError::AuthenticationFailed)?;
+        let user = users
+            .get(&conv.db, conv.server.username())
+            .ok_or(GatewayError::AuthenticationFailed)?;
+        let skip_empty = body
+            .get_document("options")
+            .ok()
+            .and_then(|o| o.get_bool("skipEmptyExchange").ok())
+            .unwrap_or(true);
+        if skip_empty {
+            self.identity = Some(user);
+            Ok(doc! { "conversationId": id, "done": true, "payload": binary(server_final) })
+        } else {
+            conv.verified = Some(user);
+            self.conversation = Some(conv);
+            Ok(doc! { "conversationId": id, "done": false, "payload": binary(server_final) })
+        }
+    }
+
+    /// The user name being authenticated, for logs (never the payload).
+    pub fn pending_user(&self) -> Option<&str> {
+        self.conversation.as_ref().map(|c| c.server.username())
+    }
+}
+
+/// Maps a client's session UUID into the namespace of `user`, so that two identities can never
+/// name the same upstream session, even when one guesses or copies the other's lsid. The
+/// mapping is deterministic (the same on every gateway with the same users), which keeps a
+/// retryable write retried through another gateway on the same upstream session.
+pub fn namespaced_session_id(user: &User, uuid: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"mongomux lsid v1\0");
+    h.update(user.db.as_bytes());
+    h.update([0]);
+    h.update(user.name.as_bytes());
+    h.update([0]);
+    h.update(uuid);
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}

@@ -1,0 +1,95 @@
+//! Abuse limits keyed by source address: slowing down password guessing.
+//!
+//! Owns a bounded table of recent authentication failures per source IP. Each failure beyond a
+//! small allowance doubles the delay before that source's next authentication attempt is
+//! processed (up to a cap). The delay is served inside the offending connection's own task, so a
+//! guessing source slows only itself.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Failures forgiven before delays start.
+const ALLOWANCE: u32 = 5;
+/// Failures older than this are forgotten.
+const WINDOW: Duration = Duration::from_secs(60);
+/// Longest delay per attempt.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+/// Sources remembered at most; the table is pruned when it grows past this.
+const MAX_SOURCES: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// Authentication failures per source address.
+#[derive(Debug, Default)]
+pub struct AuthLimiter {
+    table: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+impl AuthLimiter {
+    /// How long to wait before processing an authentication attempt from `ip`.
+    pub fn delay(&self, ip: IpAddr) -> Duration {
+        let table = self.table.lock().expect("limiter lock");
+        match table.get(&ip) {
+            Some(f) if f.last.elapsed() < WINDOW && f.count >= ALLOWANCE => {
+                let exp = (f.count - ALLOWANCE).min(16);
+                (Duration::from_millis(100) * 2u32.pow(exp)).min(MAX_DELAY)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records a failed attempt from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        let mut table = self.table.lock().expect("limiter lock");
+        if table.len() >= MAX_SOURCES {
+            table.retain(|_, f| f.last.elapsed() < WINDOW);
+        }
+        let now = Instant::now();
+        let entry = table.entry(ip).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if entry.last.elapsed() >= WINDOW {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+    }
+
+    /// Forgets `ip`'s failures after a success.
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.table.lock().expect("limiter lock").remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_per_source_only() {
+        let l = AuthLimiter::default();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        for _ in 0..ALLOWANCE {
+            assert_eq!(l.delay(a), Duration::ZERO);
+            l.failed(a);
+        }
+        assert_eq!(l.delay(a), Duration::from_millis(100));
+        l.failed(a);
+        assert_eq!(l.delay(a), Duration::from_millis(200));
+        for _ in 0..20 {
+            l.failed(a);
+        }
+        assert_eq!(l.delay(a), MAX_DELAY);
+        assert_eq!(l.delay(b), Duration::ZERO);
+        l.succeeded(a);
+        assert_eq!(l.delay(a), Duration::ZERO);
+    }
+}
