@@ -36,6 +36,8 @@ enum Outcome {
     Reply(Bytes),
     /// Send nothing (moreToCome requests).
     Silent,
+    /// The client is gone; end the session.
+    Close,
 }
 
 /// A connected client.
@@ -125,6 +127,7 @@ impl Session {
                     }
                 }
                 Outcome::Silent => {}
+                Outcome::Close => return,
             }
         }
     }
@@ -366,7 +369,17 @@ impl Session {
         );
         frame.truncate(len);
         let started = Instant::now();
-        let result = conn.conn().round_trip(&mut frame).await;
+        let result = tokio::select! {
+            r = conn.conn().round_trip(&mut frame) => r,
+            // A client that hung up will never read the reply: stop waiting for it and free the
+            // slot. Dropping `conn` mid-exchange closes it, which also cancels the operation on
+            // servers that tie operations to their connection.
+            // An unacknowledged write is still carried out when its client leaves at once.
+            _ = client_gone(self.framed.get_ref()), if !req.more_to_come => {
+                tracing::debug!(peer = %self.peer, "client left while its request was upstream");
+                return Outcome::Close;
+            }
+        };
         self.ctx.metrics.upstream_latency.observe(started.elapsed());
         let mut reply = match result {
             // Dropping `conn` here closes it: its state is unknown.
@@ -612,4 +625,14 @@ fn session_id_offsets(frame: &[u8], body: &RawDocument) -> Vec<usize> {
         }
     }
     out
+}
+
+/// Resolves when the client has closed its side of the connection; stays pending while it is
+/// open, including when it has already sent more bytes (those stay queued for the next read).
+async fn client_gone(stream: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match stream.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending::<()>().await,
+    }
 }

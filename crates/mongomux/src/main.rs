@@ -179,6 +179,7 @@ fn main() -> Result<()> {
                     tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log-level")?,
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             raise_fd_limit();
             let cfg = (*args).into_config()?;
