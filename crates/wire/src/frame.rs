@@ -36,8 +36,12 @@ pub fn rewrite_ids(message: &mut [u8], request_id: i32, response_to: i32) {
 /// rewrite invalidates), fixing messageLength. Returns the flags as they were and the new
 /// length, to which the caller truncates its buffer.
 ///
-/// The caller has parsed the message, so the flags field exists.
+/// Total on any input: bytes too short to hold a flags field (an unparsed upstream reply can
+/// be a bare 16-byte header) are left alone and reported as flags 0 with their own length.
 pub fn strip_checksum(message: &mut [u8], clear: u32) -> (u32, usize) {
+    if message.len() < HEADER_LEN + 4 {
+        return (0, message.len());
+    }
     let flags = read_i32(message, HEADER_LEN) as u32;
     let mut new_flags = flags & !clear;
     let mut len = message.len();
@@ -75,6 +79,21 @@ mod tests {
         assert_eq!(check_frame(&buf, MAX_MESSAGE_SIZE), Ok(None));
         buf.resize(25, 0);
         assert_eq!(check_frame(&buf, MAX_MESSAGE_SIZE), Ok(Some(20)));
+    }
+
+    /// Found by the wire_decode fuzz target: any input shorter than 20 bytes (the empty one
+    /// first) indexed past the end. The gateway calls this on upstream replies it could not
+    /// parse, which may be a bare header.
+    #[test]
+    fn strip_checksum_on_short_input_is_a_no_op() {
+        for len in 0..HEADER_LEN + 4 {
+            let mut m = vec![0xffu8; len];
+            assert_eq!(strip_checksum(&mut m, MsgFlags::EXHAUST_ALLOWED), (0, len));
+            assert!(m.iter().all(|b| *b == 0xff));
+        }
+        let mut header_only = 16i32.to_le_bytes().to_vec();
+        header_only.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0xdd, 0x07, 0, 0]);
+        assert_eq!(strip_checksum(&mut header_only, 0), (0, HEADER_LEN));
     }
 
     #[test]
