@@ -13,6 +13,7 @@ use crate::access::AccessList;
 use crate::config::Config;
 use crate::limits::AuthLimiter;
 use crate::metrics::Metrics;
+use crate::routing::Routing;
 use crate::upstream::{Pool, PoolSettings};
 use crate::users::UserStore;
 
@@ -27,6 +28,8 @@ pub struct Context {
     pub users: ArcSwap<UserStore>,
     /// Authentication failures per source.
     pub auth_limiter: AuthLimiter,
+    /// Cursor ownership, session users, pinned transactions.
+    pub routing: Routing,
     /// Upstream connections.
     pub pool: Arc<Pool>,
     /// Counters and gauges.
@@ -59,6 +62,7 @@ impl Context {
         Arc::new(Context {
             users: ArcSwap::from_pointee(users),
             auth_limiter: AuthLimiter::default(),
+            routing: Routing::default(),
             access: ArcSwap::from_pointee(access),
             pool: Pool::new(settings, metrics.clone()),
             config: ArcSwap::from_pointee(config),

@@ -27,7 +27,7 @@ use crate::error::GatewayError;
 use crate::framed::{FrameError, Framed};
 use crate::handshake::{ensure_upstream_info, hello_reply, is_hello, ping_reply};
 use crate::request::{as_i64, reply_cursor, reply_error_code, RequestInfo};
-use crate::routing::{ClientState, Pinned};
+use crate::routing::{ConnectionSessions, Owner, Pinned};
 use crate::users::UserStore;
 
 /// What to do after handling one message.
@@ -47,7 +47,7 @@ struct Session {
     peer: SocketAddr,
     connection_id: i64,
     handshaken: bool,
-    state: ClientState,
+    sessions: ConnectionSessions,
     auth: EdgeAuth,
 }
 
@@ -68,14 +68,16 @@ pub async fn run(
         ctx: ctx.clone(),
         peer,
         handshaken: false,
-        state: ClientState::default(),
+        sessions: ConnectionSessions::default(),
         auth: EdgeAuth::default(),
     };
     tracing::debug!(peer = %peer, conn = session.connection_id, "client connected");
     session.serve().await;
     session.framed.shutdown().await;
-    let Session { state, .. } = session;
-    state.teardown(&ctx).await;
+    let left = ctx
+        .routing
+        .leave(&ctx, session.connection_id, session.sessions.keys());
+    left.release(&ctx).await;
     ctx.metrics.client_connections.fetch_sub(1, Relaxed);
     tracing::debug!(peer = %peer, "client disconnected");
 }
@@ -249,7 +251,7 @@ impl Session {
         }
         match req.command.as_str() {
             "getMore" => match req.get_more_id {
-                Some(id) if self.state.owns_cursor(id) => self.forward(frame, &req).await,
+                Some(id) if self.may_use_cursor(id, &req) => self.forward(frame, &req).await,
                 Some(id) => self.error(req.request_id, GatewayError::CursorNotFound(id), false),
                 None => self.error(
                     req.request_id,
@@ -337,11 +339,11 @@ impl Session {
     /// Forwards a request upstream and relays the reply, keeping the routing table current.
     async fn forward(&mut self, mut frame: BytesMut, req: &RequestInfo) -> Outcome {
         if let Some(lsid) = &req.lsid {
-            self.state.note_session(lsid);
+            self.sessions.note(&self.ctx.routing, lsid.as_bytes());
         }
         let in_txn = req.in_transaction;
         let pinned = match (&req.lsid, in_txn) {
-            (Some(lsid), true) => self.state.take_pinned(lsid.as_bytes()),
+            (Some(lsid), true) => self.ctx.routing.take_pinned(lsid.as_bytes()),
             _ => None,
         };
         let mut conn = match pinned {
@@ -398,10 +400,21 @@ impl Session {
             return Outcome::Silent;
         }
         let meta = conn.conn().meta.clone();
-        self.keep_or_release(conn, req);
-        if let Ok(msg) = OpMsg::parse(&reply) {
-            self.track_reply(msg.body, req, &meta);
+        let parsed = match OpMsg::parse(&reply) {
+            Ok(msg) => {
+                self.track_reply(msg.body, req, &meta);
+                true
+            }
+            Err(_) => false,
+        };
+        if !parsed {
+            // The upstream's byte stream is suspect: close that connection (drop) and tell the
+            // client in a reply it can parse.
+            drop(conn);
+            let e = GatewayError::Upstream("the upstream sent a reply that does not parse".into());
+            return self.error(req.request_id, e, in_txn);
         }
+        self.keep_or_release(conn, req);
         let (_, len) = strip_checksum(&mut reply, 0);
         reply.truncate(len);
         rewrite_ids(&mut reply, self.ctx.next_reply_id(), req.request_id);
@@ -415,14 +428,24 @@ impl Session {
             (Some(lsid), Some(txn_number))
                 if req.in_transaction && !req.ends_transaction() && conn.is_pinned() =>
             {
-                self.state.pin(Pinned {
-                    conn,
-                    txn_number,
-                    lsid: lsid.clone(),
-                })
+                if let Some(back) = self
+                    .ctx
+                    .routing
+                    .pin(lsid.as_bytes(), Pinned { conn, txn_number })
+                {
+                    back.conn.release();
+                }
             }
             _ => conn.release(),
         }
+    }
+
+    /// Whether this request may continue or kill cursor `id`.
+    fn may_use_cursor(&self, id: i64, req: &RequestInfo) -> bool {
+        let lsid = req.lsid.as_ref().map(|l| l.as_bytes());
+        self.ctx
+            .routing
+            .may_use_cursor(id, lsid, self.connection_id, self.sessions.keys())
     }
 
     /// Records cursors opened, exhausted or lost according to a reply.
@@ -438,12 +461,16 @@ impl Session {
                 None => reply_error_code(body).is_some(),
             };
             if gone {
-                self.state.remove_cursor(&self.ctx, id);
+                self.ctx.routing.remove_cursor(&self.ctx, id);
             }
             return;
         }
         if let Some((id, ns)) = reply_cursor(body) {
-            self.state.add_cursor(&self.ctx, id, ns, meta);
+            let owner = match &req.lsid {
+                Some(lsid) => Owner::Session(lsid.as_bytes().to_vec()),
+                None => Owner::Connection(self.connection_id),
+            };
+            self.ctx.routing.add_cursor(&self.ctx, id, ns, owner, meta);
         }
     }
 
@@ -462,11 +489,12 @@ impl Session {
             .into_iter()
             .filter_map(|v| v.ok().and_then(as_i64))
             .collect();
-        let (owned, foreign): (Vec<i64>, Vec<i64>) =
-            ids.into_iter().partition(|id| self.state.owns_cursor(*id));
+        let (owned, foreign): (Vec<i64>, Vec<i64>) = ids
+            .into_iter()
+            .partition(|id| self.may_use_cursor(*id, req));
         if foreign.is_empty() {
             for id in &owned {
-                self.state.remove_cursor(&self.ctx, *id);
+                self.ctx.routing.remove_cursor(&self.ctx, *id);
             }
             return self.forward(frame, req).await;
         }
@@ -477,7 +505,7 @@ impl Session {
         };
         if !owned.is_empty() {
             for id in &owned {
-                self.state.remove_cursor(&self.ctx, *id);
+                self.ctx.routing.remove_cursor(&self.ctx, *id);
             }
             let kill = doc! { "killCursors": coll, "cursors": owned, "$db": &req.db };
             let mut conn = match self.ctx.pool.checkout().await {
@@ -509,15 +537,6 @@ impl Session {
     /// endSessions: forwarded when the upstream knows sessions; always answered `ok`, since a
     /// session the upstream never saw is simply gone either way.
     async fn end_sessions(&mut self, frame: BytesMut, req: &RequestInfo) -> Outcome {
-        if let Ok(msg) = OpMsg::parse(&frame) {
-            if let Ok(ids) = msg.body.get_array("endSessions") {
-                for lsid in ids.into_iter().flatten() {
-                    if let Some(d) = lsid.as_document() {
-                        self.state.forget_session(d.as_bytes());
-                    }
-                }
-            }
-        }
         let _ = self.forward(frame, req).await;
         if req.more_to_come {
             return Outcome::Silent;
