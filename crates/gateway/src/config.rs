@@ -56,6 +56,9 @@ pub struct Config {
     pub access: Vec<AccessEntryConfig>,
     /// Permits an access entry that admits every address.
     pub allow_any_address: bool,
+    /// Most concurrent client connections from one source address; 0 means no limit (the
+    /// default, because a whole Lambda fleet behind one NAT gateway shares one address).
+    pub max_connections_per_source: usize,
     /// Gateway users; none means client authentication is off.
     pub users: Vec<crate::users::UserConfig>,
 }
@@ -79,6 +82,7 @@ impl Default for Config {
             access: Vec::new(),
             allow_any_address: false,
             users: Vec::new(),
+            max_connections_per_source: 0,
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::access::AccessList;
 use crate::config::Config;
-use crate::limits::AuthLimiter;
+use crate::limits::{AuthLimiter, SourceCounts};
 use crate::metrics::Metrics;
 use crate::routing::Routing;
 use crate::upstream::{Pool, PoolSettings};
@@ -26,6 +26,8 @@ pub struct Context {
     pub access: ArcSwap<AccessList>,
     /// Gateway users; swapped on reload.
     pub users: ArcSwap<UserStore>,
+    /// Open connections per source.
+    pub sources: Arc<SourceCounts>,
     /// Authentication failures per source.
     pub auth_limiter: AuthLimiter,
     /// Cursor ownership, session users, pinned transactions.
@@ -36,6 +38,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Turns true when the gateway starts draining.
     pub draining: watch::Receiver<bool>,
+    /// Bumped on every configuration reload; sessions re-check their identity.
+    pub reloads: watch::Receiver<u64>,
+    reload_tx: watch::Sender<u64>,
     /// Identifies this gateway process to load-balanced drivers (`serviceId`).
     pub service_id: ObjectId,
     connection_ids: AtomicI64,
@@ -59,9 +64,13 @@ impl Context {
             .expect("Config::finish validated the access list");
         let users =
             UserStore::from_config(&config.users).expect("Config::finish validated the users");
+        let (reload_tx, reloads) = watch::channel(0);
         Arc::new(Context {
+            reloads,
+            reload_tx,
             users: ArcSwap::from_pointee(users),
             auth_limiter: AuthLimiter::default(),
+            sources: Arc::default(),
             routing: Routing::default(),
             access: ArcSwap::from_pointee(access),
             pool: Pool::new(settings, metrics.clone()),
@@ -84,6 +93,11 @@ impl Context {
         self.reply_ids
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1)
+    }
+
+    /// Tells every session that the configuration changed.
+    pub fn signal_reload(&self) {
+        self.reload_tx.send_modify(|n| *n += 1);
     }
 
     /// Whether the gateway is draining.

@@ -24,6 +24,7 @@ pub mod framed;
 pub mod handshake;
 pub mod limits;
 pub mod metrics;
+pub mod reload;
 pub mod request;
 pub mod routing;
 pub mod server;

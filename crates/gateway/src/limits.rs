@@ -93,3 +93,63 @@ mod tests {
         assert_eq!(l.delay(a), Duration::ZERO);
     }
 }
+
+/// Open client connections per source address, for `max_connections_per_source`.
+#[derive(Debug, Default)]
+pub struct SourceCounts {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A client connection counted against its source; uncounts itself when dropped.
+#[derive(Debug)]
+pub struct SourceSlot {
+    counts: std::sync::Arc<SourceCounts>,
+    ip: IpAddr,
+}
+
+impl SourceCounts {
+    /// Counts a new connection from `ip`, unless `limit` (0 = none) is reached.
+    pub fn admit(self: &std::sync::Arc<Self>, ip: IpAddr, limit: usize) -> Option<SourceSlot> {
+        let mut open = self.open.lock().expect("source lock");
+        let n = open.entry(ip).or_insert(0);
+        if limit != 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().expect("source lock");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn per_source_limit() {
+        let c = Arc::new(SourceCounts::default());
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = c.admit(a, 2).unwrap();
+        let _s2 = c.admit(a, 2).unwrap();
+        assert!(c.admit(a, 2).is_none());
+        assert!(c.admit("127.0.0.3".parse().unwrap(), 2).is_some());
+        drop(s1);
+        assert!(c.admit(a, 2).is_some());
+        assert!(c.admit(a, 0).is_some());
+    }
+}

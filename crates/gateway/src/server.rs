@@ -153,7 +153,21 @@ async fn accept_loop(
             }
             Ok((stream, peer)) => match clients.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    tokio::spawn(session::run(ctx.clone(), stream, peer, permit));
+                    let limit = ctx.config.load().max_connections_per_source;
+                    match ctx.sources.admit(peer.ip(), limit) {
+                        Some(slot) => {
+                            tokio::spawn(session::run(ctx.clone(), stream, peer, (permit, slot)));
+                        }
+                        None => {
+                            ctx.metrics
+                                .client_connections_rejected
+                                .fetch_add(1, Ordering::Relaxed);
+                            warn(
+                                "max-connections-per-source reached; refusing a client",
+                                Some(peer),
+                            );
+                        }
+                    }
                 }
                 Err(_) => {
                     ctx.metrics

@@ -56,7 +56,7 @@ pub async fn run(
     ctx: Arc<Context>,
     stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _admission: (OwnedSemaphorePermit, crate::limits::SourceSlot),
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let _ = stream.set_nodelay(true);
@@ -85,6 +85,7 @@ pub async fn run(
 impl Session {
     async fn serve(&mut self) {
         let mut draining = self.ctx.draining.clone();
+        let mut reloads = self.ctx.reloads.clone();
         let handshake_deadline =
             tokio::time::Instant::now() + self.ctx.config.load().handshake_timeout;
         loop {
@@ -102,6 +103,13 @@ impl Session {
                         continue;
                     }
                     return;
+                }
+                Ok(()) = reloads.changed() => {
+                    if self.identity_revoked() {
+                        tracing::info!(peer = %self.peer, "closing a connection whose user was removed or changed");
+                        return;
+                    }
+                    continue;
                 }
                 _ = tokio::time::sleep_until(handshake_deadline), if !self.handshaken => {
                     tracing::debug!(peer = %self.peer, "no handshake before the deadline; closing");
@@ -262,6 +270,14 @@ impl Session {
             "killCursors" => self.kill_cursors(frame, &req).await,
             "endSessions" => self.end_sessions(frame, &req).await,
             _ => self.forward(frame, &req).await,
+        }
+    }
+
+    /// Whether the authenticated user no longer exists as it was when it logged in.
+    fn identity_revoked(&self) -> bool {
+        match &self.auth.identity {
+            Some(user) => !self.ctx.users.load().still_valid(user),
+            None => false,
         }
     }
 

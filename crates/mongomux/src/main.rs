@@ -55,7 +55,7 @@ enum UserCommand {
 }
 
 /// Every flag also reads an environment variable; flags win over the file.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ServeArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "MONGOMUX_CONFIG")]
@@ -102,6 +102,9 @@ struct ServeArgs {
     /// Permit an access entry that admits every address (0.0.0.0/0 or ::/0).
     #[arg(long, env = "MONGOMUX_ALLOW_ANY_ADDRESS")]
     allow_any_address: bool,
+    /// Most concurrent connections from one source address; 0 = no limit [default: 0].
+    #[arg(long, env = "MONGOMUX_MAX_CONNECTIONS_PER_SOURCE")]
+    max_connections_per_source: Option<usize>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     log_level: Option<String>,
@@ -134,7 +137,8 @@ impl ServeArgs {
             max_clients,
             handshake_timeout,
             idle_timeout,
-            drain_timeout
+            drain_timeout,
+            max_connections_per_source
         );
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen;
@@ -182,17 +186,18 @@ fn main() -> Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             raise_fd_limit();
-            let cfg = (*args).into_config()?;
+            let cfg = args.clone().into_config()?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(cfg))
+                .block_on(serve(cfg, *args))
         }
     }
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
     let gateway = Gateway::bind(cfg).await?;
+    tokio::spawn(reload_on_sighup(gateway.context(), args));
     let mut out = std::io::stdout().lock();
     writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
     if let Some(addr) = gateway.metrics_addr() {
@@ -209,6 +214,30 @@ async fn serve(cfg: Config) -> Result<()> {
     gateway.run(shutdown_signal()).await;
     tracing::info!("mongomux stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the file and the environment, layer the flags again, and apply.
+async fn reload_on_sighup(ctx: std::sync::Arc<mongomux_gateway::Context>, args: ServeArgs) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let applied = args
+            .clone()
+            .into_config()
+            .and_then(|cfg| Ok(mongomux_gateway::reload::apply(&ctx, cfg)?));
+        match applied {
+            Ok(summary) => {
+                tracing::info!(users = summary.users, "configuration reloaded");
+                if !summary.needs_restart.is_empty() {
+                    tracing::warn!(settings = ?summary.needs_restart, "changed settings that take effect only after a restart");
+                }
+            }
+            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {
