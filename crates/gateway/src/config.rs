@@ -6,6 +6,7 @@
 //! `Config` never shows them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mongomux_auth::{Mechanism, Secret};
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 use crate::access::{AccessEntryConfig, AccessList};
 use crate::error::GatewayError;
+use crate::tls::TlsMode;
 
 /// All settings of `mongomux serve`.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +61,16 @@ pub struct Config {
     /// Most concurrent client connections from one source address; 0 means no limit (the
     /// default, because a whole Lambda fleet behind one NAT gateway shares one address).
     pub max_connections_per_source: usize,
+    /// TLS for clients.
+    pub tls_mode: TlsMode,
+    /// Server certificate chain (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// CA that client certificates must chain to; unset means no client certificates.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// CA file for verifying the upstream's certificate (overrides the URI's `tlsCAFile`).
+    pub upstream_tls_ca_file: Option<PathBuf>,
     /// Gateway users; none means client authentication is off.
     pub users: Vec<crate::users::UserConfig>,
 }
@@ -83,6 +95,11 @@ impl Default for Config {
             allow_any_address: false,
             users: Vec::new(),
             max_connections_per_source: 0,
+            tls_mode: TlsMode::Disabled,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            upstream_tls_ca_file: None,
         }
     }
 }
@@ -100,6 +117,10 @@ pub struct UpstreamConfig {
     pub auth_source: String,
     /// Mechanism forced by the URI; otherwise negotiated.
     pub mechanism: Option<Mechanism>,
+    /// Connect with TLS (`tls=true` / `ssl=true`).
+    pub tls: bool,
+    /// CA file for the upstream's certificate (`tlsCAFile`).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -130,6 +151,13 @@ impl Config {
         if let Some(pass) = self.upstream_password.take() {
             upstream.password = Some(pass);
         }
+        if let Some(ca) = self.upstream_tls_ca_file.take() {
+            upstream.tls_ca_file = Some(ca);
+            upstream.tls = true;
+        }
+        if upstream.tls {
+            crate::tls::client_config(upstream.tls_ca_file.as_ref())?;
+        }
         if upstream.password.is_some() && upstream.username.is_none() {
             return Err(GatewayError::Config(
                 "an upstream password was given without a user name".into(),
@@ -154,6 +182,7 @@ impl Config {
             }
         }
         self.access_list()?;
+        self.tls_server()?;
         crate::users::UserStore::from_config(&self.users)?;
         for (name, d) in [
             ("checkout_timeout", self.checkout_timeout),
@@ -166,6 +195,19 @@ impl Config {
             }
         }
         Ok(self)
+    }
+
+    /// The listener's TLS configuration, when TLS is enabled.
+    pub fn tls_server(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, GatewayError> {
+        if self.tls_mode == TlsMode::Disabled {
+            return Ok(None);
+        }
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return Err(GatewayError::Config(
+                "tls_mode allowed/required needs tls_cert_file and tls_key_file".into(),
+            ));
+        };
+        crate::tls::server_config(cert, key, self.tls_client_ca_file.as_deref()).map(Some)
     }
 
     /// The access list these settings describe.
@@ -249,6 +291,8 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, GatewayError> {
     let default_db = path.trim_start_matches('/');
     let mut auth_source = None;
     let mut mechanism = None;
+    let mut tls = false;
+    let mut tls_ca_file = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k.to_ascii_lowercase().as_str() {
@@ -260,6 +304,8 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, GatewayError> {
                     ))
                 })?)
             }
+            "tls" | "ssl" => tls = v.eq_ignore_ascii_case("true"),
+            "tlscafile" => tls_ca_file = Some(PathBuf::from(percent_decode(v)?)),
             // Options that describe client behaviour the gateway does not need.
             "directconnection"
             | "appname"
@@ -289,6 +335,8 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, GatewayError> {
         password,
         auth_source,
         mechanism,
+        tls: tls || tls_ca_file.is_some(),
+        tls_ca_file,
     })
 }
 

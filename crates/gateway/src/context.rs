@@ -22,6 +22,8 @@ use crate::users::UserStore;
 pub struct Context {
     /// The configuration in force.
     pub config: ArcSwap<Config>,
+    /// The listener's TLS settings, when TLS is on; swapped on reload.
+    pub tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
     /// Who may connect; swapped on reload.
     pub access: ArcSwap<AccessList>,
     /// Gateway users; swapped on reload.
@@ -49,9 +51,19 @@ pub struct Context {
 
 impl Context {
     /// Builds the context for a validated configuration.
-    pub fn new(config: Config, draining: watch::Receiver<bool>) -> Arc<Context> {
+    pub fn new(
+        config: Config,
+        draining: watch::Receiver<bool>,
+    ) -> Result<Arc<Context>, crate::GatewayError> {
         let metrics = Arc::new(Metrics::default());
+        let upstream_tls = match config.upstream().tls {
+            true => Some(crate::tls::client_config(
+                config.upstream().tls_ca_file.as_ref(),
+            )?),
+            false => None,
+        };
         let settings = PoolSettings {
+            tls: upstream_tls,
             upstream: config.upstream().clone(),
             size: config.pool_size,
             max_pinned: config.pinned_limit(),
@@ -59,13 +71,12 @@ impl Context {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
         };
-        let access = config
-            .access_list()
-            .expect("Config::finish validated the access list");
-        let users =
-            UserStore::from_config(&config.users).expect("Config::finish validated the users");
+        let access = config.access_list()?;
+        let tls = config.tls_server()?;
+        let users = UserStore::from_config(&config.users)?;
         let (reload_tx, reloads) = watch::channel(0);
-        Arc::new(Context {
+        Ok(Arc::new(Context {
+            tls: ArcSwap::from_pointee(tls),
             reloads,
             reload_tx,
             users: ArcSwap::from_pointee(users),
@@ -80,7 +91,7 @@ impl Context {
             service_id: ObjectId::new(),
             connection_ids: AtomicI64::new(0),
             reply_ids: AtomicI32::new(0),
-        })
+        }))
     }
 
     /// A fresh `connectionId` for the handshake reply.

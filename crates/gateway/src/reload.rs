@@ -27,6 +27,7 @@ pub struct ReloadSummary {
 pub fn apply(ctx: &Context, new: Config) -> Result<ReloadSummary, GatewayError> {
     let access = new.access_list()?;
     let users = UserStore::from_config(&new.users)?;
+    let tls = new.tls_server()?;
     let old = ctx.config.load_full();
     let mut needs_restart = Vec::new();
     if old.listen != new.listen {
@@ -51,6 +52,7 @@ pub fn apply(ctx: &Context, new: Config) -> Result<ReloadSummary, GatewayError> 
         needs_restart,
     };
     ctx.access.store(Arc::new(access));
+    ctx.tls.store(Arc::new(tls));
     ctx.users.store(Arc::new(users));
     ctx.config.store(Arc::new(new));
     ctx.signal_reload();

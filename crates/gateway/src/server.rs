@@ -46,7 +46,7 @@ impl Gateway {
         let (drain_tx, drain_rx) = watch::channel(false);
         let clients = Arc::new(Semaphore::new(config.max_clients));
         Ok(Gateway {
-            ctx: Context::new(config, drain_rx),
+            ctx: Context::new(config, drain_rx)?,
             listener,
             metrics_listener,
             drain_tx,

@@ -28,6 +28,7 @@ use crate::framed::{FrameError, Framed};
 use crate::handshake::{ensure_upstream_info, hello_reply, is_hello, ping_reply};
 use crate::request::{as_i64, reply_cursor, reply_error_code, RequestInfo};
 use crate::routing::{ConnectionSessions, Owner, Pinned};
+use crate::tls::{looks_like_tls, ClientStream, MaybeTls, TlsMode};
 use crate::users::UserStore;
 
 /// What to do after handling one message.
@@ -43,7 +44,7 @@ enum Outcome {
 /// A connected client.
 struct Session {
     ctx: Arc<Context>,
-    framed: Framed<TcpStream>,
+    framed: Framed<ClientStream>,
     peer: SocketAddr,
     connection_id: i64,
     handshaken: bool,
@@ -60,6 +61,9 @@ pub async fn run(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let _ = stream.set_nodelay(true);
+    let Some(stream) = negotiate_tls(&ctx, stream, peer).await else {
+        return;
+    };
     ctx.metrics.client_connections.fetch_add(1, Relaxed);
     ctx.metrics.client_connections_total.fetch_add(1, Relaxed);
     let mut session = Session {
@@ -393,7 +397,7 @@ impl Session {
             // slot. Dropping `conn` mid-exchange closes it, which also cancels the operation on
             // servers that tie operations to their connection.
             // An unacknowledged write is still carried out when its client leaves at once.
-            _ = client_gone(self.framed.get_ref()), if !req.more_to_come => {
+            _ = client_gone(self.framed.get_ref().tcp()), if !req.more_to_come => {
                 tracing::debug!(peer = %self.peer, "client left while its request was upstream");
                 return Outcome::Close;
             }
@@ -670,4 +674,44 @@ async fn client_gone(stream: &TcpStream) {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending::<()>().await,
     }
+}
+
+/// Applies the TLS mode to a new client: `required` runs the TLS handshake (a plaintext client
+/// fails it and is dropped), `allowed` looks at the first bytes to decide. Bounded by the
+/// handshake timeout. `None` means the client is dropped.
+async fn negotiate_tls(ctx: &Context, tcp: TcpStream, peer: SocketAddr) -> Option<ClientStream> {
+    let mode = ctx.config.load().tls_mode;
+    let tls = ctx.tls.load_full();
+    let (mode, cfg) = match (mode, tls.as_ref()) {
+        (TlsMode::Disabled, _) | (_, None) => return Some(MaybeTls::Plain(tcp)),
+        (mode, Some(cfg)) => (mode, cfg.clone()),
+    };
+    let deadline = ctx.config.load().handshake_timeout;
+    let result = tokio::time::timeout(deadline, async move {
+        if mode == TlsMode::Allowed {
+            let mut first = [0u8; 2];
+            loop {
+                let n = tcp.peek(&mut first).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                if n >= 2 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if !looks_like_tls(&first) {
+                return Some(MaybeTls::Plain(tcp));
+            }
+        }
+        match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+            Ok(s) => Some(MaybeTls::Tls(Box::new(s))),
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    })
+    .await;
+    result.ok().flatten()
 }

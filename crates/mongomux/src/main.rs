@@ -105,6 +105,21 @@ struct ServeArgs {
     /// Most concurrent connections from one source address; 0 = no limit [default: 0].
     #[arg(long, env = "MONGOMUX_MAX_CONNECTIONS_PER_SOURCE")]
     max_connections_per_source: Option<usize>,
+    /// TLS for clients: disabled, allowed or required [default: disabled].
+    #[arg(long, env = "MONGOMUX_TLS_MODE")]
+    tls_mode: Option<mongomux_gateway::tls::TlsMode>,
+    /// Server certificate chain, PEM.
+    #[arg(long, env = "MONGOMUX_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// Server private key, PEM.
+    #[arg(long, env = "MONGOMUX_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// CA that client certificates must chain to (turns on client certificates).
+    #[arg(long, env = "MONGOMUX_TLS_CLIENT_CA_FILE")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// CA file to verify the upstream's certificate (implies TLS to the upstream).
+    #[arg(long, env = "MONGOMUX_UPSTREAM_TLS_CA_FILE")]
+    upstream_tls_ca_file: Option<PathBuf>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     log_level: Option<String>,
@@ -140,6 +155,17 @@ impl ServeArgs {
             drain_timeout,
             max_connections_per_source
         );
+        set!(tls_mode);
+        for (flag, field) in [
+            (self.tls_cert_file, &mut cfg.tls_cert_file),
+            (self.tls_key_file, &mut cfg.tls_key_file),
+            (self.tls_client_ca_file, &mut cfg.tls_client_ca_file),
+            (self.upstream_tls_ca_file, &mut cfg.upstream_tls_ca_file),
+        ] {
+            if flag.is_some() {
+                *field = flag;
+            }
+        }
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen;
         }

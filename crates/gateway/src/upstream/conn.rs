@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::framed::Framed;
+use crate::tls::{MaybeTls, Peek, UpstreamStream};
 
 /// What the upstream said about itself in its `hello`; the gateway's own hello repeats it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +55,7 @@ pub struct ConnMeta {
 /// An upstream connection.
 #[derive(Debug)]
 pub struct UpstreamConn {
-    framed: Framed<TcpStream>,
+    framed: Framed<UpstreamStream>,
     /// Shared facts about this connection.
     pub meta: Arc<ConnMeta>,
     next_request_id: i32,
@@ -66,12 +67,35 @@ impl UpstreamConn {
     /// Connects, says hello and authenticates. The caller bounds the whole with a deadline.
     pub async fn connect(
         cfg: &UpstreamConfig,
+        tls: Option<&Arc<rustls::ClientConfig>>,
         id: u64,
     ) -> Result<(UpstreamConn, UpstreamInfo), GatewayError> {
-        let stream = TcpStream::connect(&cfg.address)
+        let tcp = TcpStream::connect(&cfg.address)
             .await
             .map_err(|e| GatewayError::Upstream(format!("connect to {}: {e}", cfg.address)))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = match tls {
+            None => MaybeTls::Plain(tcp),
+            Some(tls) => {
+                let host = cfg
+                    .address
+                    .rsplit_once(':')
+                    .map_or(cfg.address.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name =
+                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+                        GatewayError::Config(format!("{host:?} is not a valid TLS server name"))
+                    })?;
+                let tls = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        GatewayError::Upstream(format!("TLS with {}: {e}", cfg.address))
+                    })?;
+                MaybeTls::Tls(Box::new(tls))
+            }
+        };
         let mut conn = UpstreamConn {
             framed: Framed::new(stream, MAX_MESSAGE_SIZE),
             meta: Arc::new(ConnMeta {
@@ -239,14 +263,7 @@ impl UpstreamConn {
     /// Whether an idle connection is still usable: no bytes arrived unasked and the peer has
     /// not closed it. Does not block.
     pub fn is_healthy(&self) -> bool {
-        if self.framed.has_buffered() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        match self.framed.get_ref().try_read(&mut probe) {
-            Ok(_) => false,
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        }
+        !self.framed.has_buffered() && self.framed.get_ref().peek_now() == Peek::Quiet
     }
 }
 

@@ -34,6 +34,8 @@ const CURSOR_KEEPALIVE: Duration = Duration::from_secs(600);
 pub struct PoolSettings {
     /// Where and as whom to connect.
     pub upstream: UpstreamConfig,
+    /// TLS settings when the upstream URI asks for TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Most connections.
     pub size: usize,
     /// Most connections pinned by transactions.
@@ -143,7 +145,8 @@ impl Pool {
             }
         }
         let id = self.ids.next();
-        let attempt = UpstreamConn::connect(&self.settings.upstream, id);
+        let attempt =
+            UpstreamConn::connect(&self.settings.upstream, self.settings.tls.as_ref(), id);
         match tokio::time::timeout(self.settings.connect_timeout, attempt).await {
             Ok(Ok((conn, info))) => {
                 self.info.store(Arc::new(Some(info)));
