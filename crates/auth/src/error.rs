@@ -45,6 +45,15 @@ pub enum AuthError {
         minimum: u32,
     },
 
+    /// The server asked for more PBKDF2 iterations than a client will run.
+    #[error("SCRAM iteration count {iterations} is above the maximum of {maximum}")]
+    IterationCountTooHigh {
+        /// The count the server sent.
+        iterations: u32,
+        /// The largest count accepted.
+        maximum: u32,
+    },
+
     /// The client proof did not verify: wrong password, unknown user, or a
     /// mechanism the user has no credential for. Deliberately one variant so
     /// the cases cannot be told apart.

@@ -40,5 +40,7 @@ mod scram;
 mod secret;
 
 pub use error::AuthError;
-pub use scram::{Mechanism, ScramClient, ScramCredential, ScramServer, MIN_ITERATIONS};
+pub use scram::{
+    Mechanism, ScramClient, ScramCredential, ScramServer, MAX_ITERATIONS, MIN_ITERATIONS,
+};
 pub use secret::Secret;

@@ -22,7 +22,7 @@ use super::message::{
     as_text, auth_message, encode_b64, escape_username, parse_server_final, parse_server_first,
     ServerFinal,
 };
-use super::{Mechanism, MIN_ITERATIONS};
+use super::{Mechanism, MAX_ITERATIONS, MIN_ITERATIONS};
 use crate::{AuthError, Secret};
 
 /// Length of the random part of our nonce, before base64. 24 bytes (192 bits)
@@ -161,6 +161,12 @@ impl ScramClient {
                 minimum: MIN_ITERATIONS,
             });
         }
+        if parsed.iterations > MAX_ITERATIONS {
+            return Err(AuthError::IterationCountTooHigh {
+                iterations: parsed.iterations,
+                maximum: MAX_ITERATIONS,
+            });
+        }
         let password = self
             .prepared_password
             .as_ref()
@@ -254,6 +260,19 @@ mod tests {
             "abc".into(),
         );
         assert_eq!(c.client_first(), "n,,n=a=2Cb=3D\u{2168},r=abc".as_bytes());
+    }
+
+    #[test]
+    fn refuses_absurd_iteration_counts() {
+        for v in [&SHA1, &SHA256] {
+            let nonce = format!("{}{}", v.client_nonce, v.server_nonce_suffix);
+            let mut c = vector_client(v);
+            c.client_first();
+            let err = c
+                .client_final(&server_first_with(v, &nonce, u32::MAX))
+                .unwrap_err();
+            assert!(matches!(err, AuthError::IterationCountTooHigh { .. }));
+        }
     }
 
     #[test]

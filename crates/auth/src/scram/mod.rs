@@ -39,6 +39,11 @@ use std::fmt;
 /// least this many).
 pub const MIN_ITERATIONS: u32 = 4096;
 
+/// Most PBKDF2 iterations a client accepts from a server. Key derivation runs synchronously,
+/// so an absurd count from a hostile or broken server would block a worker thread for hours;
+/// real deployments use 10,000 to 15,000 and rarely more than 100,000.
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+
 /// A SCRAM mechanism, named as in `saslStart.mechanism` and
 /// `saslSupportedMechs`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
