@@ -181,7 +181,9 @@ class Upstream:
         return pymongo.MongoClient(self.uri(), directConnection=True, **kw)
 
 
-def start_ferretdb(logdir: Path) -> Upstream:
+def start_ferretdb(logdir: Path, extra_args: tuple = ()) -> Upstream:
+    """FerretDB with authentication on, listening on a free loopback port; `extra_args` are
+    added to its command line (the security tests add a TLS listener)."""
     binary = _binary("MONGOMUX_FERRETDB", ROOT / ".local/bin/ferretdb")
     data = logdir / "ferretdb-data"
     data.mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,7 @@ def start_ferretdb(logdir: Path) -> Upstream:
         f"--setup-username={UPSTREAM_USER}",
         "--setup-database=admin",
         "--log-level=ERROR",  # WARN logs every error reply in full
+        *extra_args,
     ], logdir, env)
     proc = Proc("ferretdb", popen, port, log)
     _running.append(proc)
@@ -255,16 +258,24 @@ class Gateway:
 
 
 def start_gateway(upstream: Upstream, logdir: Path, name: str = "mongomux", pool_size: int = POOL_SIZE,
-                  extra_args: tuple = (), metrics: bool = False, startup_timeout: float = 20.0) -> Gateway:
+                  extra_args: tuple = (), metrics: bool = False, startup_timeout: float = 20.0,
+                  listen: str = "127.0.0.1:0", upstream_uri: str | None = None,
+                  credentials_in_env: bool = True) -> Gateway:
+    """Start `mongomux serve` and wait for its "listening on" line.
+
+    `upstream_uri` replaces the upstream's own (credential-free) URI; with
+    `credentials_in_env=False` the upstream user and password are not put in
+    MONGOMUX_UPSTREAM_USERNAME/PASSWORD (the caller put them in the URI instead).
+    """
     binary = _binary("MONGOMUX_BIN", ROOT / "target/debug/mongomux")
     # Only what this fixture sets: a developer's own MONGOMUX_* settings must not leak in.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONGOMUX_")}
     env.setdefault("RUST_BACKTRACE", "1")
     env["MONGOMUX_LOG"] = os.environ.get("MONGOMUX_TEST_GATEWAY_LOG", "info")
-    if upstream.username:
+    if upstream.username and credentials_in_env:
         env["MONGOMUX_UPSTREAM_USERNAME"] = upstream.username
         env["MONGOMUX_UPSTREAM_PASSWORD"] = upstream.password
-    cmd = [binary, "serve", "--listen", "127.0.0.1:0", "--upstream", upstream.gateway_upstream_uri(),
+    cmd = [binary, "serve", "--listen", listen, "--upstream", upstream_uri or upstream.gateway_upstream_uri(),
            "--pool-size", pool_size, "--drain-timeout", "2s", *extra_args]
     if metrics:
         cmd += ["--metrics-listen", "127.0.0.1:0"]

@@ -210,6 +210,36 @@ fn pipeline_writes(body: &RawDocument) -> bool {
     })
 }
 
+/// Databases other than `$db` that an `aggregate` pipeline reads or writes: `$out` and
+/// `$merge` targets, and `$lookup` / `$unionWith` sources, when given as `{db, coll}`.
+fn pipeline_databases(body: &RawDocument) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(stages) = body.get_array("pipeline") else {
+        return out;
+    };
+    for stage in stages.into_iter().flatten() {
+        let Some(stage) = stage.as_document() else {
+            continue;
+        };
+        for (name, spec) in stage.iter().flatten() {
+            let Some(spec) = spec.as_document() else {
+                continue;
+            };
+            let target = match name {
+                "$out" => Some(spec),
+                "$merge" => spec.get_document("into").ok(),
+                "$lookup" => spec.get_document("from").ok(),
+                "$unionWith" => spec.get_document("coll").ok(),
+                _ => None,
+            };
+            if let Some(db) = target.and_then(|t| t.get_str("db").ok()) {
+                out.push(db.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn map_reduce_inline(body: &RawDocument) -> bool {
     match body.get_document("out") {
         Ok(out) => out.get("inline").ok().flatten().is_some(),
@@ -246,6 +276,13 @@ pub fn authorize(
                     "not authorized on {db} to execute command {{ {command}: ... }}"
                 ));
             }
+            if command == "aggregate" {
+                if let Some(other) = pipeline_databases(body).into_iter().find(|d| !user.may_use(d)) {
+                    return deny(format!(
+                        "not authorized on {other}: the pipeline reads or writes that database"
+                    ));
+                }
+            }
             if class == Class::Write && user.role == Role::Read {
                 return deny(format!(
                     "user is read-only: not authorized on {db} to execute command {{ {command}: ... }}"
@@ -277,6 +314,11 @@ mod tests {
         assert_eq!(classify("aggregate", &plain), Class::Read);
         let inline = rawdoc! { "mapReduce": "c", "out": { "inline": 1 } };
         assert_eq!(classify("mapReduce", &inline), Class::Read);
+        let cross = rawdoc! { "aggregate": "c", "pipeline": [ { "$merge": { "into": { "db": "b", "coll": "x" } } } ] };
+        assert_eq!(pipeline_databases(&cross), vec!["b".to_string()]);
+        let out_db =
+            rawdoc! { "aggregate": "c", "pipeline": [ { "$out": { "db": "z", "coll": "x" } } ] };
+        assert_eq!(pipeline_databases(&out_db), vec!["z".to_string()]);
         let to_coll = rawdoc! { "mapReduce": "c", "out": "x" };
         assert_eq!(classify("mapReduce", &to_coll), Class::Write);
     }

@@ -82,6 +82,15 @@ impl EdgeAuth {
                 .and_then(|u| u.credential(mechanism).cloned())
         })
         .map_err(|_| GatewayError::AuthenticationFailed)?;
+        if let Some(current) = &self.identity {
+            // Cursors and sessions opened so far belong to the current identity; letting the
+            // connection change hands would hand them over too.
+            if current.name != server.username() || current.db != db {
+                return Err(GatewayError::Unauthorized(
+                    "this connection is already authenticated as another user; open a new connection to change users".into(),
+                ));
+            }
+        }
         self.next_id += 1;
         self.conversation = Some(Conversation {
             id: self.next_id,

@@ -73,7 +73,8 @@ impl GatewayError {
                 (262, "ExceededTimeLimit")
             }
             GatewayError::Upstream(_) | GatewayError::Io(_) => (6, "HostUnreachable"),
-            GatewayError::UpstreamAuth => (18, "AuthenticationFailed"),
+            // The client did nothing wrong: report the upstream as unusable, not a login failure.
+            GatewayError::UpstreamAuth => (6, "HostUnreachable"),
             GatewayError::UpstreamRefused { .. } => (6, "HostUnreachable"),
             GatewayError::Draining => (91, "ShutdownInProgress"),
             GatewayError::CursorNotFound(_) => (43, "CursorNotFound"),

@@ -23,7 +23,13 @@ const MAX_SOURCES: usize = 100_000;
 struct Failures {
     count: u32,
     last: Instant,
+    /// Attempts from this source are spaced out: the next one may start no earlier than this,
+    /// so opening many connections in parallel does not multiply the guessing rate.
+    next_slot: Instant,
 }
+
+/// Longest a source's queued attempt waits; beyond that the attempt fails at once.
+const MAX_QUEUE: Duration = Duration::from_secs(30);
 
 /// Authentication failures per source address.
 #[derive(Debug, Default)]
@@ -32,16 +38,28 @@ pub struct AuthLimiter {
 }
 
 impl AuthLimiter {
-    /// How long to wait before processing an authentication attempt from `ip`.
-    pub fn delay(&self, ip: IpAddr) -> Duration {
-        let table = self.table.lock().expect("limiter lock");
-        match table.get(&ip) {
-            Some(f) if f.last.elapsed() < WINDOW && f.count >= ALLOWANCE => {
-                let exp = (f.count - ALLOWANCE).min(16);
-                (Duration::from_millis(100) * 2u32.pow(exp)).min(MAX_DELAY)
-            }
-            _ => Duration::ZERO,
+    /// Reserves the next attempt slot for `ip` and says how long to wait for it: zero within
+    /// the allowance, then an exponentially growing spacing between attempts from the same
+    /// source, shared by all of its connections. `None` means the queue is too long: fail the
+    /// attempt without checking it.
+    pub fn reserve(&self, ip: IpAddr) -> Option<Duration> {
+        let mut table = self.table.lock().expect("limiter lock");
+        let Some(f) = table.get_mut(&ip) else {
+            return Some(Duration::ZERO);
+        };
+        if f.last.elapsed() >= WINDOW || f.count < ALLOWANCE {
+            return Some(Duration::ZERO);
         }
+        let exp = (f.count - ALLOWANCE).min(16);
+        let step = (Duration::from_millis(100) * 2u32.pow(exp)).min(MAX_DELAY);
+        let now = Instant::now();
+        let start = f.next_slot.max(now) + step;
+        let wait = start - now;
+        if wait > MAX_QUEUE {
+            return None;
+        }
+        f.next_slot = start;
+        Some(wait)
     }
 
     /// Records a failed attempt from `ip`.
@@ -54,6 +72,7 @@ impl AuthLimiter {
         let entry = table.entry(ip).or_insert(Failures {
             count: 0,
             last: now,
+            next_slot: now,
         });
         if entry.last.elapsed() >= WINDOW {
             entry.count = 0;
@@ -78,19 +97,25 @@ mod tests {
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         for _ in 0..ALLOWANCE {
-            assert_eq!(l.delay(a), Duration::ZERO);
+            assert_eq!(l.reserve(a), Some(Duration::ZERO));
             l.failed(a);
         }
-        assert_eq!(l.delay(a), Duration::from_millis(100));
-        l.failed(a);
-        assert_eq!(l.delay(a), Duration::from_millis(200));
+        let first = l.reserve(a).unwrap();
+        assert!(first <= Duration::from_millis(100) && first > Duration::from_millis(90));
+        // A parallel attempt queues behind the first.
+        let second = l.reserve(a).unwrap();
+        assert!(second > Duration::from_millis(190));
+        assert_eq!(l.reserve(b), Some(Duration::ZERO));
         for _ in 0..20 {
             l.failed(a);
         }
-        assert_eq!(l.delay(a), MAX_DELAY);
-        assert_eq!(l.delay(b), Duration::ZERO);
+        let mut queued = 0;
+        while l.reserve(a).is_some() {
+            queued += 1;
+        }
+        assert!(queued <= 6, "the queue is bounded: {queued}");
         l.succeeded(a);
-        assert_eq!(l.delay(a), Duration::ZERO);
+        assert_eq!(l.reserve(a), Some(Duration::ZERO));
     }
 }
 

@@ -218,6 +218,12 @@ impl Metrics {
             "Client connections refused (limits, draining).",
             c(&self.client_connections_rejected),
         );
+        counter(
+            &mut out,
+            "mongomux_client_connections_denied_total",
+            "Client connections refused by the IP access list.",
+            c(&self.client_connections_denied),
+        );
         gauge(
             &mut out,
             "mongomux_upstream_connections",
@@ -361,6 +367,7 @@ mod tests {
         let text = m.render();
         for name in [
             "mongomux_client_connections ",
+            "mongomux_client_connections_denied_total ",
             "mongomux_upstream_connections ",
             "mongomux_checkout_wait_seconds_bucket",
             "mongomux_operations_total{command=\"find\"} 1",

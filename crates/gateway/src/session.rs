@@ -317,7 +317,10 @@ impl Session {
         }
         if let Ok(spec) = body.get_document("speculativeAuthenticate") {
             let db = spec.get_str("db").unwrap_or("admin").to_string();
-            tokio::time::sleep(self.ctx.auth_limiter.delay(self.peer.ip())).await;
+            let Some(wait) = self.ctx.auth_limiter.reserve(self.peer.ip()) else {
+                return;
+            };
+            tokio::time::sleep(wait).await;
             // A failed speculative attempt is simply not answered; the driver then runs the
             // normal conversation, which fails with the proper error.
             if let Ok(first) = self.auth.start(users, spec, &db) {
@@ -330,8 +333,13 @@ impl Session {
     async fn sasl(&mut self, users: &UserStore, req: &RequestInfo, body: &RawDocument) -> Outcome {
         let ip = self.peer.ip();
         let result = if req.command == "saslStart" {
-            tokio::time::sleep(self.ctx.auth_limiter.delay(ip)).await;
-            self.auth.start(users, body, &req.db)
+            match self.ctx.auth_limiter.reserve(ip) {
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    self.auth.start(users, body, &req.db)
+                }
+                None => Err(GatewayError::AuthenticationFailed),
+            }
         } else {
             let user = self.auth.pending_user().map(str::to_string);
             let r = self.auth.next(users, body);

@@ -581,6 +581,15 @@ impl Gateway {
             "MONGOMUX_IDLE_TIMEOUT",
             "MONGOMUX_DRAIN_TIMEOUT",
             "MONGOMUX_MAX_PINNED",
+            "MONGOMUX_CONFIG",
+            "MONGOMUX_ACCESS",
+            "MONGOMUX_ALLOW_ANY_ADDRESS",
+            "MONGOMUX_MAX_CONNECTIONS_PER_SOURCE",
+            "MONGOMUX_TLS_MODE",
+            "MONGOMUX_TLS_CERT_FILE",
+            "MONGOMUX_TLS_KEY_FILE",
+            "MONGOMUX_TLS_CLIENT_CA_FILE",
+            "MONGOMUX_UPSTREAM_TLS_CA_FILE",
         ] {
             cmd.env_remove(var);
         }
