@@ -35,6 +35,7 @@
 //! # Ok::<(), mongomux_auth::AuthError>(())
 //! ```
 
+pub mod aws;
 mod error;
 mod scram;
 mod secret;

@@ -71,6 +71,16 @@ pub struct Config {
     pub tls_client_ca_file: Option<PathBuf>,
     /// CA file for verifying the upstream's certificate (overrides the URI's `tlsCAFile`).
     pub upstream_tls_ca_file: Option<PathBuf>,
+    /// The STS host handed to MONGODB-AWS clients (`h`); they sign requests for it.
+    pub aws_sts_host: String,
+    /// Where STS requests are sent; default `https://<aws_sts_host>`. Set it for VPC
+    /// endpoints or a local test server.
+    pub sts_endpoint: Option<String>,
+    /// Most STS calls at once; logins beyond it queue.
+    pub sts_max_concurrency: usize,
+    /// Deadline of one IAM verification, queueing included.
+    #[serde(with = "humantime_serde")]
+    pub sts_timeout: Duration,
     /// Gateway users; none means client authentication is off.
     pub users: Vec<crate::users::UserConfig>,
 }
@@ -95,6 +105,10 @@ impl Default for Config {
             allow_any_address: false,
             users: Vec::new(),
             max_connections_per_source: 0,
+            aws_sts_host: "sts.amazonaws.com".to_string(),
+            sts_endpoint: None,
+            sts_max_concurrency: 32,
+            sts_timeout: Duration::from_secs(10),
             tls_mode: TlsMode::Disabled,
             tls_cert_file: None,
             tls_key_file: None,
@@ -183,6 +197,12 @@ impl Config {
         }
         self.access_list()?;
         self.tls_server()?;
+        self.sts_endpoint()?;
+        if self.sts_max_concurrency == 0 {
+            return Err(GatewayError::Config(
+                "sts_max_concurrency must be at least 1".into(),
+            ));
+        }
         crate::users::UserStore::from_config(&self.users)?;
         for (name, d) in [
             ("checkout_timeout", self.checkout_timeout),
@@ -208,6 +228,14 @@ impl Config {
             ));
         };
         crate::tls::server_config(cert, key, self.tls_client_ca_file.as_deref()).map(Some)
+    }
+
+    /// Where STS requests go.
+    pub fn sts_endpoint(&self) -> Result<crate::sts::StsEndpoint, GatewayError> {
+        match &self.sts_endpoint {
+            Some(url) => crate::sts::StsEndpoint::parse(url),
+            None => crate::sts::StsEndpoint::parse(&format!("https://{}", self.aws_sts_host)),
+        }
     }
 
     /// The access list these settings describe.

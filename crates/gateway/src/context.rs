@@ -34,6 +34,8 @@ pub struct Context {
     pub auth_limiter: AuthLimiter,
     /// Cursor ownership, session users, pinned transactions.
     pub routing: Routing,
+    /// STS client for MONGODB-AWS logins.
+    pub sts: crate::sts::Sts,
     /// Upstream connections.
     pub pool: Arc<Pool>,
     /// Counters and gauges.
@@ -75,7 +77,14 @@ impl Context {
         let tls = config.tls_server()?;
         let users = UserStore::from_config(&config.users)?;
         let (reload_tx, reloads) = watch::channel(0);
+        let sts = crate::sts::Sts::new(
+            config.sts_endpoint()?,
+            config.sts_max_concurrency,
+            config.sts_timeout,
+            metrics.clone(),
+        )?;
         Ok(Arc::new(Context {
+            sts,
             tls: ArcSwap::from_pointee(tls),
             reloads,
             reload_tx,

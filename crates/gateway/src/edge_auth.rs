@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bson::{doc, spec::BinarySubtype, Binary, Document, RawBsonRef, RawDocument};
+use mongomux_auth::aws::{principal_arn, server_first, AwsServerFirst, StsRequest};
 use mongomux_auth::{Mechanism, ScramServer};
 use sha2::{Digest, Sha256};
 
@@ -28,6 +29,8 @@ struct Conversation {
 #[derive(Default)]
 pub struct EdgeAuth {
     conversation: Option<Conversation>,
+    /// A MONGODB-AWS conversation waiting for the client's signed request.
+    aws: Option<(i32, AwsServerFirst)>,
     next_id: i32,
     /// Who the client proved to be.
     pub identity: Option<Arc<User>>,
@@ -68,8 +71,12 @@ impl EdgeAuth {
         users: &UserStore,
         body: &RawDocument,
         db: &str,
+        aws_host: &str,
     ) -> Result<Document, GatewayError> {
         let mechanism = body.get_str("mechanism").unwrap_or("");
+        if mechanism == "MONGODB-AWS" {
+            return self.start_aws(body, db, aws_host);
+        }
         let mechanism = Mechanism::from_name(mechanism).ok_or_else(|| {
             GatewayError::MechanismUnavailable(format!(
                 "mechanism {mechanism:?} is not supported by this gateway; use SCRAM-SHA-256 or SCRAM-SHA-1"
@@ -141,6 +148,69 @@ impl EdgeAuth {
             self.conversation = Some(conv);
             Ok(doc! { "conversationId": id, "done": false, "payload": binary(server_final) })
         }
+    }
+
+    fn start_aws(
+        &mut self,
+        body: &RawDocument,
+        db: &str,
+        host: &str,
+    ) -> Result<Document, GatewayError> {
+        if db != "$external" {
+            return Err(GatewayError::AuthenticationFailed);
+        }
+        if self.identity.is_some() {
+            return Err(GatewayError::Unauthorized(
+                "this connection is already authenticated; open a new connection to change users"
+                    .into(),
+            ));
+        }
+        let (server, reply) = server_first(payload_of(body)?, host)
+            .map_err(|_| GatewayError::AuthenticationFailed)?;
+        self.next_id += 1;
+        self.conversation = None;
+        self.aws = Some((self.next_id, server));
+        Ok(doc! { "conversationId": self.next_id, "done": false, "payload": binary(reply) })
+    }
+
+    /// For a `saslContinue` of a MONGODB-AWS conversation: the STS request to verify, after
+    /// every local check. `None` when the conversation is not a MONGODB-AWS one.
+    pub fn aws_request(
+        &mut self,
+        body: &RawDocument,
+    ) -> Option<Result<(i32, StsRequest), GatewayError>> {
+        let (id, server) = self.aws.take()?;
+        let matches = matches!(
+            body.get("conversationId"),
+            Ok(Some(RawBsonRef::Int32(n))) if n == id
+        ) || matches!(body.get("conversationId"), Ok(Some(RawBsonRef::Int64(n))) if n == id as i64);
+        if !matches {
+            return Some(Err(GatewayError::AuthenticationFailed));
+        }
+        Some(
+            payload_of(body)
+                .and_then(|p| {
+                    server
+                        .sts_request(p, std::time::SystemTime::now())
+                        .map_err(|_| GatewayError::AuthenticationFailed)
+                })
+                .map(|r| (id, r)),
+        )
+    }
+
+    /// Completes a MONGODB-AWS login for the ARN STS vouched for.
+    pub fn finish_aws(
+        &mut self,
+        users: &UserStore,
+        id: i32,
+        arn: &str,
+    ) -> Result<Document, GatewayError> {
+        let principal = principal_arn(arn);
+        let user = users
+            .get("$external", &principal)
+            .ok_or(GatewayError::AuthenticationFailed)?;
+        self.identity = Some(user);
+        Ok(doc! { "conversationId": id, "done": true, "payload": binary(Vec::new()) })
     }
 
     /// The user name being authenticated, for logs (never the payload).

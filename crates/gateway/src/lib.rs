@@ -29,6 +29,7 @@ pub mod request;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod sts;
 pub mod tls;
 pub mod upstream;
 pub mod users;

@@ -131,6 +131,12 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     /// Cursors open now that clients own.
     pub open_cursors: AtomicI64,
+    /// STS calls running now.
+    pub sts_in_flight: AtomicI64,
+    /// Time an IAM login spent on STS, queueing included.
+    pub sts_latency: Histogram,
+    /// STS calls by result.
+    sts_results: Vec<(&'static str, AtomicU64)>,
     /// Operations by command name.
     ops: Vec<AtomicU64>,
     /// Error replies the gateway itself generated, by code.
@@ -154,6 +160,12 @@ impl Default for Metrics {
             checkout_timeouts_total: AtomicU64::new(0),
             upstream_latency: Histogram::default(),
             open_cursors: AtomicI64::new(0),
+            sts_in_flight: AtomicI64::new(0),
+            sts_latency: Histogram::default(),
+            sts_results: ["ok", "denied", "throttled", "timeout", "error"]
+                .into_iter()
+                .map(|r| (r, AtomicU64::new(0)))
+                .collect(),
             ops: (0..=OTHER).map(|_| AtomicU64::new(0)).collect(),
             gateway_errors: [2, 6, 9, 13, 18, 22, 43, 91, 115, 262, 352]
                 .into_iter()
@@ -171,6 +183,13 @@ impl Metrics {
             .position(|c| c.eq_ignore_ascii_case(command))
             .unwrap_or(OTHER);
         self.ops[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an STS call by result.
+    pub fn count_sts(&self, result: &str) {
+        if let Some((_, n)) = self.sts_results.iter().find(|(r, _)| *r == result) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts an error reply the gateway generated.
@@ -288,6 +307,25 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "mongomux_operations_total{{command=\"{name}\"}} {}",
+                c(n)
+            );
+        }
+        gauge(
+            &mut out,
+            "mongomux_sts_in_flight",
+            "STS GetCallerIdentity calls running now.",
+            l(&self.sts_in_flight),
+        );
+        self.sts_latency.render(
+            &mut out,
+            "mongomux_sts_request_seconds",
+            "Time an IAM login spent on STS, queueing included.",
+        );
+        let _ = writeln!(out, "# HELP mongomux_sts_requests_total STS GetCallerIdentity calls by result (ok, denied, throttled, timeout, error).\n# TYPE mongomux_sts_requests_total counter");
+        for (r, n) in &self.sts_results {
+            let _ = writeln!(
+                out,
+                "mongomux_sts_requests_total{{result=\"{r}\"}} {}",
                 c(n)
             );
         }

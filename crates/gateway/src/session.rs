@@ -323,7 +323,8 @@ impl Session {
             tokio::time::sleep(wait).await;
             // A failed speculative attempt is simply not answered; the driver then runs the
             // normal conversation, which fails with the proper error.
-            if let Ok(first) = self.auth.start(users, spec, &db) {
+            let host = self.ctx.config.load().aws_sts_host.clone();
+            if let Ok(first) = self.auth.start(users, spec, &db, &host) {
                 reply.insert("speculativeAuthenticate", first);
             }
         }
@@ -336,10 +337,30 @@ impl Session {
             match self.ctx.auth_limiter.reserve(ip) {
                 Some(wait) => {
                     tokio::time::sleep(wait).await;
-                    self.auth.start(users, body, &req.db)
+                    let host = self.ctx.config.load().aws_sts_host.clone();
+                    self.auth.start(users, body, &req.db, &host)
                 }
                 None => Err(GatewayError::AuthenticationFailed),
             }
+        } else if let Some(aws) = self.auth.aws_request(body) {
+            let r = match aws {
+                Ok((id, request)) => match self.ctx.sts.verify(&request).await {
+                    Ok(arn) => self.auth.finish_aws(users, id, &arn),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if r.is_ok() {
+                self.ctx.auth_limiter.succeeded(ip);
+                let who = self
+                    .auth
+                    .identity
+                    .as_ref()
+                    .map(|u| u.name.clone())
+                    .unwrap_or_default();
+                tracing::info!(peer = %self.peer, principal = %who, "client authenticated with MONGODB-AWS");
+            }
+            r
         } else {
             let user = self.auth.pending_user().map(str::to_string);
             let r = self.auth.next(users, body);

@@ -44,6 +44,10 @@ pub struct UserConfig {
     /// Stored SCRAM keys, one per mechanism.
     #[serde(default)]
     pub scram: Vec<ScramCredential>,
+    /// An IAM principal authenticating with MONGODB-AWS: `name` is then its ARN
+    /// (`arn:aws:iam::ACCOUNT:role/NAME` or `...:user/NAME`) and `db` must be `$external`.
+    #[serde(default)]
+    pub aws: bool,
 }
 
 fn default_auth_db() -> String {
@@ -97,7 +101,20 @@ impl UserStore {
                     "a user entry has an empty name".into(),
                 ));
             }
-            if e.scram.is_empty() {
+            if e.aws {
+                if e.db != "$external" || !e.name.starts_with("arn:") || !e.scram.is_empty() {
+                    return Err(GatewayError::Config(format!(
+                        "IAM user {:?} needs db = \"$external\", an ARN as its name, and no SCRAM keys",
+                        e.name
+                    )));
+                }
+                if e.name.contains(":sts::") {
+                    return Err(GatewayError::Config(format!(
+                        "IAM user {:?}: register the role ARN (arn:aws:iam::ACCOUNT:role/NAME), not an assumed-role session ARN",
+                        e.name
+                    )));
+                }
+            } else if e.scram.is_empty() {
                 return Err(GatewayError::Config(format!(
                     "user {:?} has no credentials; generate them with `mongomux user add`",
                     e.name
@@ -177,6 +194,7 @@ mod tests {
                 .iter()
                 .map(|m| ScramCredential::derive(*m, name, &Secret::new("pw"), 4096))
                 .collect(),
+            aws: false,
         }
     }
 

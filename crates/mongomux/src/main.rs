@@ -120,6 +120,18 @@ struct ServeArgs {
     /// CA file to verify the upstream's certificate (implies TLS to the upstream).
     #[arg(long, env = "MONGOMUX_UPSTREAM_TLS_CA_FILE")]
     upstream_tls_ca_file: Option<PathBuf>,
+    /// STS host handed to MONGODB-AWS clients [default: sts.amazonaws.com].
+    #[arg(long, env = "MONGOMUX_AWS_STS_HOST")]
+    aws_sts_host: Option<String>,
+    /// Where STS requests go, e.g. a VPC endpoint [default: https://<aws-sts-host>].
+    #[arg(long, env = "MONGOMUX_STS_ENDPOINT")]
+    sts_endpoint: Option<String>,
+    /// Most concurrent STS calls [default: 32].
+    #[arg(long, env = "MONGOMUX_STS_MAX_CONCURRENCY")]
+    sts_max_concurrency: Option<usize>,
+    /// Deadline of one IAM verification, queueing included [default: 10s].
+    #[arg(long, env = "MONGOMUX_STS_TIMEOUT", value_parser = humantime::parse_duration)]
+    sts_timeout: Option<Duration>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     log_level: Option<String>,
@@ -155,7 +167,10 @@ impl ServeArgs {
             drain_timeout,
             max_connections_per_source
         );
-        set!(tls_mode);
+        set!(tls_mode, aws_sts_host, sts_max_concurrency, sts_timeout);
+        if self.sts_endpoint.is_some() {
+            cfg.sts_endpoint = self.sts_endpoint;
+        }
         for (flag, field) in [
             (self.tls_cert_file, &mut cfg.tls_cert_file),
             (self.tls_key_file, &mut cfg.tls_key_file),
