@@ -135,6 +135,10 @@ pub struct Metrics {
     pub sts_in_flight: AtomicI64,
     /// Time an IAM login spent on STS, queueing included.
     pub sts_latency: Histogram,
+    /// Time an IAM login waited for an STS slot.
+    pub sts_queue_wait: Histogram,
+    /// Time of the STS call itself.
+    pub sts_call: Histogram,
     /// STS calls by result.
     sts_results: Vec<(&'static str, AtomicU64)>,
     /// Operations by command name.
@@ -162,6 +166,8 @@ impl Default for Metrics {
             open_cursors: AtomicI64::new(0),
             sts_in_flight: AtomicI64::new(0),
             sts_latency: Histogram::default(),
+            sts_queue_wait: Histogram::default(),
+            sts_call: Histogram::default(),
             sts_results: ["ok", "denied", "throttled", "timeout", "error"]
                 .into_iter()
                 .map(|r| (r, AtomicU64::new(0)))
@@ -320,6 +326,16 @@ impl Metrics {
             &mut out,
             "mongomux_sts_request_seconds",
             "Time an IAM login spent on STS, queueing included.",
+        );
+        self.sts_queue_wait.render(
+            &mut out,
+            "mongomux_sts_queue_wait_seconds",
+            "Time an IAM login waited for an STS slot.",
+        );
+        self.sts_call.render(
+            &mut out,
+            "mongomux_sts_call_seconds",
+            "Time of the STS GetCallerIdentity call itself.",
         );
         let _ = writeln!(out, "# HELP mongomux_sts_requests_total STS GetCallerIdentity calls by result (ok, denied, throttled, timeout, error).\n# TYPE mongomux_sts_requests_total counter");
         for (r, n) in &self.sts_results {

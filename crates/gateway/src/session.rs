@@ -53,6 +53,10 @@ struct Session {
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
+///
+/// Rare, large futures (TLS set-up, authentication, STS, cleanup) are boxed where they are
+/// awaited, so the state kept per idle client stays small: with thousands of idle clients the
+/// size of this future is the gateway's memory per connection.
 pub async fn run(
     ctx: Arc<Context>,
     stream: TcpStream,
@@ -61,7 +65,7 @@ pub async fn run(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let _ = stream.set_nodelay(true);
-    let Some(stream) = negotiate_tls(&ctx, stream, peer).await else {
+    let Some(stream) = Box::pin(negotiate_tls(&ctx, stream, peer)).await else {
         return;
     };
     ctx.metrics.client_connections.fetch_add(1, Relaxed);
@@ -81,7 +85,7 @@ pub async fn run(
     let left = ctx
         .routing
         .leave(&ctx, session.connection_id, session.sessions.keys());
-    left.release(&ctx).await;
+    Box::pin(left.release(&ctx)).await;
     ctx.metrics.client_connections.fetch_sub(1, Relaxed);
     tracing::debug!(peer = %peer, "client disconnected");
 }
@@ -221,17 +225,17 @@ impl Session {
         }
         match req.command.as_str() {
             name if is_hello(name) => {
-                ensure_upstream_info(&self.ctx).await;
+                Box::pin(ensure_upstream_info(&self.ctx)).await;
                 let mut reply = hello_reply(&self.ctx, name, msg.body, self.connection_id);
                 if users.auth_required() {
-                    self.hello_auth_fields(&users, msg.body, &mut reply).await;
+                    Box::pin(self.hello_auth_fields(&users, msg.body, &mut reply)).await;
                 }
                 return self.reply(req.request_id, &reply);
             }
             "ping" => return self.reply(req.request_id, &ping_reply()),
             "saslStart" | "saslContinue" if users.auth_required() => {
                 let body = msg.body.to_raw_document_buf();
-                return self.sasl(&users, &req, &body).await;
+                return Box::pin(self.sasl(&users, &req, &body)).await;
             }
             "saslStart" | "saslContinue" | "authenticate" => {
                 return self.error(
@@ -271,8 +275,8 @@ impl Session {
                     false,
                 ),
             },
-            "killCursors" => self.kill_cursors(frame, &req).await,
-            "endSessions" => self.end_sessions(frame, &req).await,
+            "killCursors" => Box::pin(self.kill_cursors(frame, &req)).await,
+            "endSessions" => Box::pin(self.end_sessions(frame, &req)).await,
             _ => self.forward(frame, &req).await,
         }
     }
@@ -344,7 +348,7 @@ impl Session {
             }
         } else if let Some(aws) = self.auth.aws_request(body) {
             let r = match aws {
-                Ok((id, request)) => match self.ctx.sts.verify(&request).await {
+                Ok((id, request)) => match Box::pin(self.ctx.sts.verify(&request)).await {
                     Ok(arn) => self.auth.finish_aws(users, id, &arn),
                     Err(e) => Err(e),
                 },
@@ -613,7 +617,7 @@ impl Session {
         };
         self.ctx.metrics.count_op(&name);
         if q.is_command() && is_hello(&name) {
-            ensure_upstream_info(&self.ctx).await;
+            Box::pin(ensure_upstream_info(&self.ctx)).await;
             let reply = hello_reply(&self.ctx, &name, cmd, self.connection_id);
             let bytes = bson::to_vec(&reply).expect("hello reply encodes");
             return Outcome::Reply(Bytes::from(encode_op_reply(
