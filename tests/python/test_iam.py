@@ -528,6 +528,60 @@ def burst(gw, moto, sts_port, proxy, via):
         assert proxy.max <= STS_BOUND, f"{proxy.max} STS requests were open at once (bound {STS_BOUND})"
 
 
+# One function environment as a process: a fresh interpreter with the official driver, the
+# role's credentials in its environment (as Lambda gives them), one client, one query.
+FUNCTION_PROCESS = """
+import sys, pymongo
+client = pymongo.MongoClient(sys.argv[1], maxPoolSize=1, serverSelectionTimeoutMS=150000,
+                             socketTimeoutMS=150000)
+doc = client[sys.argv[2]].burst.find_one({"_id": 1})
+assert doc == {"_id": 1}, doc
+print("ok")
+"""
+
+
+@pytest.mark.timeout(280)
+def test_burst_of_200_function_processes(iam_gateways, moto):
+    """200 function environments, each its own process with pymongo and pymongo-auth-aws,
+    cold-start at once against sts_max_concurrency = 8: every one gets in and reads, with one
+    STS call per environment, and the gateway never runs more than 8 STS calls at once."""
+    import os
+    import subprocess
+    import sys
+
+    gw = iam_gateways(max_concurrency=STS_BOUND, timeout="150s")
+    with AwsConn(gw.port) as warm:
+        assert warm.aws_login(moto.role).get("ok") == 1
+        warm.command({"delete": "burst", "deletes": [{"q": {}, "limit": 0}]}, db=DB)
+        warm.command({"insert": "burst", "documents": [{"_id": 1}]}, db=DB)
+    before = sts_counts(gw)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(moto.role.env())
+    env["AWS_REGION"] = "us-east-1"
+    env["AWS_LAMBDA_RUNTIME_API"] = "127.0.0.1:9"  # drivers switch to their Lambda behaviour
+    start = time.perf_counter()
+    with InFlightSampler(gw, 0.02) as gauge:
+        procs = [subprocess.Popen([sys.executable, "-c", FUNCTION_PROCESS, iam_uri(gw), DB],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(BURST)]
+        outcomes = []
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=max(1.0, 240 - (time.perf_counter() - start)))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            outcomes.append((p.returncode, out.strip(), err.strip()[-300:]))
+        wall = time.perf_counter() - start
+    failed = [o for o in outcomes if o[0] != 0 or o[1] != "ok"]
+    d = sts_delta(before, sts_counts(gw))
+    print(f"\n--- {BURST} function processes cold-starting at once with IAM: {wall:.1f}s wall, "
+          f"max mongomux_sts_in_flight {gauge.max:.0f} (bound {STS_BOUND}), STS results {d}")
+    assert not failed, f"{len(failed)} of {BURST} environments failed, e.g. {failed[:2]}"
+    assert d["ok"] == BURST, f"one STS call per environment expected: {d}"
+    assert 1 <= gauge.max <= STS_BOUND, f"mongomux_sts_in_flight reached {gauge.max}"
+
+
 # ---------------------------------------------------------------------------
 # Figures: one cold IAM login, step by step
 
