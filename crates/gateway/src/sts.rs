@@ -189,31 +189,11 @@ async fn roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             return Err("STS response too large".into());
         }
         out.extend_from_slice(&buf[..n]);
-        // Stop at the end of the response rather than waiting for the server to close: the
-        // concurrency slot is held until this returns.
-        if response_complete(&out) {
-            return Ok(out);
-        }
+        // The slot covers the whole connection, until the server closes it (the request says
+        // `Connection: close`), so STS never sees more connections than the bound. Stopping at
+        // the end of the response would free the slot sooner but leave closing connections
+        // beyond it.
     }
-}
-
-/// Whether `raw` holds a whole HTTP response: headers plus Content-Length bytes, or a
-/// chunked body through its last chunk.
-fn response_complete(raw: &[u8]) -> bool {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    let body = &raw[end + 4..];
-    for line in head.lines() {
-        if let Some(v) = line.strip_prefix("content-length:") {
-            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
-        }
-        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
-            return body.ends_with(b"0\r\n\r\n");
-        }
-    }
-    false
 }
 
 /// Status code and body of an HTTP/1.1 response (plain or chunked body).
@@ -286,10 +266,5 @@ mod tests {
             b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked).unwrap(), (403, "hello".to_string()));
         assert!(parse_response(b"garbage").is_err());
-        assert!(response_complete(plain));
-        assert!(!response_complete(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort"
-        ));
-        assert!(response_complete(chunked));
     }
 }
