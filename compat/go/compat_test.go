@@ -437,8 +437,9 @@ func TestRetryableDrop(t *testing.T) {
 				ev.mu.Unlock()
 				// How many attempts the driver made is recorded, not compared: a driver that finds
 				// its pooled connection dead before sending retries the connection, not the command.
+				attempts := ev.startedNamed(from, command)
 				o := map[string]any{"result": result, "after": ids(t, coll)}
-				return o, map[string]any{"restart": restartLog, "attempts": ev.startedNamed(from, command), "failedAttemptsNetwork": failed}, nil
+				return o, map[string]any{"restart": restartLog, "attempts": attempts, "failedAttemptsNetwork": failed}, nil
 			})
 			// Through the gateway (a mongos to the driver) the operation succeeds, exactly once,
 			// whatever the reference does.

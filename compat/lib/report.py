@@ -136,7 +136,7 @@ def main() -> int:
             mark = CELL.get(v["verdict"], v["verdict"])
             if v["verdict"] == "known-difference" and v.get("known"):
                 known_ids_used.setdefault(v["known"], set()).add(key)
-                mark += f" [{v['known']}](#{v['known']})"
+                mark += f" [why](#{v['known']})"
             if v["verdict"] in ("differs", "error"):
                 bad.append((key, s["id"], v))
             cells.append(mark)
@@ -168,10 +168,19 @@ def main() -> int:
         if used:
             w("")
 
+    notes = json.loads(args.known.read_text()).get("notes", [])
+    if notes:
+        w("## Notes")
+        w("")
+        for n in notes:
+            w(f"- **{n['id']}**: {n['text']}")
+        w("")
+
     w("## Unexplained differences and failures")
     w("")
     if not bad and not problems:
         w("None in the last run.")
+        w("")
     for key, sid, v in bad:
         d = targets.get((key, sid, "direct"), {})
         g = targets.get((key, sid, "gateway"), {})
@@ -185,6 +194,8 @@ def main() -> int:
         w("")
     for p in problems:
         w(f"- {p}")
+    if problems:
+        w("")
 
     w("## Scenarios")
     w("")

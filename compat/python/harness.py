@@ -137,8 +137,11 @@ class _Topology(monitoring.TopologyListener):
         pass
 
     def description_changed(self, event):
+        # Keep the last known type: closing the client turns every server back to Unknown.
         for addr, sd in event.new_description.server_descriptions().items():
-            self.ev.servers[f"{addr[0]}:{addr[1]}"] = sd.server_type_name
+            key = f"{addr[0]}:{addr[1]}"
+            if sd.server_type_name != "Unknown" or key not in self.ev.servers:
+                self.ev.servers[key] = sd.server_type_name
 
 
 def listeners(ev: Events) -> list:

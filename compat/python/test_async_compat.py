@@ -281,8 +281,9 @@ def test_retryable_drop(kind):
                       for e in ev.failed[start_failed:] if e.command_name == command]
             # How many attempts the driver made is recorded, not compared: a driver that finds its
             # pooled connection dead before sending retries the connection, not the command.
+            attempts = ev.started_named(start, command)
             return ({"result": result, "after": await ids(coll)},
-                    {"restart": log, "attempts": ev.started_named(start, command), "failedAttempts": failed})
+                    {"restart": log, "attempts": attempts, "failedAttempts": failed})
 
     res = differential(scenario, run)
     # Through the gateway (a mongos to the driver) the operation succeeds, exactly once, whatever

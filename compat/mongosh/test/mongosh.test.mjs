@@ -18,7 +18,8 @@ const VERSION = `${require('mongosh/package.json').version} (driver ${require('m
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const MONGOSH = here('../node_modules/.bin/mongosh');
 const SCRIPT = here('../scenarios.js');
-const SCENARIOS = JSON.parse(readFileSync(here('../../scenarios.json'), 'utf8')).scenarios.map((s) => s.id);
+const SCENARIOS = JSON.parse(readFileSync(here('../../scenarios.json'), 'utf8')).scenarios
+  .filter((s) => !s.only || s.only.includes(DRIVER)).map((s) => s.id);
 
 const results = {};
 

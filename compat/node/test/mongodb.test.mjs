@@ -253,15 +253,13 @@ async function dropScenario(kind, id, target) {
         : coll.find({}).sort({ _id: 1 }).toArray().then((d) => d.map((x) => x._id), (e) => errorShape(e));
       const [result, restartLog] = await Promise.all([op, restarted]);
       const command = kind === 'write' ? 'insert' : 'find';
+      const attempts = ev.started.slice(from).filter((e) => e.commandName === command).length;
+      const failedAttempts = ev.failed.slice(fromFailed).filter((e) => e.commandName === command).map((e) => e.failure?.name);
       // How many attempts the driver made is recorded, not compared: a driver that finds its
       // pooled connection dead before sending retries the connection, not the command.
       return {
         outcome: { result, after: await ids(coll) },
-        info: {
-          restart: restartLog,
-          attempts: ev.started.slice(from).filter((e) => e.commandName === command).length,
-          failedAttempts: ev.failed.slice(fromFailed).filter((e) => e.commandName === command).map((e) => e.failure?.name),
-        },
+        info: { restart: restartLog, attempts, failedAttempts },
       };
     });
   }
@@ -365,6 +363,48 @@ test('seed-list-two-gateways', async () => {
   // Beyond the comparison: through the seed list the driver must see both gateways as mongos.
   const types = Object.values(res.gateway.info.serverTypes);
   assert.deepEqual(types, ['Mongos', 'Mongos'], `gateway seed list: ${JSON.stringify(res.gateway.info)}`);
+});
+
+// --- introspection and administration commands that tools and ODMs send ---------------------------
+
+// Each command's result, ok or error code, compared. The commands that differ by design (see
+// known-differences.json, gateway-introspection-commands) are asserted exactly: any other
+// difference, or one of these starting to agree, fails.
+const ADMIN_COMMANDS = [
+  ['admin', { buildInfo: 1 }], ['admin', { connectionStatus: 1 }], ['admin', { listDatabases: 1, nameOnly: true }],
+  ['admin', { serverStatus: 1 }], ['admin', { getParameter: 1, featureCompatibilityVersion: 1 }], ['admin', { whatsmyuri: 1 }],
+  ['admin', { hostInfo: 1 }], ['admin', { getCmdLineOpts: 1 }], ['admin', { atlasVersion: 1 }],
+  ['admin', { getLog: 'startupWarnings' }], ['admin', { listCommands: 1 }], ['admin', { getFreeMonitoringStatus: 1 }],
+  ['admin', { endSessions: [] }], ['db', { dbStats: 1 }], ['db', { collStats: 'c' }], ['db', { listCollections: 1 }],
+  ['db', { explain: { find: 'c', filter: {} } }], ['db', { validate: 'c' }], ['db', { dataSize: 'DB.c' }],
+  ['db', { aggregate: 'c', pipeline: [{ $collStats: { count: {} } }], cursor: {} }], ['db', { collMod: 'c', validator: {} }],
+  ['db', { renameCollection: 'DB.c', to: 'DB.e' }], ['admin', { renameCollection: 'DB.e', to: 'DB.c' }],
+  ['db', { find: 'c', filter: {}, readConcern: { level: 'majority' } }],
+  ['db', { insert: 'c', documents: [{ _id: 2 }], writeConcern: { w: 'majority', wtimeout: 1000 } }],
+  ['db', { getLastError: 1 }],
+];
+const EXPECTED_ADMIN_DIFFERENCES = ['atlasVersion', 'endSessions', 'getCmdLineOpts', 'getFreeMonitoringStatus', 'getLog', 'listCommands'];
+
+test('admin-commands', async () => {
+  const res = await differential({
+    suite: SUITE, driver: DRIVER, driverVersion: VERSION, scenario: 'admin-commands',
+    run: (target) => withClient(uris(target).plain, {}, async (client) => {
+      const db = await freshDb(client, 'admin-commands', target);
+      await db.collection('c').insertOne({ _id: 1 });
+      const o = {};
+      for (const [where, cmd] of ADMIN_COMMANDS) {
+        const doc = JSON.parse(JSON.stringify(cmd).replaceAll('DB.', `${db.databaseName}.`));
+        const name = Object.keys(doc)[0] + (Object.keys(doc)[0] === 'renameCollection' ? ` ${where}` : '');
+        o[name] = await client.db(where === 'admin' ? 'admin' : db.databaseName).command(doc)
+          .then(() => 'ok', (e) => `${e.code} ${e.codeName}`);
+      }
+      return { outcome: o };
+    }),
+  });
+  const d = res.direct.outcome;
+  const g = res.gateway.outcome;
+  const differing = Object.keys(d).filter((k) => d[k] !== g[k]).sort();
+  assert.deepEqual(differing, EXPECTED_ADMIN_DIFFERENCES, JSON.stringify({ direct: d, gateway: g }));
 });
 
 // --- IAM ----------------------------------------------------------------------------------------

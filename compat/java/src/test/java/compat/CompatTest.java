@@ -347,9 +347,9 @@ class CompatTest {
           .collect(Collectors.toList());
       // How many attempts the driver made is recorded, not compared: a driver that finds its
       // pooled connection dead before sending retries the connection, not the command.
+      long attempts = c.events.startedNamed(from, command);
       Document o = new Document("result", result).append("after", ids(coll));
-      return new Harness.Result(o, new Document("restart", log).append("attempts", c.events.startedNamed(from, command))
-          .append("failedAttempts", failed));
+      return new Harness.Result(o, new Document("restart", log).append("attempts", attempts).append("failedAttempts", failed));
     }
   }
 
