@@ -115,7 +115,7 @@ pub async fn run(args: IdleMemoryArgs) -> Result<()> {
         max_clients: Some(u32::try_from(max + 64)?),
         log_level: common.gateway_log_level.clone(),
     };
-    let mut gateway = Gateway::start(&common.gateway_bin()?, &ferret, &opts)?;
+    let mut gateway = Gateway::start(&common.gateway_bin()?, &ferret.spec(), &opts)?;
     seed(&ferret).await?;
     println!(
         "idle-memory: mongomux (pool {}) in front of FerretDB; clients over {} loopback source \

@@ -1,54 +1,55 @@
 //! The `latency` scenario: what the extra hop costs a single-document operation.
 //!
-//! One FerretDB (SQLite, authentication on) and one gateway in front of it. A `find` by `_id`
-//! over a seeded collection (as a driver's `find_one` sends it: `limit: 1, singleBatch: true`) and
-//! a one-document `insert` run at each concurrency level against two targets: FerretDB directly
-//! (logged in with SCRAM-SHA-256) and the gateway (no credentials: it holds the upstream's). The
-//! targets alternate in short rounds (A B B A …) within one run, so drift on a shared, noisy
-//! machine (other builds, SQLite growth, CPU frequency) hits both equally. Each level starts with
-//! an unrecorded warm-up per target.
+//! One upstream, either FerretDB (SQLite, authentication on: the end-to-end figure) or the
+//! benchmark-only in-memory stub of [`crate::stub_upstream`] (the gateway's own cost, no longer
+//! hidden behind FerretDB's ~0.8 ms), with the gateway in front of it and, when a binary is given,
+//! the peer proxy mongobetween beside it. A `find` by `_id` over a seeded collection (as a
+//! driver's `find_one` sends it: `limit: 1, singleBatch: true`) and a one-document `insert` run at
+//! each concurrency level against every target: the upstream directly (logged in with
+//! SCRAM-SHA-256 when it has auth), the gateway and the peer (no credentials: they hold the
+//! upstream's). The targets take turns in short rounds, the order rotating and reversing from
+//! round to round, so drift on a shared, noisy machine (other builds, SQLite growth, CPU
+//! frequency) hits all equally. Each level starts with an unrecorded warm-up per target.
 //!
-//! Both targets are driven by the same client, the raw OP_MSG client in [`crate::wire`], with one
-//! connection per concurrent worker (a pool as large as the concurrency), so the only difference
-//! between them is the gateway and its upstream pool of `--pool-size`. The official Rust driver is
-//! not used because it cannot log in to FerretDB v1.24 directly (see [`crate::scram`]); a client
-//! identical on both sides is the fairer measure of the hop anyway. While the scenario runs, the
-//! upstream connections the gateway process holds are counted from `/proc`; more than the pool
-//! size is reported as misbehaviour.
+//! Every target is driven by the same client ([`crate::load`]), so the only difference between
+//! them is the hop. The official Rust driver is not used because it cannot log in to FerretDB
+//! v1.24 directly (see [`crate::scram`]); a client identical on every side is the fairer measure
+//! anyway. The upstream connections each proxy process holds are counted from `/proc` after every
+//! round; more than the pool size is reported as misbehaviour.
 //!
 //! What it must never do: hide an error or a hang. Every operation has a deadline; errors are
 //! counted and the first ones printed; a timeout stops the run with the gateway's log tail.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use anyhow::{bail, ensure, Context as _, Result};
-use bson::oid::ObjectId;
+use anyhow::{bail, ensure, Result};
 use bson::{doc, Document};
 use clap::{Args, ValueEnum};
-use hdrhistogram::Histogram;
 
+use crate::load::{
+    doc_id, Endpoint, Op, Round, Tally, Target, CONNECT_DEADLINE, DB, FIND_COLL, OP_DEADLINE,
+};
+use crate::null_relay::NullRelay;
 use crate::observe::{established_from_pid, established_to_port};
-use crate::procs::{login, Ferret, Gateway, GatewayOpts};
-use crate::report::{new_histogram, signed, unix_time, us, Csv, Summary, Table};
-use crate::wire::{is_ok, RawConn};
+use crate::procs::{Gateway, GatewayOpts, Mongobetween, UpstreamProc};
+use crate::report::{signed, unix_time, us, Csv, Summary, Table};
+use crate::wire::is_ok;
 use crate::Common;
 
-/// Longest any single operation may take before the run is declared hung.
-const OP_DEADLINE: Duration = Duration::from_secs(30);
-/// Longest a connection may take to open, handshake and log in.
-const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
-const DB: &str = "bench";
-const FIND_COLL: &str = "latency_find";
-const INSERT_COLL: &str = "latency_insert";
+/// Which upstream the targets sit in front of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamKind {
+    /// FerretDB v1.24 on SQLite with SCRAM: the end-to-end figure.
+    Ferretdb,
+    /// The benchmark-only in-memory stub: the proxies' own cost.
+    Stub,
+}
 
 #[derive(Args, Debug)]
 pub struct LatencyArgs {
     #[command(flatten)]
     common: Common,
-    /// Concurrency levels (comma-separated) [default: 1,16,64; 1,4 with --smoke].
+    /// Concurrency levels (comma-separated) [default: 1,16,64,256; 1,4 with --smoke].
     #[arg(long, value_delimiter = ',')]
     concurrency: Option<Vec<u32>>,
     /// Measured operations per operation kind, level and target [default: 10000; 200 with --smoke].
@@ -66,6 +67,15 @@ pub struct LatencyArgs {
     /// Operation kinds to measure (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "find,insert")]
     op: Vec<Op>,
+    /// The upstream behind every target.
+    #[arg(long, value_enum, default_value = "ferretdb")]
+    upstream: UpstreamKind,
+    /// Also measure the benchmark-only null relay (a byte pump: the floor cost of any extra hop).
+    #[arg(long)]
+    null_relay: bool,
+    /// A mongobetween binary to measure beside the gateway, in front of the same upstream.
+    #[arg(long, env = "MONGOMUX_MONGOBETWEEN")]
+    mongobetween: Option<PathBuf>,
 }
 
 /// The settings of one run, after smoke defaults are applied.
@@ -87,7 +97,7 @@ impl LatencyArgs {
             if smoke {
                 vec![1, 4]
             } else {
-                vec![1, 16, 64]
+                vec![1, 16, 64, 256]
             }
         });
         let plan = Plan {
@@ -108,277 +118,81 @@ impl LatencyArgs {
     }
 }
 
-/// An operation kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Op {
-    Find,
-    Insert,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Find => "find",
-            Op::Insert => "insert",
-        }
-    }
-}
-
-/// Where the client connects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    /// FerretDB itself, logged in.
-    Direct(SocketAddr),
-    /// The gateway, no credentials.
-    Gateway(SocketAddr),
-}
-
-impl Target {
-    fn name(self) -> &'static str {
-        match self {
-            Target::Direct(_) => "direct",
-            Target::Gateway(_) => "gateway",
-        }
-    }
-
-    async fn connect(self) -> Result<RawConn> {
-        match self {
-            Target::Direct(addr) => login(addr, CONNECT_DEADLINE).await,
-            Target::Gateway(addr) => Ok(RawConn::handshake(addr, None, CONNECT_DEADLINE).await?.0),
-        }
-    }
-}
-
-/// One target's connections (a pool as large as the highest concurrency) and its counters.
-struct Endpoint {
-    target: Target,
-    conns: Vec<RawConn>,
-    size: usize,
-    /// Operations issued so far: picks the `_id` of the next find.
-    seq: Arc<AtomicU64>,
-    docs: u64,
-}
-
-impl Endpoint {
-    async fn open(target: Target, size: usize, docs: u64) -> Result<Endpoint> {
-        let mut e = Endpoint {
-            target,
-            conns: Vec::with_capacity(size),
-            size,
-            seq: Arc::new(AtomicU64::new(0)),
-            docs,
-        };
-        e.refill().await?;
-        Ok(e)
-    }
-
-    /// Replace connections dropped after an I/O error, so every round starts with a full pool.
-    async fn refill(&mut self) -> Result<()> {
-        let missing = self.size - self.conns.len();
-        let opened = futures::future::join_all((0..missing).map(|_| self.target.connect())).await;
-        for c in opened {
-            self.conns
-                .push(c.with_context(|| format!("connect to {}", self.target.name()))?);
-        }
-        Ok(())
-    }
-
-    /// Run `total` operations on `conc` workers, each on its own connection, timing each one.
-    async fn round(&mut self, op: Op, conc: u32, total: u64) -> Result<Round> {
-        self.refill().await?;
-        let next = Arc::new(AtomicU64::new(0));
-        let abort = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
-        let tasks: Vec<_> = self
-            .conns
-            .drain(..conc as usize)
-            .map(|conn| {
-                let w = Worker {
-                    op,
-                    target: self.target,
-                    docs: self.docs,
-                    seq: self.seq.clone(),
-                    next: next.clone(),
-                    abort: abort.clone(),
-                    total,
-                };
-                tokio::spawn(w.run(conn))
-            })
-            .collect();
-        let mut round = Round {
-            hist: new_histogram(),
-            errors: 0,
-            first_error: None,
-            timed_out: false,
-            elapsed: Duration::ZERO,
-        };
-        for t in futures::future::join_all(tasks).await {
-            let out = t.expect("latency worker panicked");
-            round.hist.add(&out.hist).expect("same histogram bounds");
-            round.errors += out.errors;
-            round.first_error = round.first_error.or(out.first_error);
-            round.timed_out |= out.timed_out;
-            self.conns.extend(out.conn);
-        }
-        round.elapsed = start.elapsed();
-        Ok(round)
-    }
-}
-
-/// The outcome of one round.
-struct Round {
-    hist: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
-    timed_out: bool,
-    elapsed: Duration,
-}
-
-/// One concurrent client of a round.
-struct Worker {
-    op: Op,
-    target: Target,
-    docs: u64,
-    seq: Arc<AtomicU64>,
-    next: Arc<AtomicU64>,
-    abort: Arc<AtomicBool>,
-    total: u64,
-}
-
-/// What a worker hands back: its connection unless it broke, and its measurements.
-struct WorkerOut {
-    conn: Option<RawConn>,
-    hist: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
-    timed_out: bool,
-}
-
-impl Worker {
-    async fn run(self, mut conn: RawConn) -> WorkerOut {
-        let mut out = WorkerOut {
-            conn: None,
-            hist: new_histogram(),
-            errors: 0,
-            first_error: None,
-            timed_out: false,
-        };
-        let mut healthy = true;
-        while healthy
-            && !self.abort.load(Ordering::Relaxed)
-            && self.next.fetch_add(1, Ordering::Relaxed) < self.total
-        {
-            let (cmd, check) = self.command();
-            let t0 = Instant::now();
-            let result = conn.command(&cmd, OP_DEADLINE).await;
-            let ns = t0.elapsed().as_nanos() as u64;
-            let err = match result {
-                Ok(reply) => check(&reply).err(),
-                Err(e) => {
-                    // The stream can no longer be trusted: drop this connection.
-                    healthy = false;
-                    if e.is::<tokio::time::error::Elapsed>() {
-                        out.timed_out = true;
-                        self.abort.store(true, Ordering::Relaxed);
-                    }
-                    Some(e)
-                }
-            };
-            match err {
-                None => out.hist.saturating_record(ns.max(1)),
-                Some(e) => {
-                    out.errors += 1;
-                    let what = format!("{}: {e:#}", self.op.name());
-                    out.first_error = out.first_error.or(Some(what));
-                }
-            }
-        }
-        if healthy {
-            out.conn = Some(conn);
-        }
-        out
-    }
-
-    /// The next command and the check its reply must pass.
-    fn command(&self) -> (Document, fn(&Document) -> Result<()>) {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        match self.op {
-            Op::Find => {
-                // A fixed stride over the ids: every document is read, no two neighbours in a row.
-                let id = doc_id(n.wrapping_mul(7919) % self.docs);
-                let cmd = doc! {
-                    "find": FIND_COLL, "filter": {"_id": id}, "limit": 1, "singleBatch": true,
-                    "$db": DB,
-                };
-                (cmd, check_find)
-            }
-            Op::Insert => {
-                let d = doc! {
-                    "_id": ObjectId::new(), "n": n as i64, "target": self.target.name(),
-                    "pad": "x".repeat(64),
-                };
-                (
-                    doc! {"insert": INSERT_COLL, "documents": [d], "$db": DB},
-                    check_insert,
-                )
-            }
-        }
-    }
-}
-
-/// The `_id` of the `i`th seeded document. A string: FerretDB's SQLite backend filters string
-/// ids in SQL but integer ids in Go, which costs far more.
-fn doc_id(i: u64) -> String {
-    format!("doc-{i:06}")
-}
-
-fn check_find(reply: &Document) -> Result<()> {
-    ensure!(is_ok(reply), "{reply}");
-    let batch = reply
-        .get_document("cursor")
-        .and_then(|c| c.get_array("firstBatch"))
-        .with_context(|| format!("no firstBatch: {reply}"))?;
-    ensure!(batch.len() == 1, "{} documents, expected 1", batch.len());
-    Ok(())
-}
-
-fn check_insert(reply: &Document) -> Result<()> {
-    ensure!(
-        is_ok(reply) && !reply.contains_key("writeErrors"),
-        "{reply}"
-    );
-    ensure!(reply.get_i32("n").ok() == Some(1), "not inserted: {reply}");
-    Ok(())
-}
-
-/// Results of one (operation, level): a summary per target and the connection counts seen.
+/// Results of one (operation, level): a summary per target, in target order, and the
+/// connections seen.
 struct LevelResult {
     op: Op,
     conc: u32,
-    direct: Summary,
-    gateway: Summary,
-    gw_upstream_max: u64,
-    ferret_max: u64,
+    summaries: Vec<(&'static str, Summary)>,
+    /// Upstream connections held by each proxy (gateway, then peer), most seen after any round.
+    proxy_upstream_max: Vec<(&'static str, u64)>,
+    upstream_conns_max: u64,
 }
 
 pub async fn run(args: LatencyArgs) -> Result<()> {
     let plan = args.plan()?;
     let common = &args.common;
-    let ferret = Ferret::start(&common.ferretdb_bin()?).await?;
+    let upstream = match args.upstream {
+        UpstreamKind::Ferretdb => UpstreamProc::ferret(&common.ferretdb_bin()?).await?,
+        UpstreamKind::Stub => UpstreamProc::stub()?,
+    };
     let gw_opts = GatewayOpts {
         pool_size: common.pool_size,
         max_clients: None,
         log_level: common.gateway_log_level.clone(),
     };
-    let mut gateway = Gateway::start(&common.gateway_bin()?, &ferret, &gw_opts)?;
-    seed(&ferret, plan.docs).await?;
+    let mut gateway = Gateway::start(&common.gateway_bin()?, &upstream.spec(), &gw_opts)?;
+    let peer = match &args.mongobetween {
+        Some(bin) => Some(Mongobetween::start(bin, &upstream.spec(), common.pool_size).await?),
+        None => None,
+    };
+    seed(&upstream, plan.docs).await?;
+    let mut targets = vec![
+        upstream.direct_target(),
+        Target {
+            name: "gateway",
+            addr: gateway.addr,
+            login: false,
+            hello: true,
+        },
+    ];
+    let mut proxies = vec![("gateway", gateway.pid)];
+    if let Some(p) = &peer {
+        targets.push(Target {
+            name: "mongobetween",
+            addr: p.addr,
+            login: false,
+            hello: false,
+        });
+        proxies.push(("mongobetween", p.pid));
+    }
+    let relay = match args.null_relay {
+        true => Some(NullRelay::start(upstream.spec().addr)?),
+        false => None,
+    };
+    if let Some(r) = &relay {
+        // The relay passes the direct client's login through to the upstream.
+        targets.push(Target {
+            name: "null-relay",
+            addr: r.addr,
+            ..upstream.direct_target()
+        });
+    }
     let max_conc = *plan.levels.iter().max().expect("levels checked non-empty") as usize;
-    let mut direct = Endpoint::open(Target::Direct(ferret.addr()), max_conc, plan.docs).await?;
-    let mut through = Endpoint::open(Target::Gateway(gateway.addr), max_conc, plan.docs).await?;
+    let mut endpoints = Vec::new();
+    for t in targets {
+        endpoints.push(Endpoint::open(t, max_conc, plan.docs).await?);
+    }
     println!(
-        "latency: FerretDB (SQLite, auth) direct vs through mongomux (pool {}); {} ops per \
-         op/level/target in interleaved rounds of {}; one connection per worker{}",
+        "latency: {} direct vs through mongomux (pool {}){}; {} ops per op/level/target in \
+         interleaved rounds of {}; one connection per worker{}",
+        upstream.label(),
         common.pool_size,
+        if peer.is_some() {
+            " vs through mongobetween (same pool size)"
+        } else {
+            ""
+        },
         plan.ops,
         plan.round_ops,
         if plan.smoke { " [smoke]" } else { "" }
@@ -388,12 +202,12 @@ pub async fn run(args: LatencyArgs) -> Result<()> {
     let mut first_errors = Vec::new();
     for &conc in &plan.levels {
         for &op in &plan.kinds {
-            let mut watch = ConnWatch::new(&gateway, &ferret);
-            let (d, g) = measure_level(
+            let mut watch = ConnWatch::new(&proxies, upstream.port());
+            let summaries = measure_level(
                 &plan,
                 op,
                 conc,
-                [&mut direct, &mut through],
+                &mut endpoints,
                 &mut watch,
                 &mut first_errors,
             )
@@ -403,16 +217,19 @@ pub async fn run(args: LatencyArgs) -> Result<()> {
             results.push(LevelResult {
                 op,
                 conc,
-                direct: d,
-                gateway: g,
-                gw_upstream_max: watch.gw_upstream_max,
-                ferret_max: watch.ferret_max,
+                summaries,
+                proxy_upstream_max: watch.proxy_max.clone(),
+                upstream_conns_max: watch.upstream_max,
             });
             eprintln!("  done: {} at concurrency {conc}", op.name());
         }
     }
     print_results(&results, common.pool_size, &first_errors);
-    let path = csv(&results, common.pool_size).write(&common.out_dir(), "latency.csv")?;
+    let name = match args.upstream {
+        UpstreamKind::Ferretdb => "latency.csv",
+        UpstreamKind::Stub => "latency-stub.csv",
+    };
+    let path = csv(&results, common.pool_size, upstream.label()).write(&common.out_dir(), name)?;
     println!("csv: {}", path.display());
     if !first_errors.is_empty() {
         println!("gateway log tail:\n{}", gateway.log_tail(20));
@@ -420,9 +237,12 @@ pub async fn run(args: LatencyArgs) -> Result<()> {
     Ok(())
 }
 
-/// Seed the documents `find` reads (ids 0..docs), straight to FerretDB.
-async fn seed(ferret: &Ferret, docs: u64) -> Result<()> {
-    let mut conn = ferret.connect(CONNECT_DEADLINE).await?;
+/// Seed the documents `find` reads (ids 0..docs), straight to the upstream (the stub stores
+/// nothing and answers every find with one document, so it needs none).
+async fn seed(upstream: &UpstreamProc, docs: u64) -> Result<()> {
+    let Some(mut conn) = upstream.seed_conn(CONNECT_DEADLINE).await? else {
+        return Ok(());
+    };
     let drop = conn
         .command(&doc! {"dropDatabase": 1, "$db": DB}, OP_DEADLINE)
         .await?;
@@ -443,94 +263,84 @@ async fn seed(ferret: &Ferret, docs: u64) -> Result<()> {
     Ok(())
 }
 
-/// Counts connections to FerretDB between rounds, outside the timed sections: reading
+/// Counts connections to the upstream between rounds, outside the timed sections: reading
 /// `/proc/net/tcp` costs CPU the measured processes would otherwise have. Pooled connections live
-/// far longer than a round, so one sample per round sees any the gateway holds beyond its pool.
+/// far longer than a round, so one sample per round sees any a proxy holds beyond its pool.
 struct ConnWatch {
-    gw_pid: u32,
-    ferret_port: u16,
-    gw_upstream_max: u64,
-    ferret_max: u64,
+    proxies: Vec<(&'static str, u32)>,
+    upstream_port: u16,
+    proxy_max: Vec<(&'static str, u64)>,
+    upstream_max: u64,
 }
 
 impl ConnWatch {
-    fn new(gateway: &Gateway, ferret: &Ferret) -> ConnWatch {
+    fn new(proxies: &[(&'static str, u32)], upstream_port: u16) -> ConnWatch {
         ConnWatch {
-            gw_pid: gateway.pid,
-            ferret_port: ferret.port,
-            gw_upstream_max: 0,
-            ferret_max: 0,
+            proxies: proxies.to_vec(),
+            upstream_port,
+            proxy_max: proxies.iter().map(|&(n, _)| (n, 0)).collect(),
+            upstream_max: 0,
         }
     }
 
     fn sample(&mut self) -> Result<()> {
-        let gw = established_from_pid(self.gw_pid, self.ferret_port)?;
-        let all = established_to_port(self.ferret_port)?;
-        self.gw_upstream_max = self.gw_upstream_max.max(gw as u64);
-        self.ferret_max = self.ferret_max.max(all as u64);
+        for (i, &(_, pid)) in self.proxies.iter().enumerate() {
+            let n = established_from_pid(pid, self.upstream_port)? as u64;
+            self.proxy_max[i].1 = self.proxy_max[i].1.max(n);
+        }
+        let all = established_to_port(self.upstream_port)? as u64;
+        self.upstream_max = self.upstream_max.max(all);
         Ok(())
     }
 }
 
-/// Warm up both targets, then alternate measured rounds between them.
+/// Warm up every target, then let them take turns in measured rounds.
 async fn measure_level(
     plan: &Plan,
     op: Op,
     conc: u32,
-    [direct, through]: [&mut Endpoint; 2],
+    endpoints: &mut [Endpoint],
     watch: &mut ConnWatch,
     first_errors: &mut Vec<String>,
-) -> Result<(Summary, Summary)> {
+) -> Result<Vec<(&'static str, Summary)>> {
     let warm = if plan.smoke {
         u64::from(conc) * 5
     } else {
         (u64::from(conc) * 50).max(500)
     };
-    for e in [&mut *direct, &mut *through] {
+    for e in endpoints.iter_mut() {
         let r = e.round(op, conc, warm).await?;
         note_errors(&r, e.target, "warm-up", first_errors)?;
     }
-    let (mut td, mut tg) = (Tally::new(), Tally::new());
+    let n_targets = endpoints.len();
+    let mut tallies: Vec<Tally> = (0..n_targets).map(|_| Tally::new()).collect();
     let rounds = plan.ops.div_ceil(plan.round_ops);
     for i in 0..rounds {
         let n = plan.round_ops.min(plan.ops - i * plan.round_ops);
-        // A B B A: each target goes first in half the rounds.
-        let order = if i % 2 == 0 {
-            [(&mut *direct, &mut td), (&mut *through, &mut tg)]
-        } else {
-            [(&mut *through, &mut tg), (&mut *direct, &mut td)]
-        };
-        for (e, tally) in order {
+        // Rotate who goes first, and reverse every other round (A B C, C B A, B C A, A C B, ...),
+        // so no target always follows the same one.
+        let mut order: Vec<usize> = (0..n_targets)
+            .map(|k| (k + i as usize / 2) % n_targets)
+            .collect();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for k in order {
+            let e = &mut endpoints[k];
             let r = e.round(op, conc, n).await?;
             note_errors(&r, e.target, "round", first_errors)?;
+            let tally = &mut tallies[k];
             tally.hist.add(&r.hist).expect("same histogram bounds");
             tally.errors += r.errors;
             tally.busy += r.elapsed;
             watch.sample()?;
         }
     }
-    Ok((td.summary(), tg.summary()))
-}
-
-/// What one target accumulated over the rounds of one level.
-struct Tally {
-    hist: Histogram<u64>,
-    errors: u64,
-    busy: Duration,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            hist: new_histogram(),
-            errors: 0,
-            busy: Duration::ZERO,
-        }
-    }
-
-    fn summary(&self) -> Summary {
-        Summary::new(&self.hist, self.errors, self.busy.as_secs_f64())
-    }
+    Ok(endpoints
+        .iter()
+        .zip(&tallies)
+        .map(|(e, t)| (e.target.name(), t.summary()))
+        .collect())
 }
 
 /// Keep the first errors for the report; a hang ends the run.
@@ -560,11 +370,11 @@ fn print_results(results: &[LevelResult], pool_size: u32, first_errors: &[String
         "max_us", "ops/s",
     ]);
     for r in results {
-        for (name, s) in [("direct", &r.direct), ("gateway", &r.gateway)] {
+        for (name, s) in &r.summaries {
             t.row(vec![
                 r.op.name().into(),
                 r.conc.to_string(),
-                name.into(),
+                (*name).into(),
                 s.ops.to_string(),
                 s.errors.to_string(),
                 us(s.p50_us),
@@ -575,47 +385,51 @@ fn print_results(results: &[LevelResult], pool_size: u32, first_errors: &[String
                 format!("{:.0}", s.ops_per_s),
             ]);
         }
-        let (d, g) = (&r.direct, &r.gateway);
-        t.row(vec![
-            r.op.name().into(),
-            r.conc.to_string(),
-            "gw-direct".into(),
-            String::new(),
-            String::new(),
-            signed(g.p50_us - d.p50_us),
-            signed(g.p99_us - d.p99_us),
-            signed(g.p999_us - d.p999_us),
-            signed(g.mean_us - d.mean_us),
-            String::new(),
-            format!("{:+.0}", g.ops_per_s - d.ops_per_s),
-        ]);
+        for (name, d) in differences(r) {
+            t.row(vec![
+                r.op.name().into(),
+                r.conc.to_string(),
+                name,
+                String::new(),
+                String::new(),
+                signed(d.p50_us),
+                signed(d.p99_us),
+                signed(d.p999_us),
+                signed(d.mean_us),
+                String::new(),
+                format!("{:+.0}", d.ops_per_s),
+            ]);
+        }
     }
     println!("{}", t.render());
     println!();
-    let mut c = Table::new(&["op", "conc", "gw_upstream_max", "ferret_conns_max"]);
+    let mut headers = vec!["op", "conc"];
+    if let Some(r) = results.first() {
+        headers.extend(r.proxy_upstream_max.iter().map(|(n, _)| *n));
+    }
+    headers.push("upstream_conns_max");
+    let mut c = Table::new(&headers);
     for r in results {
-        c.row(vec![
-            r.op.name().into(),
-            r.conc.to_string(),
-            r.gw_upstream_max.to_string(),
-            r.ferret_max.to_string(),
-        ]);
+        let mut row = vec![r.op.name().into(), r.conc.to_string()];
+        row.extend(r.proxy_upstream_max.iter().map(|(_, n)| n.to_string()));
+        row.push(r.upstream_conns_max.to_string());
+        c.row(row);
     }
     println!(
-        "connections to FerretDB, counted after every round (gateway's own: must stay <= pool size {pool_size}; \
-         FerretDB's total also counts the direct client's connections):"
+        "upstream connections held by each proxy, counted after every round (must stay <= pool size {pool_size}); \
+         the upstream's total also counts the direct client's connections:"
     );
     println!("{}", c.render());
-    if let Some(over) = results
-        .iter()
-        .find(|r| r.gw_upstream_max > u64::from(pool_size))
-    {
-        println!(
-            "MISBEHAVIOUR: the gateway held {} upstream connections (pool size {pool_size}) during {} at concurrency {}",
-            over.gw_upstream_max,
-            over.op.name(),
-            over.conc
-        );
+    for r in results {
+        for (name, n) in &r.proxy_upstream_max {
+            if *n > u64::from(pool_size) {
+                println!(
+                    "MISBEHAVIOUR: {name} held {n} upstream connections (pool size {pool_size}) during {} at concurrency {}",
+                    r.op.name(),
+                    r.conc
+                );
+            }
+        }
     }
     if !first_errors.is_empty() {
         println!("errors (first of each round that had any):");
@@ -625,9 +439,31 @@ fn print_results(results: &[LevelResult], pool_size: u32, first_errors: &[String
     }
 }
 
-fn csv(results: &[LevelResult], pool_size: u32) -> Csv {
+/// Each proxy's figures minus the direct ones (the first target is always `direct`).
+fn differences(r: &LevelResult) -> Vec<(String, Summary)> {
+    let (_, d) = &r.summaries[0];
+    r.summaries[1..]
+        .iter()
+        .map(|(name, g)| {
+            let diff = Summary {
+                ops: 0,
+                errors: 0,
+                p50_us: g.p50_us - d.p50_us,
+                p99_us: g.p99_us - d.p99_us,
+                p999_us: g.p999_us - d.p999_us,
+                mean_us: g.mean_us - d.mean_us,
+                max_us: g.max_us - d.max_us,
+                ops_per_s: g.ops_per_s - d.ops_per_s,
+            };
+            (format!("{name}-direct"), diff)
+        })
+        .collect()
+}
+
+fn csv(results: &[LevelResult], pool_size: u32, upstream: &str) -> Csv {
     let mut csv = Csv::new(&[
         "run",
+        "upstream",
         "op",
         "concurrency",
         "target",
@@ -640,28 +476,30 @@ fn csv(results: &[LevelResult], pool_size: u32) -> Csv {
         "mean_us",
         "max_us",
         "ops_per_s",
-        "gw_upstream_max",
-        "ferret_conns_max",
+        "proxy_upstream_max",
+        "upstream_conns_max",
     ]);
     let run = unix_time().to_string();
     for r in results {
-        let (d, g) = (&r.direct, &r.gateway);
-        let diff = Summary {
-            ops: 0,
-            errors: 0,
-            p50_us: g.p50_us - d.p50_us,
-            p99_us: g.p99_us - d.p99_us,
-            p999_us: g.p999_us - d.p999_us,
-            mean_us: g.mean_us - d.mean_us,
-            max_us: g.max_us - d.max_us,
-            ops_per_s: g.ops_per_s - d.ops_per_s,
+        let proxy_max = |name: &str| {
+            r.proxy_upstream_max
+                .iter()
+                .find(|(n, _)| name.starts_with(n))
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
         };
-        for (name, s) in [("direct", d), ("gateway", g), ("gateway-direct", &diff)] {
+        let rows = r
+            .summaries
+            .iter()
+            .map(|(n, s)| ((*n).to_string(), *s))
+            .chain(differences(r));
+        for (name, s) in rows {
             csv.row(vec![
                 run.clone(),
+                upstream.into(),
                 r.op.name().into(),
                 r.conc.to_string(),
-                name.into(),
+                name.clone(),
                 pool_size.to_string(),
                 s.ops.to_string(),
                 s.errors.to_string(),
@@ -671,8 +509,8 @@ fn csv(results: &[LevelResult], pool_size: u32) -> Csv {
                 format!("{:.1}", s.mean_us),
                 format!("{:.1}", s.max_us),
                 format!("{:.1}", s.ops_per_s),
-                r.gw_upstream_max.to_string(),
-                r.ferret_max.to_string(),
+                proxy_max(&name),
+                r.upstream_conns_max.to_string(),
             ]);
         }
     }

@@ -9,12 +9,17 @@
 //! Scenario modules own their flags and their run; [`procs`] owns the child processes,
 //! [`observe`] the view from `/proc`, [`wire`] the raw OP_MSG client (with [`scram`] to log in), [`report`] tables and CSV.
 
+mod fleet;
 mod idle_memory;
 mod latency;
+mod load;
+mod null_relay;
 mod observe;
 mod procs;
 mod report;
 mod scram;
+mod stub_upstream;
+mod throughput;
 mod wire;
 
 use std::path::{Path, PathBuf};
@@ -38,8 +43,20 @@ enum Command {
     /// Single-document find/insert latency, direct to FerretDB and through the gateway,
     /// interleaved in one run.
     Latency(latency::LatencyArgs),
+    /// Operations per second and proxy CPU per forwarded operation in front of the in-memory stub
+    /// (and instructions per operation under callgrind).
+    Throughput(throughput::ThroughputArgs),
     /// Gateway resident memory with many idle, handshaken client connections.
     IdleMemory(idle_memory::IdleMemoryArgs),
+    /// A simulated serverless fleet: execution environments with frozen/thawed driver clients,
+    /// three connection strategies, upstream connections counted from outside.
+    Fleet(fleet::FleetArgs),
+    /// The benchmark-only in-memory upstream the scenarios start (answers from memory, stores
+    /// nothing; for measuring the proxies' own cost, never for correctness).
+    StubUpstream(stub_upstream::StubArgs),
+    /// The benchmark-only null relay: a byte pump, one upstream connection per client, to show
+    /// the floor cost of any extra hop on this machine.
+    NullRelay(null_relay::RelayArgs),
 }
 
 /// Settings every scenario shares.
@@ -106,6 +123,10 @@ async fn main() -> Result<()> {
         match cli.command {
             Command::Latency(args) => latency::run(args).await,
             Command::IdleMemory(args) => idle_memory::run(args).await,
+            Command::Throughput(args) => throughput::run(args).await,
+            Command::Fleet(args) => fleet::run(args).await,
+            Command::StubUpstream(args) => stub_upstream::run(args).await,
+            Command::NullRelay(args) => null_relay::run(args).await,
         }
     };
     // On SIGINT/SIGTERM the scenario future is dropped, and with it the child processes it

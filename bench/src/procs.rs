@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _, Result};
 use bson::doc;
 
+use crate::load::Target;
+use crate::stub_upstream::StubUpstream;
 use crate::wire::{is_ok, RawConn};
 
 /// The user FerretDB is set up with; the gateway authenticates upstream as this user.
@@ -109,39 +111,69 @@ pub async fn login(addr: SocketAddr, limit: Duration) -> Result<RawConn> {
     Ok(conn)
 }
 
-/// A FerretDB process on SQLite with authentication on, in its own temp folder.
+/// What the gateway is put in front of: an address, and whether it wants the bench's upstream
+/// user to log in (FerretDB with auth) or no authentication at all (the benchmark-only stub, or
+/// FerretDB started without auth for the fleet simulator, whose Rust driver cannot log in to
+/// FerretDB directly).
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamSpec {
+    pub addr: SocketAddr,
+    pub auth: bool,
+}
+
+/// A FerretDB process on SQLite, in its own temp folder; authentication on unless started with
+/// [`Ferret::start_without_auth`].
 pub struct Ferret {
     child: Child,
     pub port: u16,
     dir: TempDir,
+    auth: bool,
 }
 
 impl Ferret {
     /// Start FerretDB on a free loopback port and wait until an authenticated `ping` succeeds.
     pub async fn start(bin: &Path) -> Result<Ferret> {
+        Ferret::start_with(bin, true).await
+    }
+
+    /// Start FerretDB with no authentication (its v1 default), for clients that cannot log in to
+    /// it directly.
+    pub async fn start_without_auth(bin: &Path) -> Result<Ferret> {
+        Ferret::start_with(bin, false).await
+    }
+
+    async fn start_with(bin: &Path, auth: bool) -> Result<Ferret> {
         let dir = TempDir::new("mongomux-bench-ferret")?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
         let (port, debug_port) = (free_port()?, free_port()?);
         let log = std::fs::File::create(dir.path().join("ferretdb.log"))?;
-        let child = Command::new(bin)
-            .arg("--handler=sqlite")
+        let mut cmd = Command::new(bin);
+        cmd.arg("--handler=sqlite")
             .arg(format!("--sqlite-url=file:{}/", data.display()))
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
             .arg(format!("--debug-addr=127.0.0.1:{debug_port}"))
             .arg(format!("--state-dir={}", dir.path().display()))
             .arg("--telemetry=disable")
-            .arg("--test-enable-new-auth")
-            .arg(format!("--setup-username={UPSTREAM_USER}"))
-            .arg(format!("--setup-password={UPSTREAM_PASSWORD}"))
-            .arg("--setup-database=admin")
-            .arg("--log-level=WARN")
+            .arg("--log-level=WARN");
+        if auth {
+            cmd.arg("--test-enable-new-auth")
+                .arg(format!("--setup-username={UPSTREAM_USER}"))
+                .arg(format!("--setup-password={UPSTREAM_PASSWORD}"))
+                .arg("--setup-database=admin");
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut ferret = Ferret { child, port, dir };
+        let mut ferret = Ferret {
+            child,
+            port,
+            dir,
+            auth,
+        };
         ferret.wait_ready().await?;
         Ok(ferret)
     }
@@ -186,14 +218,25 @@ impl Ferret {
         Ok(())
     }
 
-    /// A raw client connection straight to FerretDB, handshaken and logged in as the setup user;
-    /// each step within `limit`.
+    /// A raw client connection straight to FerretDB, handshaken and (with auth on) logged in as
+    /// the setup user; each step within `limit`.
     pub async fn connect(&self, limit: Duration) -> Result<RawConn> {
-        login(self.addr(), limit).await
+        if self.auth {
+            login(self.addr(), limit).await
+        } else {
+            Ok(RawConn::handshake(self.addr(), None, limit).await?.0)
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn spec(&self) -> UpstreamSpec {
+        UpstreamSpec {
+            addr: self.addr(),
+            auth: self.auth,
+        }
     }
 }
 
@@ -222,21 +265,23 @@ pub struct Gateway {
 
 impl Gateway {
     /// Start the gateway on a port the kernel picks and wait for its `listening on` line.
-    pub fn start(bin: &Path, ferret: &Ferret, opts: &GatewayOpts) -> Result<Gateway> {
+    pub fn start(bin: &Path, upstream: &UpstreamSpec, opts: &GatewayOpts) -> Result<Gateway> {
         let dir = TempDir::new("mongomux-bench-gateway")?;
         let log = dir.path().join("mongomux.log");
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--listen=127.0.0.1:0")
             .arg(format!(
-                "--upstream=mongodb://127.0.0.1:{}/?authSource=admin",
-                ferret.port
+                "--upstream=mongodb://{}/?authSource=admin",
+                upstream.addr
             ))
             .arg(format!("--pool-size={}", opts.pool_size))
-            .arg(format!("--log-level={}", opts.log_level))
-            .env("MONGOMUX_UPSTREAM_USERNAME", UPSTREAM_USER)
-            .env("MONGOMUX_UPSTREAM_PASSWORD", UPSTREAM_PASSWORD)
-            .stdin(Stdio::null())
+            .arg(format!("--log-level={}", opts.log_level));
+        if upstream.auth {
+            cmd.env("MONGOMUX_UPSTREAM_USERNAME", UPSTREAM_USER)
+                .env("MONGOMUX_UPSTREAM_PASSWORD", UPSTREAM_PASSWORD);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
         if let Some(n) = opts.max_clients {
@@ -246,21 +291,7 @@ impl Gateway {
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         let pid = child.id();
-        let stdout = child.stdout.take().context("gateway stdout")?;
-        let (tx, rx) = mpsc::channel();
-        // Read stdout on a thread so the wait below has a deadline; keep draining it afterwards
-        // so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if !sent {
-                    if let Some(a) = line.strip_prefix("mongomux: listening on ") {
-                        let _ = tx.send(a.trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let addr = wait_listening_line(&mut child, &log, START_DEADLINE);
         let mut gw = Gateway {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -268,31 +299,9 @@ impl Gateway {
             log,
             _dir: dir,
         };
-        gw.addr = gw.wait_listening(&rx)?;
+        // On failure `gw` is dropped, which kills the process.
+        gw.addr = addr?;
         Ok(gw)
-    }
-
-    fn wait_listening(&mut self, rx: &mpsc::Receiver<String>) -> Result<SocketAddr> {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(addr) => return addr.parse().context("gateway printed a bad address"),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed without the line: the process is exiting.
-                    std::thread::sleep(Duration::from_millis(200));
-                    check_alive(&mut self.child, "mongomux", &self.log)?;
-                    bail!("mongomux closed stdout without printing `listening on`");
-                }
-            }
-            check_alive(&mut self.child, "mongomux", &self.log)?;
-            if Instant::now() > deadline {
-                bail!(
-                    "mongomux did not print `listening on` within {START_DEADLINE:?}; log tail:\n{}",
-                    log_tail(&self.log, 30)
-                );
-            }
-        }
     }
 
     /// Whether the gateway is still running; an error carries its log tail.
@@ -316,5 +325,181 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The upstream a scenario runs against: FerretDB with auth (end to end) or the benchmark-only
+/// in-memory stub (the proxies' own cost).
+pub enum UpstreamProc {
+    Ferret(Ferret),
+    Stub(StubUpstream),
+}
+
+impl UpstreamProc {
+    pub async fn ferret(bin: &Path) -> Result<UpstreamProc> {
+        Ok(UpstreamProc::Ferret(Ferret::start(bin).await?))
+    }
+
+    pub fn stub() -> Result<UpstreamProc> {
+        Ok(UpstreamProc::Stub(StubUpstream::start()?))
+    }
+
+    pub fn spec(&self) -> UpstreamSpec {
+        match self {
+            UpstreamProc::Ferret(f) => f.spec(),
+            UpstreamProc::Stub(s) => s.spec(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.spec().addr.port()
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            UpstreamProc::Ferret(f) => f.child.id(),
+            UpstreamProc::Stub(s) => s.pid,
+        }
+    }
+
+    /// How tables name it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamProc::Ferret(_) => "FerretDB (SQLite, auth)",
+            UpstreamProc::Stub(_) => "benchmark-only in-memory stub upstream",
+        }
+    }
+
+    /// The load target for clients going straight to the upstream.
+    pub fn direct_target(&self) -> Target {
+        let spec = self.spec();
+        Target {
+            name: "direct",
+            addr: spec.addr,
+            login: spec.auth,
+            hello: true,
+        }
+    }
+
+    /// A logged-in connection for seeding data; `None` for the stub, which stores nothing.
+    pub async fn seed_conn(&self, limit: Duration) -> Result<Option<RawConn>> {
+        match self {
+            UpstreamProc::Ferret(f) => Ok(Some(f.connect(limit).await?)),
+            UpstreamProc::Stub(_) => Ok(None),
+        }
+    }
+}
+
+/// The peer proxy mongobetween (github.com/coinbase/mongobetween), in front of the same upstream
+/// with the same pool size, when the run is given its binary. Not installed by the project: the
+/// Go module proxy does not serve that module (see docs/benchmarks.md).
+pub struct Mongobetween {
+    child: Child,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Mongobetween {
+    pub async fn start(
+        bin: &Path,
+        upstream: &UpstreamSpec,
+        pool_size: u32,
+    ) -> Result<Mongobetween> {
+        let dir = TempDir::new("mongomux-bench-mongobetween")?;
+        let log = dir.path().join("mongobetween.log");
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = Command::new(bin);
+        // It always creates a statsd client; aimed at a loopback port nobody listens on, the
+        // datagrams are dropped.
+        cmd.arg("-statsd=127.0.0.1:8125")
+            .arg("-loglevel=warn")
+            .arg("-ping");
+        if upstream.auth {
+            cmd.arg(format!("-username={UPSTREAM_USER}"))
+                .arg(format!("-password={UPSTREAM_PASSWORD}"));
+        }
+        cmd.arg(format!(
+            "{addr}=mongodb://{}/admin?maxPoolSize={pool_size}&label=bench",
+            upstream.addr
+        ));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(dir.path().join("stderr.log"))?)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let pid = child.id();
+        let mut mb = Mongobetween {
+            child,
+            addr,
+            pid,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            check_alive(&mut mb.child, "mongobetween", &mb.log)?;
+            // No `hello`: mongobetween forwards it to a handshaken upstream connection, which
+            // refuses client metadata a second time (code 186).
+            if let Ok(Ok(mut conn)) =
+                tokio::time::timeout(Duration::from_secs(5), RawConn::connect(addr, None)).await
+            {
+                let ping = doc! {"ping": 1, "$db": "admin"};
+                if let Ok(reply) = conn.command(&ping, Duration::from_secs(5)).await {
+                    if is_ok(&reply) {
+                        return Ok(mb);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("mongobetween did not answer hello on {addr} within {START_DEADLINE:?}; log tail:\n{}", log_tail(&mb.log, 30));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Mongobetween {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait for a `mongomux serve` child (piped stdout) to print `mongomux: listening on ADDR`;
+/// keeps draining its stdout afterwards so it never blocks on a full pipe. Errors carry the tail
+/// of `log` (its stderr).
+pub fn wait_listening_line(child: &mut Child, log: &Path, limit: Duration) -> Result<SocketAddr> {
+    let stdout = child.stdout.take().context("gateway stdout not piped")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if let Some(a) = line.strip_prefix("mongomux: listening on ") {
+                let _ = tx.send(a.trim().to_string());
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(addr) => return addr.parse().context("gateway printed a bad address"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // stdout closed without the line: the process is exiting.
+                std::thread::sleep(Duration::from_millis(200));
+                check_alive(child, "mongomux", log)?;
+                bail!("mongomux closed stdout without printing `listening on`");
+            }
+        }
+        check_alive(child, "mongomux", log)?;
+        if Instant::now() > deadline {
+            bail!(
+                "mongomux did not print `listening on` within {limit:?}; log tail:\n{}",
+                log_tail(log, 30)
+            );
+        }
     }
 }
