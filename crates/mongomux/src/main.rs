@@ -226,8 +226,9 @@ fn main() -> Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            raise_fd_limit();
-            let cfg = args.clone().into_config()?;
+            let fd_limit = raise_fd_limit();
+            let mut cfg = args.clone().into_config()?;
+            fit_clients_to_fd_limit(&mut cfg, fd_limit);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -265,10 +266,14 @@ async fn reload_on_sighup(ctx: std::sync::Arc<mongomux_gateway::Context>, args: 
         return;
     };
     while hup.recv().await.is_some() {
-        let applied = args
-            .clone()
-            .into_config()
-            .and_then(|cfg| Ok(mongomux_gateway::reload::apply(&ctx, cfg)?));
+        let fd_limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .ok()
+            .map(|(soft, _)| soft);
+        let applied = args.clone().into_config().and_then(|mut cfg| {
+            // The same lowering as at start, so an unchanged file does not read as a change.
+            fit_clients_to_fd_limit(&mut cfg, fd_limit);
+            Ok(mongomux_gateway::reload::apply(&ctx, cfg)?)
+        });
         match applied {
             Ok(summary) => {
                 tracing::info!(users = summary.users, "configuration reloaded");
@@ -292,10 +297,40 @@ async fn shutdown_signal() {
 }
 
 /// Many client sockets need many descriptors: use everything the hard limit allows.
-fn raise_fd_limit() {
+fn raise_fd_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+        Ok(n) => {
+            tracing::debug!(limit = n, "file descriptor limit");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file descriptor limit");
+            None
+        }
+    }
+}
+
+/// Descriptors kept back from clients beyond the pool and the STS bound: listeners, the metrics
+/// endpoint and its scrapers, TLS and config files read on reload, the spare accept descriptor.
+const FD_RESERVE: u64 = 64;
+
+/// Lowers `max_clients` so that clients can never take the descriptors the upstream pool and
+/// STS calls need. Without this, a gateway at its descriptor limit could hold its clients but
+/// fail to reopen a pooled connection; with it, the clients beyond the limit are refused at
+/// accept (with a log line) and every held client keeps being served.
+fn fit_clients_to_fd_limit(cfg: &mut Config, limit: Option<u64>) {
+    let Some(limit) = limit else { return };
+    let needed_elsewhere = cfg.pool_size as u64 + cfg.sts_max_concurrency as u64 + FD_RESERVE;
+    let room = limit.saturating_sub(needed_elsewhere).max(1);
+    if cfg.max_clients as u64 > room {
+        tracing::warn!(
+            max_clients = cfg.max_clients,
+            fd_limit = limit,
+            lowered_to = room,
+            "max-clients does not fit the file descriptor limit; lowering it so the upstream \
+             pool always has descriptors (clients beyond it are refused at accept)"
+        );
+        cfg.max_clients = room as usize;
     }
 }
 
