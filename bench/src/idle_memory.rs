@@ -163,7 +163,7 @@ pub async fn run(args: IdleMemoryArgs) -> Result<()> {
 }
 
 /// Seed the documents the sample operations read, straight to FerretDB.
-async fn seed(ferret: &Ferret) -> Result<()> {
+pub async fn seed(ferret: &Ferret) -> Result<()> {
     let mut conn = ferret.connect(REPLY_DEADLINE).await?;
     let docs: Vec<Document> = (0..SEED_DOCS).map(|i| doc! {"_id": i, "v": i}).collect();
     for cmd in [
@@ -189,7 +189,7 @@ async fn open_one(gateway: &Gateway, source: Option<IpAddr>) -> Result<RawConn> 
 }
 
 /// Source address for the `i`th client: 127.0.0.(1 + i mod n), or the default for n = 1.
-fn source_for(i: usize, n: u8) -> Option<IpAddr> {
+pub fn source_for(i: usize, n: u8) -> Option<IpAddr> {
     (n > 1).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(n)) as u8)))
 }
 
@@ -262,7 +262,7 @@ async fn run_step(
 }
 
 /// One `find` by `_id` on each connection, concurrently; returns the successes and first error.
-async fn sample_ops(picked: Vec<&mut RawConn>) -> (usize, Option<String>) {
+pub async fn sample_ops(picked: Vec<&mut RawConn>) -> (usize, Option<String>) {
     let ops = picked.into_iter().enumerate().map(|(i, c)| async move {
         let id = i as i64 % SEED_DOCS;
         let cmd = doc! {"find": COLL, "filter": {"_id": id}, "$db": DB};

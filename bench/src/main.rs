@@ -9,7 +9,9 @@
 //! Scenario modules own their flags and their run; [`procs`] owns the child processes,
 //! [`observe`] the view from `/proc`, [`wire`] the raw OP_MSG client (with [`scram`] to log in), [`report`] tables and CSV.
 
+mod fan_in;
 mod fleet;
+mod holder;
 mod idle_memory;
 mod latency;
 mod load;
@@ -43,6 +45,12 @@ enum Command {
     /// Single-document find/insert latency, direct to FerretDB and through the gateway,
     /// interleaved in one run.
     Latency(latency::LatencyArgs),
+    /// Idle client connections up to the descriptor limit, from several processes: proxy memory
+    /// per connection and the upstream connection count.
+    FanIn(fan_in::FanInArgs),
+    /// (internal) A child of `fan-in` that holds idle client connections.
+    #[command(hide = true)]
+    HoldClients(holder::HoldArgs),
     /// Operations per second and proxy CPU per forwarded operation in front of the in-memory stub
     /// (and instructions per operation under callgrind).
     Throughput(throughput::ThroughputArgs),
@@ -124,6 +132,8 @@ async fn main() -> Result<()> {
             Command::Latency(args) => latency::run(args).await,
             Command::IdleMemory(args) => idle_memory::run(args).await,
             Command::Throughput(args) => throughput::run(args).await,
+            Command::FanIn(args) => fan_in::run(args).await,
+            Command::HoldClients(args) => holder::run(args).await,
             Command::Fleet(args) => fleet::run(args).await,
             Command::StubUpstream(args) => stub_upstream::run(args).await,
             Command::NullRelay(args) => null_relay::run(args).await,
