@@ -60,12 +60,25 @@ fn socket_inodes(pid: u32) -> Result<HashSet<u64>> {
 struct TcpRow {
     local_port: u16,
     remote_port: u16,
+    /// Whether each end's address is 127.0.0.1, where every server a scenario starts listens.
+    /// Ports alone are ambiguous: a client bound to another loopback source (127.0.0.33, say)
+    /// may get an ephemeral port equal to a server's port on 127.0.0.1.
+    local_is_server_ip: bool,
+    remote_is_server_ip: bool,
     established: bool,
     inode: u64,
 }
 
 fn port_of(addr: &str) -> Option<u16> {
     u16::from_str_radix(addr.rsplit(':').next()?, 16).ok()
+}
+
+/// Whether a `/proc/net/tcp{,6}` address is 127.0.0.1 (IPv4, or IPv4-mapped in the IPv6 table;
+/// the kernel prints the address bytes in host order: 127.0.0.1 is `0100007F`).
+fn is_server_ip(addr: &str) -> bool {
+    addr.split(':')
+        .next()
+        .is_some_and(|ip| ip == "0100007F" || ip == "0000000000000000FFFF00000100007F")
 }
 
 /// The rows of `/proc/net/tcp{,6}`, each socket once.
@@ -99,6 +112,8 @@ fn tcp_rows() -> Result<Vec<TcpRow>> {
             rows.push(TcpRow {
                 local_port,
                 remote_port,
+                local_is_server_ip: is_server_ip(f[1]),
+                remote_is_server_ip: is_server_ip(f[2]),
                 established: f[3] == "01", // TCP_ESTABLISHED
                 inode,
             });
@@ -119,17 +134,19 @@ fn count_rows(keep: impl Fn(&TcpRow) -> bool) -> Result<usize> {
     Ok(best)
 }
 
-/// Established connections whose server side is `port` on this machine: the connections a server
+/// Established connections whose server side is 127.0.0.1:`port`: the connections a server
 /// listening there sees.
 pub fn established_to_port(port: u16) -> Result<usize> {
-    count_rows(|r| r.established && r.local_port == port)
+    count_rows(|r| r.established && r.local_is_server_ip && r.local_port == port)
 }
 
-/// Established connections from process `pid` to remote `port`: for the gateway and FerretDB's
-/// port, the upstream connections the gateway holds.
+/// Established connections from process `pid` to 127.0.0.1:`port`: for the gateway and
+/// FerretDB's port, the upstream connections the gateway holds.
 pub fn established_from_pid(pid: u32, port: u16) -> Result<usize> {
     let inodes = socket_inodes(pid)?;
-    count_rows(|r| r.established && r.remote_port == port && inodes.contains(&r.inode))
+    count_rows(|r| {
+        r.established && r.remote_is_server_ip && r.remote_port == port && inodes.contains(&r.inode)
+    })
 }
 
 /// Samples a count on a background thread every `every` and keeps the largest value seen, so a
@@ -191,6 +208,14 @@ mod tests {
             Some(0x6989)
         );
         assert_eq!(port_of("garbage"), None);
+    }
+
+    #[test]
+    fn tells_the_servers_address_from_other_loopback_sources() {
+        assert!(is_server_ip("0100007F:1F90"));
+        assert!(is_server_ip("0000000000000000FFFF00000100007F:1F90"));
+        // 127.0.0.33, a client source that may share a server's port number.
+        assert!(!is_server_ip("2100007F:1F90"));
     }
 
     #[test]
