@@ -8,12 +8,14 @@
 
 use bson::{RawBsonRef, RawDocument};
 use libfuzzer_sys::fuzz_target;
+use mongomux_wire::scan;
 use mongomux_wire::{
     check_frame, encode_op_msg, encode_op_reply, rewrite_ids, strip_checksum, Header, MsgFlags,
     OpCode, OpCompressed, OpMsg, OpQuery, OpReply, HEADER_LEN, MAX_MESSAGE_SIZE,
 };
 
 fuzz_target!(|data: &[u8]| {
+    scan_agrees_with_bson(data);
     for max in [MAX_MESSAGE_SIZE, 4096, 17, 16, 0] {
         if let Ok(Some(len)) = check_frame(data, max) {
             assert!((HEADER_LEN..=max).contains(&len) && len <= data.len());
@@ -215,5 +217,27 @@ fn walk(doc: &RawDocument, depth: u32) {
             }
             _ => {}
         }
+    }
+}
+
+/// The gateway's byte-level element walk never panics, and on every document the bson crate
+/// iterates cleanly it yields the same keys in the same order.
+fn scan_agrees_with_bson(data: &[u8]) {
+    if let Ok(walk) = scan::elements(data) {
+        let _ = walk.count();
+    }
+    let Ok(doc) = RawDocument::from_bytes(data) else {
+        return;
+    };
+    let Ok(theirs) = doc.iter().collect::<Result<Vec<_>, _>>() else {
+        return;
+    };
+    let ours: Vec<_> = scan::elements(data)
+        .expect("bson accepted the framing")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("bson accepted every element");
+    assert_eq!(ours.len(), theirs.len());
+    for (o, (k, _)) in ours.iter().zip(&theirs) {
+        assert_eq!(o.key, k.as_bytes());
     }
 }

@@ -3,7 +3,7 @@
 //! bytes untouched.
 
 use bson::{RawBsonRef, RawDocument, RawDocumentBuf};
-use mongomux_wire::OpMsg;
+use mongomux_wire::{scan, OpMsg};
 
 use crate::error::GatewayError;
 
@@ -46,32 +46,38 @@ impl RequestInfo {
             get_more_id: None,
         };
         let mut first = true;
-        for field in body.iter() {
-            let (key, value) = field.map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
+        // A byte-level walk (mongomux_wire::scan): only the few fields routed on are decoded; the
+        // filter, documents and the rest of the command are forwarded without being looked at.
+        let fields = scan::elements(body.as_bytes())
+            .map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
+        for element in fields {
+            let element = element.map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
             if first {
-                info.command = key.to_string();
                 first = false;
-                if key == "getMore" {
-                    info.get_more_id = as_i64(value);
+                info.command = std::str::from_utf8(element.key)
+                    .map_err(|_| GatewayError::InvalidBson("command name is not UTF-8".into()))?
+                    .to_string();
+                if element.key == b"getMore" {
+                    info.get_more_id = element.as_i64();
                 }
                 continue;
             }
-            match key {
-                "$db" => {
-                    if let RawBsonRef::String(s) = value {
-                        info.db = s.to_string();
+            match element.key {
+                b"$db" => {
+                    if let Some(db) = element.as_str() {
+                        info.db = db.to_string();
                     }
                 }
-                "lsid" => {
-                    if let RawBsonRef::Document(d) = value {
+                b"lsid" => {
+                    if let Some(d) = element.as_document() {
+                        let d = RawDocument::from_bytes(d)
+                            .map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
                         info.lsid = Some(d.to_raw_document_buf());
                     }
                 }
-                "txnNumber" => info.txn_number = as_i64(value),
-                "autocommit" => info.in_transaction = matches!(value, RawBsonRef::Boolean(false)),
-                "startTransaction" => {
-                    info.start_transaction = matches!(value, RawBsonRef::Boolean(true))
-                }
+                b"txnNumber" => info.txn_number = element.as_i64(),
+                b"autocommit" => info.in_transaction = element.as_bool() == Some(false),
+                b"startTransaction" => info.start_transaction = element.as_bool() == Some(true),
                 _ => {}
             }
         }
@@ -106,11 +112,25 @@ pub fn as_i64(v: RawBsonRef<'_>) -> Option<i64> {
 }
 
 /// `cursor.id` and `cursor.ns` of a reply body, when it carries a cursor.
+///
+/// On every forwarded reply, so it walks elements once and decodes only `cursor`, `id` and `ns`
+/// (keyed lookups would walk the cursor document once per key and decode the batch on the way).
 pub fn reply_cursor(body: &RawDocument) -> Option<(i64, &str)> {
-    let cursor = body.get_document("cursor").ok()?;
-    let id = as_i64(cursor.get("id").ok()??)?;
-    let ns = cursor.get_str("ns").unwrap_or("");
-    Some((id, ns))
+    let cursor = scan::elements(body.as_bytes())
+        .ok()?
+        .map_while(Result::ok)
+        .find(|e| e.key == b"cursor")?
+        .as_document()?;
+    let (mut id, mut ns) = (None, "");
+    for element in scan::elements(cursor).ok()? {
+        let element = element.ok()?;
+        match element.key {
+            b"id" => id = element.as_i64(),
+            b"ns" => ns = element.as_str().unwrap_or(""),
+            _ => {}
+        }
+    }
+    Some((id?, ns))
 }
 
 /// The error code of a `{ok: 0}` reply body.

@@ -17,6 +17,7 @@ mod frame;
 mod header;
 mod legacy;
 mod msg;
+pub mod scan;
 
 pub use compressed::{CompressorId, OpCompressed};
 pub use crc32c::crc32c;
