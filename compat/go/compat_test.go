@@ -5,9 +5,11 @@ package compat
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -637,6 +639,46 @@ func TestSeedListTwoGateways(t *testing.T) {
 
 // --- IAM ----------------------------------------------------------------------------------------
 
+// awsIsolation points everything the driver might read besides the environment's credentials
+// (shared config files, instance metadata) at nothing.
+var awsIsolation = map[string]string{
+	"AWS_REGION":                  "us-east-1",
+	"AWS_EC2_METADATA_DISABLED":   "true",
+	"AWS_CONFIG_FILE":             "/nonexistent/compat-aws-config",
+	"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/compat-aws-credentials",
+}
+
+// TestIAM logs in with MONGODB-AWS the way a function on Lambda does: the role's temporary
+// credentials in AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, read by the
+// driver itself; then the same with a wrong secret.
 func TestIAM(t *testing.T) {
-	notYet(t, "iam-mongodb-aws", "not yet: gateway has no MONGODB-AWS")
+	secret := env(t, "COMPAT_AWS_SECRET_ACCESS_KEY")
+	t.Setenv("AWS_ACCESS_KEY_ID", env(t, "COMPAT_AWS_ACCESS_KEY_ID"))
+	t.Setenv("AWS_SESSION_TOKEN", env(t, "COMPAT_AWS_SESSION_TOKEN"))
+	for k, v := range awsIsolation {
+		t.Setenv(k, v)
+	}
+	login := func(t *testing.T, target, secret string) map[string]any {
+		t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
+		client, _ := connect(t, uris(t, target).iam, options.Client().SetServerSelectionTimeout(5*time.Second))
+		ping, err := pingOK(t, client)
+		if err != nil {
+			return map[string]any{"ping": map[string]any{"refused": errorShape(err)}}
+		}
+		coll := freshDB(t, client, "iam-mongodb-aws", target).Collection("c")
+		_, err = coll.InsertOne(ctx(t), bson.D{{Key: "_id", Value: 1}, {Key: "who", Value: "iam"}})
+		must(t, err, "insert")
+		return map[string]any{"ping": ping, "found": findAll(t, coll, bson.D{})}
+	}
+	res := differential(t, "iam-mongodb-aws", func(t *testing.T, target string) (any, map[string]any, error) {
+		o := login(t, target, secret)
+		o["wrongSecret"] = login(t, target, "wrong-secret-wrong-secret-wrong-secret00")["ping"]
+		return o, nil, nil
+	})
+	// The upstream has no MONGODB-AWS: the gateway side is checked on its own.
+	g, _ := json.Marshal(res["gateway"].Outcome)
+	want := `"found":[{"_id":1,"who":"iam"}],"ping":1,"wrongSecret":{"refused":{`
+	if !strings.Contains(string(g), want) || !strings.Contains(string(g), `"code":18`) {
+		t.Errorf("through the gateway the role must get in and a wrong secret get 18: %s", g)
+	}
 }

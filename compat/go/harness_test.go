@@ -44,7 +44,7 @@ func env(t *testing.T, name string) string {
 }
 
 type targetURIs struct {
-	plain, sha256, sha1, seed, txn, restartName string
+	plain, sha256, sha1, seed, txn, restartName, iam string
 }
 
 func uris(t *testing.T, target string) targetURIs {
@@ -61,6 +61,7 @@ func uris(t *testing.T, target string) targetURIs {
 		seed:        seed,
 		txn:         env(t, "COMPAT_TXN_"+up+"_URI"),
 		restartName: env(t, "COMPAT_RESTART_"+up),
+		iam:         env(t, "COMPAT_"+up+"_IAM_URI"),
 	}
 }
 
@@ -93,6 +94,18 @@ func driverVersion() string {
 		for _, d := range bi.Deps {
 			if d.Path == "go.mongodb.org/mongo-driver/v2" {
 				return d.Version
+			}
+		}
+	}
+	// A `go test` binary may carry no dependency list: the version go.mod requires is the one
+	// built (-mod=readonly, go.sum committed).
+	if b, err := os.ReadFile("go.mod"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			for i := 0; i+1 < len(f); i++ {
+				if f[i] == "go.mongodb.org/mongo-driver/v2" {
+					return f[i+1]
+				}
 			}
 		}
 	}

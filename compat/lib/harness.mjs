@@ -30,6 +30,7 @@ export function uris(target) {
     seed: target === 'direct' ? env('COMPAT_DIRECT_URI') : env('COMPAT_GATEWAY_SEED_URI'),
     txn: env(`COMPAT_TXN_${up}_URI`),
     restartName: env(`COMPAT_RESTART_${up}`),
+    iam: env(`COMPAT_${up}_IAM_URI`),
   };
 }
 
@@ -64,6 +65,30 @@ export function errorShape(e) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * What the AWS SDK might read besides the environment's credentials (shared config files,
+ * instance metadata), pointed at nothing, for the IAM scenario.
+ */
+export const AWS_ISOLATION = {
+  AWS_REGION: 'us-east-1',
+  AWS_EC2_METADATA_DISABLED: 'true',
+  AWS_CONFIG_FILE: '/nonexistent/compat-aws-config',
+  AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/compat-aws-credentials',
+};
+
+/** The IAM role's temporary credentials as Lambda sets them, with `secret` as the secret key. */
+export function awsEnvironment(secret = env('COMPAT_AWS_SECRET_ACCESS_KEY')) {
+  return {
+    ...AWS_ISOLATION,
+    AWS_ACCESS_KEY_ID: env('COMPAT_AWS_ACCESS_KEY_ID'),
+    AWS_SECRET_ACCESS_KEY: secret,
+    AWS_SESSION_TOKEN: env('COMPAT_AWS_SESSION_TOKEN'),
+  };
+}
+
+/** A wrong secret key, for the refused login of the IAM scenario. */
+export const WRONG_AWS_SECRET = 'wrong-secret-wrong-secret-wrong-secret00';
 
 /** `ctl freeze NAME`: SIGSTOP the server, synchronously. */
 export function freeze(name) {

@@ -27,6 +27,7 @@ DRIVERS = [
     ("mongosh", "mongosh", "mongosh"),
     ("python-async", "Python `AsyncMongoClient`", "python"),
     ("python-sync", "Python `MongoClient`", "python"),
+    ("rust", "Rust `mongodb`", "rust"),
 ]
 
 CELL = {
@@ -36,9 +37,16 @@ CELL = {
     "error": "💥",
     "not-yet": "⏳",
 }
+# A known difference whose kind is "not applicable upstream": the reference cannot do it at all
+# (e.g. FerretDB has no MONGODB-AWS), so only the gateway side means anything; the suites check
+# that side on their own (and fail when it is wrong).
+GATEWAY_ONLY_KIND = "not applicable upstream"
+GATEWAY_ONLY_CELL = "🔷"
 
 LEGEND = (
     "✅ same outcome direct and through the gateway · ⚠️ known difference, explained below · "
+    f"{GATEWAY_ONLY_CELL} works through the gateway; not applicable straight to the upstream, which "
+    "lacks the feature (explained below) · "
     "❌ **differs** (a finding) · 💥 the scenario failed (see details) · ⏳ not yet · "
     "— not in this driver's suite"
 )
@@ -104,9 +112,12 @@ def main() -> int:
       "Do not edit by hand: change compat/known-differences.json or the suites, and run compat/run. -->")
     w("")
     w("Every official driver, unchanged, runs the same scenarios twice: once straight against the "
-      "upstream (FerretDB 1.24 with authentication; nx-27017 for transactions) and once through "
-      "mongomux, and the two outcomes are compared: results, counts, error codes and labels "
-      "(never messages). A difference is a finding whichever side is wrong. How to run it, and "
+      "upstream (FerretDB 1.24 with authentication; nx-27017 for transactions; for the Rust driver, "
+      "which cannot log in to FerretDB, a FerretDB without authentication outside the login rows) "
+      "and once through mongomux, and the two outcomes are compared: results, counts, error codes "
+      "and labels (never messages). A difference is a finding whichever side is wrong. IAM logins "
+      "are verified by the gateway with moto as AWS STS. `compat/run` installs every driver from "
+      "its registry and writes this page; CI runs it (`scripts/test compat`). How to run it, and "
       "how each suite is built: [compat/README.md](../compat/README.md).")
     w("")
     stamp = max((r.get("ts", "") for r in rows), default="")
@@ -118,7 +129,6 @@ def main() -> int:
     w("|---|---|---|")
     for key, name, suite in present:
         w(f"| {name} | {versions.get(key, '?')} | `compat/{suite}` |")
-    w("| Rust `mongodb` crate | see Cargo.lock | the gateway's own suite (`crates/mongomux/tests/driver_*.rs`), not run by compat/run |")
     w("")
     w("## Matrix")
     w("")
@@ -136,6 +146,8 @@ def main() -> int:
             mark = CELL.get(v["verdict"], v["verdict"])
             if v["verdict"] == "known-difference" and v.get("known"):
                 known_ids_used.setdefault(v["known"], set()).add(key)
+                if known.get(v["known"], {}).get("kind") == GATEWAY_ONLY_KIND:
+                    mark = GATEWAY_ONLY_CELL
                 mark += f" [why](#{v['known']})"
             if v["verdict"] in ("differs", "error"):
                 bad.append((key, s["id"], v))

@@ -22,6 +22,7 @@ const U = {
   seed: target === 'direct' ? envOf('COMPAT_DIRECT_URI') : envOf('COMPAT_GATEWAY_SEED_URI'),
   txn: envOf(`COMPAT_TXN_${UP}_URI`),
   restartName: envOf(`COMPAT_RESTART_${UP}`),
+  iam: envOf(`COMPAT_${UP}_IAM_URI`),
 };
 const only = process.env.COMPAT_ONLY ? process.env.COMPAT_ONLY.split(',') : null;
 
@@ -367,3 +368,37 @@ scenario('seed-list-two-gateways', () => withMongo(U.seed, (m) => {
   const got = c.find().sort({ _id: 1 }).batchSize(3).toArray().map((d) => d._id);
   return { outcome: { ids: got, count: c.countDocuments({}) }, info: { isdbgrid: m.getDB('admin').runCommand({ hello: 1 }).msg === 'isdbgrid' } };
 }));
+
+// --- IAM ------------------------------------------------------------------------------------------
+
+// MONGODB-AWS as on Lambda: the test runner starts the shell with the role's temporary
+// credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN (mongosh reads them
+// through the AWS SDK it ships); then the same with a wrong secret in the environment.
+function iamLogin() {
+  // No `return` inside the `try`: mongosh's async rewriting would leave the block before the
+  // login fails, and the error would escape the `catch`.
+  let result;
+  try {
+    result = withMongo(U.iam, (m) => {
+      const ping = m.getDB('admin').runCommand({ ping: 1 }).ok;
+      const db = fresh(m, 'iam-mongodb-aws');
+      db.c.insertOne({ _id: 1, who: 'iam' });
+      return { ping, found: db.c.find().toArray() };
+    });
+  } catch (e) {
+    result = { ping: { refused: errorShape(e) } };
+  }
+  return result;
+}
+
+scenario('iam-mongodb-aws', () => {
+  const secret = process.env.AWS_SECRET_ACCESS_KEY;
+  const o = iamLogin();
+  process.env.AWS_SECRET_ACCESS_KEY = envOf('COMPAT_WRONG_AWS_SECRET');
+  try {
+    o.wrongSecret = iamLogin().ping;
+  } finally {
+    process.env.AWS_SECRET_ACCESS_KEY = secret;
+  }
+  return { outcome: o };
+});

@@ -1,7 +1,8 @@
 """The differential harness of the Python suite (the same contract as compat/lib/harness.mjs).
 
-A scenario is an async function of the target ("direct" = the upstream, "gateway" = through
-mongomux) returning (outcome, info): the outcome must be identical on both sides (results,
+A scenario is a function of the target ("direct" = the upstream, "gateway" = through mongomux;
+a coroutine function for the async client, a plain one for the synchronous client) returning
+(outcome, info): the outcome must be identical on both sides (results,
 counts, error codes and labels), the info is only recorded. One JSON line per target and one
 verdict line go to $COMPAT_RESULTS; a difference fails the test unless
 compat/known-differences.json lists it.
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import json
 import os
+import subprocess
 import time
 import traceback
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -42,6 +45,7 @@ def uris(target: str) -> dict:
         "seed": env("COMPAT_DIRECT_URI") if target == "direct" else env("COMPAT_GATEWAY_SEED_URI"),
         "txn": env(f"COMPAT_TXN_{up}_URI"),
         "restart": env(f"COMPAT_RESTART_{up}"),
+        "iam": env(f"COMPAT_{up}_IAM_URI"),
     }
 
 
@@ -168,13 +172,14 @@ def record(rec: dict) -> None:
 
 
 def differential(driver: str, version: str, scenario: str, run) -> dict:
-    """Run the async `run(target)` on both targets, record, compare; raise AssertionError on an
-    unexplained difference or a scenario that raised."""
+    """Run `run(target)` (a coroutine function or a plain one) on both targets, record, compare;
+    raise AssertionError on an unexplained difference or a scenario that raised."""
     res = {}
     for target in TARGETS:
         t0 = time.monotonic()
         try:
-            outcome, info = asyncio.run(run(target))
+            result = run(target)
+            outcome, info = asyncio.run(result) if inspect.isawaitable(result) else result
             side = {"status": "ok", "outcome": plain(outcome), "info": plain(info or {})}
         except (PyMongoError, Exception) as e:  # noqa: BLE001 - every failure is recorded
             side = {"status": "error", "outcome": {"exception": error_shape(e)},
@@ -225,6 +230,27 @@ async def ctl_restart_later(name: str, delay_ms: int):
         return out.decode().strip()
 
     return asyncio.ensure_future(done())
+
+
+def ctl_freeze_sync(name: str) -> None:
+    p = subprocess.run([env("COMPAT_CTL"), "freeze", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL)
+    if p.returncode:
+        raise RuntimeError(f"ctl freeze {name}: {p.stdout.decode()}")
+
+
+def ctl_restart_later_sync(name: str, delay_ms: int):
+    """Start `ctl restart NAME DELAY_MS`; call the returned function for its output."""
+    p = subprocess.Popen([env("COMPAT_CTL"), "restart", name, str(delay_ms)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def done() -> str:
+        out, _ = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"ctl restart {name}: {out.decode()}")
+        return out.decode().strip()
+
+    return done
 
 
 VERSION = pymongo.version

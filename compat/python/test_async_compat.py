@@ -421,7 +421,43 @@ def test_seed_list_two_gateways():
 # --- IAM ------------------------------------------------------------------------------------------
 
 
-def test_iam_mongodb_aws():
-    reason = "not yet: gateway has no MONGODB-AWS"
-    h.not_yet(DRIVER, h.VERSION, "iam-mongodb-aws", reason)
-    pytest.skip(reason)
+# Everything the AWS SDKs might read besides the environment's credentials, pointed at nothing.
+AWS_ISOLATION = {"AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                 "AWS_CONFIG_FILE": "/nonexistent/compat-aws-config",
+                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/compat-aws-credentials"}
+
+
+def test_iam_mongodb_aws(monkeypatch):
+    """MONGODB-AWS the way a function on Lambda logs in: the role's temporary credentials in
+    AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, read by pymongo-auth-aws; then the
+    same with a wrong secret."""
+    from pymongo_auth_aws import auth as aws_auth
+
+    secret = h.env("COMPAT_AWS_SECRET_ACCESS_KEY")
+    for k, v in {**AWS_ISOLATION, "AWS_ACCESS_KEY_ID": h.env("COMPAT_AWS_ACCESS_KEY_ID"),
+                 "AWS_SESSION_TOKEN": h.env("COMPAT_AWS_SESSION_TOKEN")}.items():
+        monkeypatch.setenv(k, v)
+
+    async def login(target, key):
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key)
+        aws_auth.set_cached_credentials(None)
+        c, _ = client(h.uris(target)["iam"], serverSelectionTimeoutMS=5000)
+        async with c:
+            try:
+                ping = (await c.admin.command("ping"))["ok"]
+            except PyMongoError as e:
+                return {"ping": {"refused": h.error_shape(e)}}
+            coll = (await fresh(c, "iam-mongodb-aws", target)).c
+            await coll.insert_one({"_id": 1, "who": "iam"})
+            return {"ping": ping, "found": await coll.find().to_list()}
+
+    async def run(target):
+        o = await login(target, secret)
+        o["wrongSecret"] = (await login(target, "wrong-secret-wrong-secret-wrong-secret00"))["ping"]
+        return o, {}
+
+    res = differential("iam-mongodb-aws", run)
+    # The upstream has no MONGODB-AWS: the gateway side is checked on its own.
+    g = res["gateway"]["outcome"]
+    assert g["ping"] == 1.0 and g["found"] == [{"_id": 1, "who": "iam"}], g
+    assert g["wrongSecret"]["refused"]["code"] == 18, g

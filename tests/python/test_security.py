@@ -382,6 +382,18 @@ def test_forbidden_command_refused_for_everyone(secure_gw, sec_ferret, users, lo
         assert "evil" not in users_now
 
 
+def test_list_commands_allowed_after_login_only(secure_gw, users, login):
+    """listCommands (mongosh's db.listCommands()) was refused with 13 as an unreviewed command
+    (found by the compat/ driver matrix). It returns only command names and help text, which a
+    real server gives every user: a read-only user gets it, an unauthenticated client does not."""
+    c = login(secure_gw, users["ro"])
+    reply = c.admin.command("listCommands")
+    assert reply["ok"] == 1 and "find" in reply["commands"], sorted(reply)
+    with RawConn(secure_gw.port) as raw:
+        r = raw.command({"listCommands": 1}, db="admin")
+    assert r.get("code") == UNAUTHORIZED, r
+
+
 # ---------------------------------------------------------------------------
 # 3. Isolation between identities
 

@@ -64,6 +64,9 @@ const READ: &[&str] = &[
     "hostInfo",
     "serverStatus",
     "getParameter",
+    // Command names and their help text (mongosh's db.listCommands()), which a real server gives
+    // every user whatever its privileges; nothing about the deployment or the shared identity.
+    "listCommands",
 ];
 
 const WRITE: &[&str] = &[
@@ -304,6 +307,8 @@ mod tests {
         assert_eq!(classify("find", &empty), Class::Read);
         assert_eq!(classify("insert", &empty), Class::Write);
         assert_eq!(classify("hello", &empty), Class::Open);
+        assert_eq!(classify("listCommands", &empty), Class::Read);
+        assert_eq!(classify("getCmdLineOpts", &empty), Class::Forbidden);
         assert_eq!(classify("createUser", &empty), Class::Forbidden);
         assert_eq!(classify("shutdown", &empty), Class::Forbidden);
         assert_eq!(classify("replSetGetStatus", &empty), Class::Forbidden);

@@ -67,7 +67,7 @@ final class Harness {
   }
 
   /** The connection strings of one target. */
-  record Uris(String plain, String sha256, String sha1, String seed, String txn, String restartName) {
+  record Uris(String plain, String sha256, String sha1, String seed, String txn, String restartName, String iam) {
     static Uris of(String target) {
       String up = target.equals("direct") ? "DIRECT" : "GATEWAY";
       return new Uris(
@@ -76,7 +76,8 @@ final class Harness {
           env("COMPAT_" + up + "_SHA1_URI"),
           target.equals("direct") ? env("COMPAT_DIRECT_URI") : env("COMPAT_GATEWAY_SEED_URI"),
           env("COMPAT_TXN_" + up + "_URI"),
-          env("COMPAT_RESTART_" + up));
+          env("COMPAT_RESTART_" + up),
+          env("COMPAT_" + up + "_IAM_URI"));
     }
   }
 
