@@ -39,7 +39,7 @@ pub fn fd_count(pid: u32) -> Result<usize> {
 }
 
 /// Socket inodes held by `pid` (targets of its `/proc/PID/fd` links that read `socket:[N]`).
-fn socket_inodes(pid: u32) -> Result<HashSet<u64>> {
+pub fn socket_inodes(pid: u32) -> Result<HashSet<u64>> {
     let mut set = HashSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         // A descriptor may close between listing and reading it: skip it.

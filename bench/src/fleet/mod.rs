@@ -15,9 +15,9 @@
 //! `gateway` (one client per environment, through a freshly started mongomux with
 //! `--pool-size`). Each invocation reads one document by `_id` and inserts one.
 //!
-//! The upstream's connections are counted from the kernel ([`timeline`]), never from the
-//! gateway, and written as a timeline for plots. The figures per run are the peak and average
-//! upstream connections, the success rate, and cold and warm p50/p99 latency (from the
+//! The upstream's connections are counted from the kernel ([`timeline`], [`sockdiag`]), never
+//! from the gateway, and written as a timeline for plots. The figures per run are the peak and
+//! average upstream connections, the success rate, and cold and warm p50/p99 latency (from the
 //! invocation's scheduled arrival to its completion, so a cold start includes creating the
 //! environment and its client).
 //!
@@ -27,6 +27,12 @@
 //! authenticate. The gateway therefore does no upstream login here either, which makes its
 //! connections cheaper to open than in production; the connection counts are unaffected.
 //!
+//! Everything shares one machine, which real fleets do not: environment threads run at a lower
+//! priority (`--env-nice`) so thousands of them do not starve the upstream, the gateway and the
+//! measurement, and the threads for a burst's cold starts are started before it (a thread is
+//! not what a cold start costs; see [`env::spawn`]). Latencies still include queueing for the
+//! machine's few cores, so they compare the modes with each other, not with production.
+//!
 //! What it must never do: wait without a deadline, or leave environment threads or child
 //! processes behind when a run fails.
 
@@ -34,6 +40,7 @@ mod dispatch;
 mod env;
 mod output;
 mod shape;
+mod sockdiag;
 mod timeline;
 
 use std::net::SocketAddr;
@@ -323,6 +330,8 @@ impl RunCtx<'_> {
             done: done_tx,
             gauges: gauges.clone(),
         });
+        let waves = shape.waves();
+        let fleet = dispatch::Fleet::new(cfg, plan.limits, &waves)?;
         let began = Instant::now();
         let origin = began + LEAD;
         let sampler = Sampler::start(
@@ -332,7 +341,7 @@ impl RunCtx<'_> {
             gateway.as_ref().map(|g| g.pid),
             gauges,
         );
-        let outcome = dispatch::run(cfg, done_rx, &shape.waves(), origin, &plan.limits).await;
+        let outcome = fleet.run(done_rx, &waves, origin).await;
         // A short tail, so the timeline shows the connections of the destroyed fleet closing.
         tokio::time::sleep(plan.sample_every * 3).await;
         let samples = sampler.finish();

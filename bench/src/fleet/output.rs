@@ -40,8 +40,8 @@ pub fn print_header(plan: &Plan, pool_size: u32, nofile: u64) {
          driver cannot log in to FerretDB v1.24 directly"
     );
     println!(
-        "  modes: {}; gateway pool size {pool_size}; driver maxPoolSize {}, serverMonitoringMode=poll, \
-         serverSelectionTimeout {:?}",
+        "  modes: {}; gateway pool size {pool_size}; driver maxPoolSize {}, \
+         serverMonitoringMode=poll, serverSelectionTimeout {:?}",
         plan.modes
             .iter()
             .map(|m| m.name())
@@ -102,8 +102,9 @@ pub fn print_results(results: &[RunResult], pool_size: u32) {
     println!();
     println!("{}", t.render());
     println!(
-        "upstream_* = established connections to FerretDB's port, from /proc/net/tcp (peak over \
-         all samples; average from the first arrival to the last completion)."
+        "upstream_* = established connections to FerretDB's port, counted by the kernel \
+         (sock_diag), not the gateway: peak over all samples, average from the first arrival to \
+         the last completion."
     );
     for r in results {
         let o = &r.outcome;

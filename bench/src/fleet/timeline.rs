@@ -2,10 +2,11 @@
 //! was doing.
 //!
 //! What it owns: the gauges the dispatcher and the environments update (environments alive,
-//! busy, invocations completed) and a background thread that samples them every few tens of
-//! milliseconds together with the established connections to the upstream's port
-//! (`/proc/net/tcp`, via [`crate::observe`]) and, in gateway mode, the upstream connections the
-//! gateway process holds. Peak and average connections are computed from these samples.
+//! busy, invocations completed) and a background thread that samples them every ~100 ms
+//! together with the established connections to the upstream's port (from the kernel's socket
+//! diagnostics, [`super::sockdiag`], or `/proc/net/tcp` via [`crate::observe`] where netlink is
+//! unavailable) and, in gateway mode, the upstream connections the gateway process holds. Peak
+//! and average connections are computed from these samples.
 //!
 //! What it must never do: ask the gateway or the drivers how many connections they have; the
 //! count comes from outside, so a gateway that over-opens or a driver that leaks is seen.
@@ -16,27 +17,38 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::observe::{established_from_pid, established_to_port};
+use anyhow::Result;
+
+use super::sockdiag::{Port, SockDiag};
+use crate::observe::{established_from_pid, established_to_port, socket_inodes};
 
 /// Counters shared by the dispatcher, the environment threads and the sampler.
 #[derive(Debug, Default)]
 pub struct Gauges {
-    /// Environment threads started and not yet torn down (their runtime and client dropped).
+    /// Environments created (cold started) and not yet torn down (runtime and client dropped).
     pub alive: AtomicUsize,
+    /// Environment threads, parked ones started ahead of a burst included.
+    pub threads: AtomicUsize,
     /// Environments running an invocation now.
     pub busy: AtomicUsize,
     /// Invocations finished, successfully or not.
     pub completed: AtomicU64,
 }
 
+/// Every how many samples the gateway's own upstream connections are counted too: it reads
+/// every descriptor link of a process holding thousands of client sockets, and it is only a
+/// cross-check (in gateway mode every connection to the upstream is the gateway's).
+const GATEWAY_EVERY: u64 = 5;
+
 /// One sample of the timeline.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
-    /// Milliseconds since the first arrival (negative before it).
+    /// Milliseconds since the first arrival (negative before it), when the sample was taken.
     pub t_ms: i64,
     /// Established connections to the upstream's port: every connection FerretDB has.
     pub upstream: usize,
-    /// Upstream connections held by the gateway process (gateway mode only).
+    /// Upstream connections held by the gateway process (gateway mode, every
+    /// [`GATEWAY_EVERY`]th sample).
     pub gateway_upstream: Option<usize>,
     pub alive: usize,
     pub busy: usize,
@@ -64,19 +76,25 @@ impl Sampler {
         let handle = std::thread::Builder::new()
             .name("fleet-sampler".into())
             .spawn(move || {
+                let mut counter = Counter::new();
                 let mut samples = Vec::new();
                 let mut next = Instant::now();
+                // Samples until the next gateway count.
+                let mut until_gateway = 0u64;
                 while !s.load(Ordering::Relaxed) {
-                    let now = Instant::now();
-                    let t_ms = if now >= origin {
-                        (now - origin).as_millis() as i64
-                    } else {
-                        -((origin - now).as_millis() as i64)
-                    };
                     // A failed read (a socket closing mid-read) skips the sample, never zeroes it.
-                    if let Ok(upstream) = established_to_port(upstream_port) {
-                        let gateway_upstream =
-                            gateway_pid.and_then(|p| established_from_pid(p, upstream_port).ok());
+                    if let Ok(upstream) = counter.upstream(upstream_port) {
+                        let gateway_upstream = gateway_pid
+                            .filter(|_| until_gateway == 0)
+                            .and_then(|p| counter.held_by(p, upstream_port).ok());
+                        // Stamped after the reads, which take a while with thousands of sockets,
+                        // and with the gauges read at the same moment.
+                        let now = Instant::now();
+                        let t_ms = if now >= origin {
+                            (now - origin).as_millis() as i64
+                        } else {
+                            -((origin - now).as_millis() as i64)
+                        };
                         samples.push(Sample {
                             t_ms,
                             upstream,
@@ -86,6 +104,7 @@ impl Sampler {
                             completed: gauges.completed.load(Ordering::Relaxed),
                         });
                     }
+                    until_gateway = until_gateway.checked_sub(1).unwrap_or(GATEWAY_EVERY - 1);
                     // A fixed schedule, not a fixed pause: a slow read (many sockets) does not
                     // stretch the interval, and a late sampler catches up without bursts.
                     next += every;
@@ -120,6 +139,48 @@ impl Drop for Sampler {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// How connections are counted: netlink where it works, `/proc` otherwise.
+enum Counter {
+    Diag(SockDiag),
+    Proc,
+}
+
+impl Counter {
+    fn new() -> Counter {
+        match SockDiag::open() {
+            Ok(d) => Counter::Diag(d),
+            Err(e) => {
+                eprintln!("    note: {e:#}; counting connections from /proc/net/tcp instead");
+                Counter::Proc
+            }
+        }
+    }
+
+    /// Established connections whose server side is `port`.
+    fn upstream(&mut self, port: u16) -> Result<usize> {
+        match self {
+            Counter::Diag(d) => d.count(Port::Local(port)),
+            Counter::Proc => established_to_port(port),
+        }
+    }
+
+    /// Established connections from process `pid` to `port`.
+    fn held_by(&mut self, pid: u32, port: u16) -> Result<usize> {
+        match self {
+            Counter::Diag(d) => {
+                let mine = socket_inodes(pid)?;
+                let mut best = 0;
+                for _ in 0..2 {
+                    let n = d.established(Port::Remote(port))?;
+                    best = best.max(n.intersection(&mine).count());
+                }
+                Ok(best)
+            }
+            Counter::Proc => established_from_pid(pid, port),
         }
     }
 }
