@@ -34,6 +34,7 @@ from matplotlib.ticker import (  # noqa: E402
 STYLES = {
     "direct": ("direct", "#4d4d4d", "o"),
     "gateway": ("mongomux", "#1f77b4", "s"),
+    "mongomux": ("mongomux", "#1f77b4", "s"),
     "mongobetween": ("mongobetween", "#d62728", "^"),
     "null-relay": ("null relay", "#8c8c8c", "x"),
     "per-invocation": ("per-invocation", "#ff7f0e", "v"),
