@@ -209,6 +209,7 @@ async fn serve_conn(stream: TcpStream, replies: Arc<Replies>, next_id: Arc<Atomi
         if rd.read_exact(&mut buf).await.is_err() {
             return;
         }
+        let built;
         let template: &[u8] = match op {
             OP_QUERY => &replies.hello_reply,
             OP_MSG => match classify_msg(&buf) {
@@ -217,16 +218,8 @@ async fn serve_conn(stream: TcpStream, replies: Arc<Replies>, next_id: Arc<Atomi
                 Ok((_, Ask::Find)) => &replies.find,
                 Ok((_, Ask::Insert(1))) => &replies.insert_one,
                 Ok((_, Ask::Insert(n))) => {
-                    out = op_msg(&doc! {"n": n, "ok": 1.0});
-                    set_ids(
-                        &mut out,
-                        next_id.fetch_add(1, Ordering::Relaxed),
-                        request_id,
-                    );
-                    if wr.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    continue;
+                    built = op_msg(&doc! {"n": n, "ok": 1.0});
+                    &built
                 }
                 Ok((_, Ask::Other)) => &replies.ok,
                 Err(_) => return,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use mongodb::bson::{doc, Document};
-use mongodb::error::{Error, ErrorKind};
+use mongodb::error::ErrorKind;
 use mongodb::options::{AuthMechanism, Credential};
 use mongodb::Client;
 
@@ -78,23 +78,6 @@ fn client_as(gw: &Gateway, name: &str, password: &str, mechanism: AuthMechanism)
     client_to(gw.addr, Some(credential), |o| {
         o.server_selection_timeout = Some(Duration::from_secs(5))
     })
-}
-
-/// The server code anywhere in the error's source chain (the driver reports a failed login as
-/// an `Authentication` error whose source is the server's command error).
-fn code_in_chain(e: &Error) -> Option<i32> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        // The driver keeps its source as a `Box<Error>`, which is what `source()` hands out.
-        let driver_error = err
-            .downcast_ref::<Error>()
-            .or_else(|| err.downcast_ref::<Box<Error>>().map(|b| b.as_ref()));
-        if let Some(code) = driver_error.and_then(error_code) {
-            return Some(code);
-        }
-        cur = err.source();
-    }
-    None
 }
 
 async fn assert_login_fails(gw: &Gateway, name: &str, password: &str, mechanism: AuthMechanism) {

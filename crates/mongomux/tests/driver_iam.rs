@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mongodb::bson::{doc, Document};
-use mongodb::error::{Error, ErrorKind};
+use mongodb::error::ErrorKind;
 use mongodb::Client;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -299,22 +299,6 @@ async fn iam_client(gw: &Gateway) -> Client {
         gw.addr
     );
     Client::with_uri_str(&uri).await.expect("client options")
-}
-
-/// The server code anywhere in the error's source chain (the driver reports a failed login as
-/// an `Authentication` error whose source is the server's command error).
-fn code_in_chain(e: &Error) -> Option<i32> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let driver_error = err
-            .downcast_ref::<Error>()
-            .or_else(|| err.downcast_ref::<Box<Error>>().map(|b| b.as_ref()));
-        if let Some(code) = driver_error.and_then(error_code) {
-            return Some(code);
-        }
-        cur = err.source();
-    }
-    None
 }
 
 async fn assert_refused(gw: &Gateway, what: &str, secrets: &[&str]) {
