@@ -76,7 +76,9 @@ def run_key(run: str | None):
 
 
 def read_rows(path: Path, all_runs: bool) -> list[dict] | None:
-    """Rows of `path`, of the latest run only unless `all_runs`; None when there is no file."""
+    """Rows of `path`, of the latest run only unless `all_runs` (for the fleet's files, the
+    latest run of each traffic shape, since shapes are often run separately); None when there
+    is no file."""
     if not path.is_file():
         return None
     with path.open(newline="") as f:
@@ -84,8 +86,12 @@ def read_rows(path: Path, all_runs: bool) -> list[dict] | None:
         rows = [{k: v or "" for k, v in r.items() if k is not None} for r in csv.DictReader(f)]
     rows = [r for r in rows if any(r.values())]
     if rows and "run" in rows[0] and not all_runs:
-        last = max((r["run"] for r in rows), key=run_key)
-        rows = [r for r in rows if r["run"] == last]
+        last: dict[str, str] = {}
+        for r in rows:
+            group = r.get("shape", "")
+            if group not in last or run_key(r["run"]) > run_key(last[group]):
+                last[group] = r["run"]
+        rows = [r for r in rows if r["run"] == last[r.get("shape", "")]]
     return rows
 
 

@@ -86,6 +86,8 @@ pub struct EnvConfig {
     pub invocation_timeout: Duration,
     /// Seeded documents in [`FIND_COLL`].
     pub docs: u64,
+    /// Time spent after the database work, still inside the invocation.
+    pub handler_work: Duration,
     pub stack_bytes: usize,
     /// Nice value of the environment threads (0: unchanged).
     pub nice: i32,
@@ -224,7 +226,7 @@ async fn invoke(cfg: &EnvConfig, client: &mut Option<Client>, seq: u64) -> Resul
             // driver closes its connections in background tasks, which get no CPU once the
             // environment freezes: they run at the next thaw, or never if it is destroyed.
             let c = Client::with_options(cfg.client_options.clone()).context("create client")?;
-            let r = work(&c, cfg.docs, seq).await;
+            let r = work(&c, cfg, seq).await;
             drop(c);
             r
         }
@@ -235,13 +237,15 @@ async fn invoke(cfg: &EnvConfig, client: &mut Option<Client>, seq: u64) -> Resul
                     Client::with_options(cfg.client_options.clone()).context("create client")?,
                 ),
             };
-            work(c, cfg.docs, seq).await
+            work(c, cfg, seq).await
         }
     }
 }
 
-/// The handler's database work: read one seeded document by `_id`, record one event.
-async fn work(client: &Client, docs: u64, seq: u64) -> Result<()> {
+/// The handler's work: read one seeded document by `_id`, record one event, then any other work
+/// the run models (`--handler-work`).
+async fn work(client: &Client, cfg: &EnvConfig, seq: u64) -> Result<()> {
+    let docs = cfg.docs;
     let db = client.database(DB);
     // A fixed stride over the ids: every document is read, no two neighbours in a row.
     let id = doc_id(seq.wrapping_mul(7919) % docs.max(1));
@@ -255,6 +259,9 @@ async fn work(client: &Client, docs: u64, seq: u64) -> Result<()> {
         .insert_one(doc! {"seq": seq as i64, "pad": "x".repeat(64)})
         .await
         .context("insert_one")?;
+    if !cfg.handler_work.is_zero() {
+        tokio::time::sleep(cfg.handler_work).await;
+    }
     Ok(())
 }
 

@@ -94,6 +94,11 @@ pub struct FleetArgs {
     /// it must stay below --idle-timeout, or the environments expire before the next wave.
     #[arg(long, value_parser = parse_duration)]
     wave_gap: Option<Duration>,
+    /// Time each invocation spends on work other than the database (calling another service,
+    /// say), after its two operations [default: 0s]. Real handlers take longer than two
+    /// operations on loopback, so steady and ramp traffic need more environments at once.
+    #[arg(long, value_parser = parse_duration)]
+    handler_work: Option<Duration>,
     /// Steady: invocations per second; ramp: the final rate [default: 100; 20 with --smoke].
     #[arg(long)]
     rate: Option<f64>,
@@ -146,6 +151,7 @@ pub struct Plan {
     server_selection_timeout: Duration,
     sample_every: Duration,
     docs: u64,
+    handler_work: Duration,
     stack_bytes: usize,
     env_nice: i32,
     settle_timeout: Duration,
@@ -186,6 +192,7 @@ impl FleetArgs {
             server_selection_timeout: self.server_selection_timeout,
             sample_every: pick(self.sample_every, 100, 50),
             docs: self.docs.unwrap_or(if smoke { 20 } else { 100 }),
+            handler_work: self.handler_work.unwrap_or(Duration::ZERO),
             stack_bytes: self.stack_kib * 1024,
             env_nice: self.env_nice,
             settle_timeout: self.settle_timeout,
@@ -325,6 +332,7 @@ impl RunCtx<'_> {
             client_options: client_options(target, plan).await?,
             invocation_timeout: plan.limits.invocation_timeout,
             docs: plan.docs,
+            handler_work: plan.handler_work,
             stack_bytes: plan.stack_bytes,
             nice: plan.env_nice,
             done: done_tx,
