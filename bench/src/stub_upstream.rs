@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::procs::UpstreamSpec;
+use crate::wire::msg_sections;
 
 const OP_REPLY: i32 = 1;
 const OP_QUERY: i32 = 2004;
@@ -39,7 +40,6 @@ const HEADER_LEN: usize = 16;
 /// MongoDB's maxMessageSizeBytes; anything longer is refused before a byte is allocated.
 const MAX_MESSAGE: usize = 48_000_000;
 const MORE_TO_COME: u32 = 1 << 1;
-const CHECKSUM_PRESENT: u32 = 1;
 
 #[derive(Args, Debug)]
 pub struct StubArgs {
@@ -131,27 +131,15 @@ enum Ask {
 
 /// Classify an OP_MSG body (everything after the header): its flags and the command name.
 fn classify_msg(rest: &[u8]) -> Result<(u32, Ask)> {
-    ensure!(rest.len() >= 5, "OP_MSG too short");
-    let flags = u32::from_le_bytes(rest[..4].try_into()?);
-    let end = if flags & CHECKSUM_PRESENT != 0 {
-        rest.len().checked_sub(4).context("checksum missing")?
-    } else {
-        rest.len()
-    };
-    ensure!(end >= 4, "OP_MSG too short for its checksum");
-    let mut sections = &rest[4..end];
+    let (flags, sections) = msg_sections(rest)?;
     let mut body: Option<&RawDocument> = None;
     let mut sequenced_docs = 0i32;
-    while let Some((&kind, after)) = sections.split_first() {
-        ensure!(after.len() >= 4, "truncated section");
-        let size = usize::try_from(i32::from_le_bytes(after[..4].try_into()?))
-            .context("negative section size")?;
-        ensure!(size <= after.len(), "section overruns the message");
-        match kind {
-            0 => body = Some(RawDocument::from_bytes(&after[..size])?),
-            1 => {
+    for section in sections {
+        match section? {
+            (0, bytes) => body = Some(RawDocument::from_bytes(bytes)?),
+            (1, bytes) => {
                 // size, identifier cstring, then documents back to back (OP_MSG "Kind 1").
-                let seq = &after[4..size];
+                let seq = &bytes[4..];
                 let nul = seq.iter().position(|&b| b == 0).context("bad identifier")?;
                 let mut docs = &seq[nul + 1..];
                 while docs.len() >= 4 {
@@ -161,9 +149,8 @@ fn classify_msg(rest: &[u8]) -> Result<(u32, Ask)> {
                     docs = &docs[n..];
                 }
             }
-            k => bail!("unknown section kind {k}"),
+            (k, _) => bail!("unknown section kind {k}"),
         }
-        sections = &after[size..];
     }
     let body = body.context("no kind-0 section")?;
     let name = match body.iter().next() {
@@ -378,5 +365,10 @@ mod tests {
         rest.push(0);
         rest.extend_from_slice(&1000i32.to_le_bytes());
         assert!(classify_msg(&rest).is_err());
+        // A document sequence whose size is smaller than its own size field.
+        let mut short = 0u32.to_le_bytes().to_vec();
+        short.push(1);
+        short.extend_from_slice(&2i32.to_le_bytes());
+        assert!(classify_msg(&short).is_err());
     }
 }

@@ -44,8 +44,15 @@ fn encode(request_id: i32, cmd: &Document) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Parse the part of an OP_MSG after the header: the flags and the kind-0 body.
-fn decode_body(rest: &[u8]) -> Result<Document> {
+/// The sections of an OP_MSG, from the part after its header ("OP_MSG": flagBits, sections, an
+/// optional CRC-32C that is not checked). Yields each section's kind byte and its bytes, size
+/// prefix included; every size is checked against the bytes present before it is used.
+pub struct Sections<'a> {
+    rest: &'a [u8],
+}
+
+/// The flag bits of an OP_MSG and an iterator over its sections.
+pub fn msg_sections(rest: &[u8]) -> Result<(u32, Sections<'_>)> {
     ensure!(rest.len() >= 5, "OP_MSG too short");
     let flags = u32::from_le_bytes(rest[..4].try_into()?);
     let end = if flags & CHECKSUM_PRESENT != 0 {
@@ -53,17 +60,40 @@ fn decode_body(rest: &[u8]) -> Result<Document> {
     } else {
         rest.len()
     };
-    let mut sections = &rest[4..end];
-    while let Some((&kind, after)) = sections.split_first() {
-        ensure!(after.len() >= 4, "truncated section");
-        let size = i32::from_le_bytes(after[..4].try_into()?);
-        let size = usize::try_from(size).context("negative section size")?;
-        ensure!(size <= after.len(), "section overruns the message");
+    ensure!(end >= 4, "OP_MSG too short for its checksum");
+    Ok((
+        flags,
+        Sections {
+            rest: &rest[4..end],
+        },
+    ))
+}
+
+impl<'a> Iterator for Sections<'a> {
+    type Item = Result<(u8, &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&kind, after) = self.rest.split_first()?;
+        let size = after
+            .get(..4)
+            .and_then(|b| usize::try_from(i32::from_le_bytes(b.try_into().ok()?)).ok())
+            .filter(|size| (4..=after.len()).contains(size));
+        let Some(size) = size else {
+            self.rest = &[];
+            return Some(Err(anyhow::anyhow!("section size out of range")));
+        };
+        self.rest = &after[size..];
+        Some(Ok((kind, &after[..size])))
+    }
+}
+
+/// Parse the part of an OP_MSG after the header: the kind-0 body (kind-1 sequences skipped).
+fn decode_body(rest: &[u8]) -> Result<Document> {
+    for section in msg_sections(rest)?.1 {
+        let (kind, bytes) = section?;
         if kind == 0 {
-            return Ok(Document::from_reader(&after[..size])?);
+            return Ok(Document::from_reader(bytes)?);
         }
-        // Kind 1 (document sequence): its size covers itself; skip it.
-        sections = &after[size..];
     }
     bail!("reply has no kind-0 section")
 }
