@@ -4,29 +4,28 @@
 //!
 //! Module map, from the socket inwards:
 //! - [`server`]: listener, client limit, descriptor exhaustion, drain.
-//! - [`session`]: one task per client connection; what is answered locally, what is forwarded.
-//! - [`handshake`]: the gateway's own `hello`.
-//! - [`request`]: the routing fields read from each command.
-//! - [`routing`]: per-client cursors, sessions and pinned transactions.
+//! - [`session`]: one task per client connection: lifecycle, handshake, edge authentication,
+//!   dispatch by command kind, forwarding.
+//! - [`command`]: a request decoded once into a typed view; the command table; authorization.
+//! - [`route`]: cursor ownership, sessions and pinned transactions, shared by all clients.
 //! - [`upstream`]: authenticated upstream connections and the bounded pool.
 //! - [`framed`]: whole messages out of a byte stream, with length checks.
 //! - [`config`], [`metrics`], [`error`]: settings, Prometheus metrics, the error-to-reply mapping.
 //!
-//! State shared between tasks lives in one [`Context`] passed as an `Arc`; there are no globals.
+//! State shared between tasks is a few small parts ([`context::Shared`]), built once; the
+//! reloadable settings sit behind `ArcSwap`s in [`context::Live`]. There are no globals.
 
 pub mod access;
-pub mod authz;
+pub mod command;
 pub mod config;
 pub mod context;
 pub mod edge_auth;
 pub mod error;
 pub mod framed;
-pub mod handshake;
 pub mod limits;
 pub mod metrics;
 pub mod reload;
-pub mod request;
-pub mod routing;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod sts;
@@ -35,6 +34,6 @@ pub mod upstream;
 pub mod users;
 
 pub use config::Config;
-pub use context::Context;
+pub use context::{Live, Shared};
 pub use error::GatewayError;
 pub use server::Gateway;

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::Live;
 use crate::error::GatewayError;
 use crate::users::UserStore;
 
@@ -24,11 +24,11 @@ pub struct ReloadSummary {
 }
 
 /// Validates and applies `new` (already layered and `finish`ed).
-pub fn apply(ctx: &Context, new: Config) -> Result<ReloadSummary, GatewayError> {
+pub fn apply(live: &Live, new: Config) -> Result<ReloadSummary, GatewayError> {
     let access = new.access_list()?;
     let users = UserStore::from_config(&new.users)?;
     let tls = new.tls_server()?;
-    let old = ctx.config.load_full();
+    let old = live.config.load_full();
     let mut needs_restart = Vec::new();
     if old.listen != new.listen {
         needs_restart.push("listen");
@@ -51,10 +51,10 @@ pub fn apply(ctx: &Context, new: Config) -> Result<ReloadSummary, GatewayError> 
         users: new.users.len(),
         needs_restart,
     };
-    ctx.access.store(Arc::new(access));
-    ctx.tls.store(Arc::new(tls));
-    ctx.users.store(Arc::new(users));
-    ctx.config.store(Arc::new(new));
-    ctx.signal_reload();
+    live.access.store(Arc::new(access));
+    live.tls.store(Arc::new(tls));
+    live.users.store(Arc::new(users));
+    live.config.store(Arc::new(new));
+    live.signal_reload();
     Ok(summary)
 }

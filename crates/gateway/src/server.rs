@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{Live, Shared};
 use crate::error::GatewayError;
 use crate::{metrics, session};
 
@@ -24,7 +24,7 @@ const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// A bound, not yet running gateway.
 pub struct Gateway {
-    ctx: Arc<Context>,
+    shared: Shared,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     drain_tx: watch::Sender<bool>,
@@ -46,7 +46,7 @@ impl Gateway {
         let (drain_tx, drain_rx) = watch::channel(false);
         let clients = Arc::new(Semaphore::new(config.max_clients));
         Ok(Gateway {
-            ctx: Context::new(config, drain_rx)?,
+            shared: Shared::new(config, drain_rx)?,
             listener,
             metrics_listener,
             drain_tx,
@@ -68,9 +68,9 @@ impl Gateway {
             .map(|l| l.local_addr().expect("bound socket has an address"))
     }
 
-    /// The shared context (for tests and embedding).
-    pub fn context(&self) -> Arc<Context> {
-        self.ctx.clone()
+    /// The reloadable settings (for SIGHUP reload, tests and embedding).
+    pub fn live(&self) -> Arc<Live> {
+        self.shared.live.clone()
     }
 
     /// Serves until `shutdown` resolves, then drains: stops accepting, lets in-flight
@@ -78,24 +78,29 @@ impl Gateway {
     /// deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Gateway {
-            ctx,
+            shared,
             listener,
             metrics_listener,
             drain_tx,
             clients,
         } = self;
         if let Some(l) = metrics_listener {
-            tokio::spawn(metrics::serve(l, ctx.metrics.clone(), ctx.draining.clone()));
+            tokio::spawn(metrics::serve(
+                l,
+                shared.metrics.clone(),
+                shared.draining.clone(),
+            ));
         }
-        tokio::spawn(reaper(ctx.clone()));
+        tokio::spawn(reaper(shared.clone()));
         tokio::spawn({
-            let ctx = ctx.clone();
-            async move { crate::handshake::ensure_upstream_info(&ctx).await }
+            let pool = shared.pool.clone();
+            let deadline = shared.live.config.load().handshake_timeout;
+            async move { session::handshake::ensure_upstream_info(&pool, deadline).await }
         });
-        accept_loop(&ctx, listener, &clients, shutdown).await;
+        accept_loop(&shared, listener, &clients, shutdown).await;
         let _ = drain_tx.send(true);
-        let max = ctx.config.load().max_clients as u32;
-        let deadline = ctx.config.load().drain_timeout;
+        let max = shared.live.config.load().max_clients as u32;
+        let deadline = shared.live.config.load().drain_timeout;
         let in_flight = max as usize - clients.available_permits();
         tracing::info!(clients = in_flight, "draining");
         match tokio::time::timeout(deadline, clients.acquire_many(max)).await {
@@ -105,12 +110,12 @@ impl Gateway {
                 "drain deadline reached; closing remaining clients"
             ),
         }
-        ctx.pool.close_idle();
+        shared.pool.close_idle();
     }
 }
 
 async fn accept_loop(
-    ctx: &Arc<Context>,
+    shared: &Shared,
     listener: TcpListener,
     clients: &Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
@@ -141,9 +146,16 @@ async fn accept_loop(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) if !ctx.access.load().allows(peer.ip(), SystemTime::now()) => {
+            Ok((stream, peer))
+                if !shared
+                    .live
+                    .access
+                    .load()
+                    .allows(peer.ip(), SystemTime::now()) =>
+            {
                 // Refused before reading a byte: nothing from this peer is parsed.
-                ctx.metrics
+                shared
+                    .metrics
                     .client_connections_denied
                     .fetch_add(1, Ordering::Relaxed);
                 denied_warn(&format!(
@@ -153,13 +165,19 @@ async fn accept_loop(
             }
             Ok((stream, peer)) => match clients.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let limit = ctx.config.load().max_connections_per_source;
-                    match ctx.sources.admit(peer.ip(), limit) {
+                    let limit = shared.live.config.load().max_connections_per_source;
+                    match shared.sources.admit(peer.ip(), limit) {
                         Some(slot) => {
-                            tokio::spawn(session::run(ctx.clone(), stream, peer, (permit, slot)));
+                            tokio::spawn(session::run(
+                                shared.clone(),
+                                stream,
+                                peer,
+                                (permit, slot),
+                            ));
                         }
                         None => {
-                            ctx.metrics
+                            shared
+                                .metrics
                                 .client_connections_rejected
                                 .fetch_add(1, Ordering::Relaxed);
                             warn(
@@ -170,7 +188,8 @@ async fn accept_loop(
                     }
                 }
                 Err(_) => {
-                    ctx.metrics
+                    shared
+                        .metrics
                         .client_connections_rejected
                         .fetch_add(1, Ordering::Relaxed);
                     warn(
@@ -183,7 +202,8 @@ async fn accept_loop(
             Err(e) if is_fd_exhaustion(&e) => {
                 // Free the spare descriptor to accept and close the waiting client, so it
                 // learns now instead of hanging in the backlog.
-                ctx.metrics
+                shared
+                    .metrics
                     .client_connections_rejected
                     .fetch_add(1, Ordering::Relaxed);
                 warn(
@@ -215,13 +235,13 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 }
 
 /// Closes idle upstream connections past their idle timeout.
-async fn reaper(ctx: Arc<Context>) {
-    let every = (ctx.config.load().idle_timeout / 4)
+async fn reaper(shared: Shared) {
+    let every = (shared.live.config.load().idle_timeout / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut draining = ctx.draining.clone();
+    let mut draining = shared.draining.clone();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => ctx.pool.reap_idle(),
+            _ = tokio::time::sleep(every) => shared.pool.reap_idle(),
             _ = draining.changed() => return,
         }
     }

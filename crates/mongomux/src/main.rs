@@ -239,7 +239,7 @@ fn main() -> Result<()> {
 
 async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
     let gateway = Gateway::bind(cfg).await?;
-    tokio::spawn(reload_on_sighup(gateway.context(), args));
+    tokio::spawn(reload_on_sighup(gateway.live(), args));
     let mut out = std::io::stdout().lock();
     writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
     if let Some(addr) = gateway.metrics_addr() {
@@ -248,7 +248,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(listen = %gateway.local_addr(), "mongomux started");
-    if gateway.context().access.load().admits_any() {
+    if gateway.live().access.load().admits_any() {
         tracing::warn!(
             "the access list admits every address: anyone who can reach this port may connect"
         );
@@ -259,7 +259,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
 }
 
 /// SIGHUP: re-read the file and the environment, layer the flags again, and apply.
-async fn reload_on_sighup(ctx: std::sync::Arc<mongomux_gateway::Context>, args: ServeArgs) {
+async fn reload_on_sighup(live: std::sync::Arc<mongomux_gateway::Live>, args: ServeArgs) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install a SIGHUP handler; reload is unavailable");
@@ -272,7 +272,7 @@ async fn reload_on_sighup(ctx: std::sync::Arc<mongomux_gateway::Context>, args: 
         let applied = args.clone().into_config().and_then(|mut cfg| {
             // The same lowering as at start, so an unchanged file does not read as a change.
             fit_clients_to_fd_limit(&mut cfg, fd_limit);
-            Ok(mongomux_gateway::reload::apply(&ctx, cfg)?)
+            Ok(mongomux_gateway::reload::apply(&live, cfg)?)
         });
         match applied {
             Ok(summary) => {

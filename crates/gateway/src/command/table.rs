@@ -1,0 +1,241 @@
+//! The command table: for every command name the gateway knows, what the gateway does with it
+//! ([`Kind`]) and what access it needs ([`Access`]). It is the single source of truth for both
+//! the dispatcher and the authorizer; a name that is not in it is forwarded only to anonymous
+//! gateways and refused for authenticated users, because a new server command must be reviewed
+//! before clients can reach it through the gateway's shared upstream identity.
+//!
+//! The table is sorted by name (a unit test checks it) and looked up by binary search: it is
+//! consulted once per request.
+
+/// What the gateway does with a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `hello` / `isMaster`: answered by the gateway as a mongos.
+    Hello,
+    /// `ping`: answered by the gateway.
+    Ping,
+    /// `saslStart` / `saslContinue`: edge authentication, answered by the gateway.
+    Sasl,
+    /// `authenticate`: the gateway offers no mechanism that uses it.
+    Authenticate,
+    /// Forwarded as it is; a cursor in the reply is recorded for its owner.
+    Forward,
+    /// `getMore`: forwarded only for the cursor's owner.
+    GetMore,
+    /// `killCursors`: the owner's cursors are forwarded, the others reported not found.
+    KillCursors,
+    /// `endSessions`: forwarded, always answered `ok`.
+    EndSessions,
+}
+
+/// What an authenticated user needs to run a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Handshake, authentication and liveness: allowed before authentication.
+    Open,
+    /// Reads data or metadata of `$db`.
+    Read,
+    /// Changes data or metadata of `$db`.
+    Write,
+    /// Session and transaction bookkeeping that carries no data; not bound to `$db`.
+    Session,
+    /// Administers the deployment or the shared upstream user: never allowed.
+    Admin,
+    /// Not reviewed: refused for authenticated users.
+    Unreviewed,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// What the gateway does with it.
+    pub kind: Kind,
+    /// What access it needs.
+    pub access: Access,
+}
+
+/// The row of a command that is not in the table.
+pub const UNKNOWN: Spec = Spec {
+    kind: Kind::Forward,
+    access: Access::Unreviewed,
+};
+
+const fn row(name: &'static str, kind: Kind, access: Access) -> (&'static str, Spec) {
+    (name, Spec { kind, access })
+}
+
+use Access::{Admin, Open, Read, Session, Write};
+use Kind::{Authenticate, EndSessions, Forward, GetMore, Hello, KillCursors, Ping, Sasl};
+
+/// Every known command, sorted by name (byte order).
+pub static TABLE: &[(&str, Spec)] = &[
+    row("abortTransaction", Forward, Session),
+    row("addShard", Forward, Admin),
+    row("addShardToZone", Forward, Admin),
+    row("aggregate", Forward, Read),
+    row("applyOps", Forward, Admin),
+    row("authenticate", Authenticate, Admin),
+    row("balancerStart", Forward, Admin),
+    row("balancerStatus", Forward, Admin),
+    row("balancerStop", Forward, Admin),
+    row("buildInfo", Forward, Open),
+    row("buildinfo", Forward, Open),
+    row("bulkWrite", Forward, Write),
+    row("cleanupOrphaned", Forward, Admin),
+    row("clone", Forward, Admin),
+    row("cloneCollection", Forward, Admin),
+    row("cloneCollectionAsCapped", Forward, Write),
+    row("collMod", Forward, Write),
+    row("collStats", Forward, Read),
+    row("commitTransaction", Forward, Session),
+    row("compact", Forward, Admin),
+    row("connPoolStats", Forward, Admin),
+    row("connPoolSync", Forward, Admin),
+    row("connectionStatus", Forward, Read),
+    row("convertToCapped", Forward, Write),
+    row("copydb", Forward, Admin),
+    row("count", Forward, Read),
+    row("create", Forward, Write),
+    row("createIndexes", Forward, Write),
+    row("createRole", Forward, Admin),
+    row("createSearchIndexes", Forward, Write),
+    row("createUser", Forward, Admin),
+    row("currentOp", Forward, Admin),
+    row("dataSize", Forward, Read),
+    row("dbStats", Forward, Read),
+    row("delete", Forward, Write),
+    row("distinct", Forward, Read),
+    row("drop", Forward, Write),
+    row("dropAllRolesFromDatabase", Forward, Admin),
+    row("dropAllUsersFromDatabase", Forward, Admin),
+    row("dropConnections", Forward, Admin),
+    row("dropDatabase", Forward, Write),
+    row("dropIndexes", Forward, Write),
+    row("dropRole", Forward, Admin),
+    row("dropSearchIndex", Forward, Write),
+    row("dropUser", Forward, Admin),
+    row("enableSharding", Forward, Admin),
+    row("endSessions", EndSessions, Session),
+    row("eval", Forward, Admin),
+    row("explain", Forward, Read),
+    row("find", Forward, Read),
+    row("findAndModify", Forward, Write),
+    row("findandmodify", Forward, Write),
+    row("flushRouterConfig", Forward, Admin),
+    row("fsync", Forward, Admin),
+    row("fsyncUnlock", Forward, Admin),
+    row("getCmdLineOpts", Forward, Admin),
+    row("getLastError", Forward, Read),
+    row("getLog", Forward, Admin),
+    row("getMore", GetMore, Read),
+    row("getMoreSearch", Forward, Read),
+    row("getParameter", Forward, Read),
+    row("getnonce", Forward, Open),
+    row("grantPrivilegesToRole", Forward, Admin),
+    row("grantRolesToRole", Forward, Admin),
+    row("grantRolesToUser", Forward, Admin),
+    row("hello", Hello, Open),
+    row("hostInfo", Forward, Read),
+    row("insert", Forward, Write),
+    row("isMaster", Hello, Open),
+    row("ismaster", Hello, Open),
+    row("killAllSessions", Forward, Admin),
+    row("killAllSessionsByPattern", Forward, Admin),
+    row("killCursors", KillCursors, Read),
+    row("killOp", Forward, Admin),
+    row("killSessions", Forward, Admin),
+    row("listCollections", Forward, Read),
+    // Command names and their help text (mongosh's db.listCommands()), which a real server gives
+    // every user whatever its privileges; nothing about the deployment or the shared identity.
+    row("listCommands", Forward, Read),
+    row("listDatabases", Forward, Read),
+    row("listIndexes", Forward, Read),
+    row("listSearchIndexes", Forward, Read),
+    row("logRotate", Forward, Admin),
+    row("logout", Forward, Open),
+    row("mapReduce", Forward, Read),
+    row("mergeChunks", Forward, Admin),
+    row("moveChunk", Forward, Admin),
+    row("movePrimary", Forward, Admin),
+    row("moveRange", Forward, Admin),
+    row("ping", Ping, Open),
+    row("profile", Forward, Admin),
+    row("refineCollectionShardKey", Forward, Admin),
+    row("refreshSessions", Forward, Session),
+    row("removeShard", Forward, Admin),
+    row("renameCollection", Forward, Write),
+    row("repairDatabase", Forward, Admin),
+    row("replSetFreeze", Forward, Admin),
+    row("replSetGetConfig", Forward, Admin),
+    row("replSetGetStatus", Forward, Admin),
+    row("replSetInitiate", Forward, Admin),
+    row("replSetMaintenance", Forward, Admin),
+    row("replSetReconfig", Forward, Admin),
+    row("replSetStepDown", Forward, Admin),
+    row("replSetSyncFrom", Forward, Admin),
+    row("reshardCollection", Forward, Admin),
+    row("resync", Forward, Admin),
+    row("revokePrivilegesFromRole", Forward, Admin),
+    row("revokeRolesFromRole", Forward, Admin),
+    row("revokeRolesFromUser", Forward, Admin),
+    row("rolesInfo", Forward, Admin),
+    row("saslContinue", Sasl, Open),
+    row("saslStart", Sasl, Open),
+    row("serverStatus", Forward, Read),
+    row("setDefaultRWConcern", Forward, Admin),
+    row("setFeatureCompatibilityVersion", Forward, Admin),
+    row("setIndexCommitQuorum", Forward, Admin),
+    row("setParameter", Forward, Admin),
+    row("shardCollection", Forward, Admin),
+    row("shutdown", Forward, Admin),
+    row("split", Forward, Admin),
+    row("splitChunk", Forward, Admin),
+    row("startSession", Forward, Session),
+    row("top", Forward, Admin),
+    row("update", Forward, Write),
+    row("updateRole", Forward, Admin),
+    row("updateSearchIndex", Forward, Write),
+    row("updateUser", Forward, Admin),
+    row("updateZoneKeyRange", Forward, Admin),
+    row("usersInfo", Forward, Admin),
+    row("validate", Forward, Read),
+    row("whatsmyuri", Forward, Read),
+];
+
+/// The row for `name`, or [`UNKNOWN`].
+pub fn lookup(name: &str) -> Spec {
+    match TABLE.binary_search_by(|(n, _)| (*n).cmp(name)) {
+        Ok(i) => TABLE[i].1,
+        Err(_) => UNKNOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_and_unique() {
+        for pair in TABLE.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{} before {}", pair[0].0, pair[1].0);
+        }
+    }
+
+    #[test]
+    fn every_row_is_found() {
+        for (name, spec) in TABLE {
+            assert_eq!(lookup(name), *spec, "{name}");
+        }
+        assert_eq!(lookup("somethingNew"), UNKNOWN);
+        assert_eq!(lookup(""), UNKNOWN);
+    }
+
+    #[test]
+    fn answered_kinds_are_open() {
+        for (name, spec) in TABLE {
+            if matches!(spec.kind, Kind::Hello | Kind::Ping | Kind::Sasl) {
+                assert_eq!(spec.access, Access::Open, "{name}");
+            }
+        }
+    }
+}

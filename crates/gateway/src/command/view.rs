@@ -1,0 +1,364 @@
+//! The typed view of one client request, built once per request by [`CommandView::parse`] and
+//! read by authorization, dispatch, routing, metrics and logging. Nothing else in the gateway
+//! looks at request bytes by offset: the view records where the session ids sit so that
+//! [`CommandView::rewrite_session_ids`] can namespace them in place, and the rest of the message
+//! is forwarded as the client's own bytes.
+//!
+//! The walk is byte-level ([`mongomux_wire::scan`]): only the fields routed on are decoded; the
+//! filter, the documents and the rest of the command are never looked at. Top-level fields that
+//! decide security or routing may appear only once: a second `$db`, `lsid`, `txnNumber`,
+//! `$readPreference`, `autocommit` or `startTransaction` (or a second command name) is refused,
+//! because a rewrite that reads the first and a server that reads the last would disagree.
+
+use bson::RawDocument;
+use mongomux_wire::scan::{self, Element};
+use mongomux_wire::OpMsg;
+
+use super::table::{self, Access, Kind, Spec};
+use crate::error::GatewayError;
+
+/// Length of a session UUID (`lsid.id`, binary subtype 4).
+const UUID_LEN: usize = 16;
+/// Most session ids one `endSessions` may list (the server's own limit is 10,000).
+const MAX_END_SESSIONS: usize = 10_000;
+
+/// A logical session id as the client sent it (after namespacing, as forwarded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lsid {
+    /// The raw `lsid` document.
+    pub doc: Vec<u8>,
+    /// Offset of the 16-byte UUID inside `doc`, when `id` is a 16-byte binary.
+    uuid_at: Option<usize>,
+}
+
+impl Lsid {
+    /// The raw document bytes: the session's key in the routing table.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.doc
+    }
+}
+
+/// Everything the gateway needs to know about one OP_MSG request.
+#[derive(Debug)]
+pub struct CommandView {
+    /// The client's requestID, echoed in the reply's responseTo.
+    pub request_id: i32,
+    /// The client expects no reply (`moreToCome`).
+    pub more_to_come: bool,
+    /// The command name: the first key of the body.
+    pub name: String,
+    /// The command's row in the command table.
+    pub spec: Spec,
+    /// `$db`.
+    pub db: String,
+    /// The logical session, if any.
+    pub lsid: Option<Lsid>,
+    /// `txnNumber`, present on retryable writes and transaction commands.
+    pub txn_number: Option<i64>,
+    /// `autocommit: false`: the command belongs to a multi-statement transaction.
+    pub in_transaction: bool,
+    /// `startTransaction: true`.
+    pub start_transaction: bool,
+    /// The cursor of a `getMore`.
+    pub cursor_id: Option<i64>,
+    /// The cursors a `killCursors` names (ids that are not integers are skipped); `None` when
+    /// its `cursors` is not an array.
+    pub kill_cursor_ids: Option<Vec<i64>>,
+    /// The command's own value when it is a string: the collection of most commands.
+    pub collection: Option<String>,
+    /// Whether the command writes although its table row says read (`aggregate` with `$out` or
+    /// `$merge`, `mapReduce` to a collection).
+    pub writes: bool,
+    /// Databases other than `$db` that an `aggregate` pipeline reads or writes.
+    pub other_databases: Vec<String>,
+    /// Whether a `$readPreference` was given.
+    pub has_read_preference: bool,
+    /// Offsets in the message of the 16-byte UUIDs of `endSessions`.
+    end_session_uuids: Vec<usize>,
+    /// Offset in the message of the `lsid` document.
+    lsid_at: usize,
+}
+
+/// Top-level fields that may appear once, as bits.
+mod once {
+    pub const DB: u8 = 1;
+    pub const LSID: u8 = 2;
+    pub const TXN_NUMBER: u8 = 4;
+    pub const READ_PREFERENCE: u8 = 8;
+    pub const AUTOCOMMIT: u8 = 16;
+    pub const START_TRANSACTION: u8 = 32;
+}
+
+fn bad_bson(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::InvalidBson(e.to_string())
+}
+
+impl CommandView {
+    /// Builds the view of a parsed message. `message` is the whole message `msg` was parsed
+    /// from; offsets are recorded relative to it.
+    pub fn parse(message: &[u8], msg: &OpMsg<'_>) -> Result<CommandView, GatewayError> {
+        let body = msg.body.as_bytes();
+        let body_at = offset_in(message, body);
+        let mut view = CommandView {
+            request_id: msg.header.request_id,
+            more_to_come: msg.flags.more_to_come(),
+            name: String::new(),
+            spec: table::UNKNOWN,
+            db: String::new(),
+            lsid: None,
+            txn_number: None,
+            in_transaction: false,
+            start_transaction: false,
+            cursor_id: None,
+            kill_cursor_ids: None,
+            collection: None,
+            writes: false,
+            other_databases: Vec::new(),
+            has_read_preference: false,
+            end_session_uuids: Vec::new(),
+            lsid_at: 0,
+        };
+        let mut seen = 0u8;
+        let mut elements = scan::elements(body).map_err(bad_bson)?;
+        let first = elements
+            .next()
+            .ok_or_else(|| GatewayError::BadCommand("empty command document".into()))?
+            .map_err(bad_bson)?;
+        view.command_element(&first, body_at, body)?;
+        for element in elements {
+            let element = element.map_err(bad_bson)?;
+            let bit = match element.key {
+                b"$db" => once::DB,
+                b"lsid" => once::LSID,
+                b"txnNumber" => once::TXN_NUMBER,
+                b"$readPreference" => once::READ_PREFERENCE,
+                b"autocommit" => once::AUTOCOMMIT,
+                b"startTransaction" => once::START_TRANSACTION,
+                key if key == first.key => {
+                    return Err(GatewayError::BadCommand(format!(
+                        "the command name {} appears twice",
+                        view.name.escape_debug()
+                    )))
+                }
+                _ => 0,
+            };
+            if bit == 0 {
+                continue;
+            }
+            if seen & bit != 0 {
+                return Err(GatewayError::BadCommand(format!(
+                    "field {} appears twice in the command",
+                    String::from_utf8_lossy(element.key).escape_debug()
+                )));
+            }
+            seen |= bit;
+            view.routing_field(&element, offset_in(message, element.value))?;
+        }
+        if view.db.is_empty() {
+            return Err(GatewayError::BadCommand(
+                "OP_MSG command is missing the $db field".into(),
+            ));
+        }
+        view.command_details(msg.body)?;
+        Ok(view)
+    }
+
+    /// The first element: the command name, and its value where the view needs it.
+    fn command_element(
+        &mut self,
+        first: &Element<'_>,
+        body_at: usize,
+        body: &[u8],
+    ) -> Result<(), GatewayError> {
+        self.name = std::str::from_utf8(first.key)
+            .map_err(|_| GatewayError::InvalidBson("command name is not UTF-8".into()))?
+            .to_string();
+        self.spec = table::lookup(&self.name);
+        if self.spec.kind == Kind::GetMore {
+            self.cursor_id = first.as_i64();
+        }
+        self.collection = first.as_str().map(str::to_string);
+        if self.spec.kind == Kind::EndSessions {
+            let at = body_at + offset_in(body, first.value);
+            self.end_session_uuids = end_session_uuids(first, at)?;
+        }
+        Ok(())
+    }
+
+    /// One of the once-only top-level fields; `at` is the offset of its value in the message.
+    fn routing_field(&mut self, element: &Element<'_>, at: usize) -> Result<(), GatewayError> {
+        match element.key {
+            b"$db" => match element.as_str() {
+                Some(db) => self.db = db.to_string(),
+                None => return Err(GatewayError::BadCommand("$db must be a string".into())),
+            },
+            b"lsid" => {
+                if let Some(doc) = element.as_document() {
+                    self.lsid = Some(Lsid {
+                        doc: doc.to_vec(),
+                        uuid_at: uuid_in(doc)?,
+                    });
+                    self.lsid_at = at;
+                }
+            }
+            b"txnNumber" => self.txn_number = element.as_i64(),
+            b"autocommit" => self.in_transaction = element.as_bool() == Some(false),
+            b"startTransaction" => self.start_transaction = element.as_bool() == Some(true),
+            b"$readPreference" => self.has_read_preference = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Fields that only some commands have, read with keyed lookups since they are rare.
+    fn command_details(&mut self, body: &RawDocument) -> Result<(), GatewayError> {
+        match self.name.as_str() {
+            "aggregate" => {
+                let stages = pipeline_stages(body);
+                self.writes = stages.iter().any(|(name, _)| is_output_stage(name));
+                self.other_databases = stages
+                    .iter()
+                    .filter_map(|(name, spec)| stage_database(name, (*spec)?))
+                    .collect();
+            }
+            "mapReduce" => self.writes = !map_reduce_inline(body),
+            _ => {}
+        }
+        if self.spec.kind == Kind::KillCursors {
+            if let Ok(ids) = body.get_array("cursors") {
+                self.kill_cursor_ids = Some(
+                    ids.into_iter()
+                        .filter_map(|v| v.ok().and_then(super::reply::as_i64))
+                        .collect(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The access this request needs: the table's, raised to write for writing pipelines.
+    pub fn access(&self) -> Access {
+        match self.spec.access {
+            Access::Read if self.writes => Access::Write,
+            a => a,
+        }
+    }
+
+    /// Whether this command ends the transaction it belongs to.
+    pub fn ends_transaction(&self) -> bool {
+        matches!(self.name.as_str(), "commitTransaction" | "abortTransaction")
+    }
+
+    /// Whether the request carries session ids that namespacing would rewrite.
+    pub fn has_session_ids(&self) -> bool {
+        self.lsid.as_ref().is_some_and(|l| l.uuid_at.is_some())
+            || !self.end_session_uuids.is_empty()
+    }
+
+    /// Replaces every 16-byte session UUID of the request (`lsid.id`, and each id `endSessions`
+    /// lists) by `map(uuid)`, in `message` and in the view.
+    pub fn rewrite_session_ids(
+        &mut self,
+        message: &mut [u8],
+        mut map: impl FnMut(&[u8]) -> [u8; UUID_LEN],
+    ) {
+        if let Some(lsid) = &mut self.lsid {
+            if let Some(at) = lsid.uuid_at {
+                let mapped = map(&lsid.doc[at..at + UUID_LEN]);
+                lsid.doc[at..at + UUID_LEN].copy_from_slice(&mapped);
+                let in_message = self.lsid_at + at;
+                message[in_message..in_message + UUID_LEN].copy_from_slice(&mapped);
+            }
+        }
+        for &at in &self.end_session_uuids {
+            let mapped = map(&message[at..at + UUID_LEN]);
+            message[at..at + UUID_LEN].copy_from_slice(&mapped);
+        }
+    }
+}
+
+/// Offset of `inner` within `outer`; `inner` must be a sub-slice of `outer`.
+fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    let at = inner.as_ptr() as usize - outer.as_ptr() as usize;
+    debug_assert!(at + inner.len() <= outer.len());
+    at
+}
+
+/// Offset, inside an lsid document, of its `id` when that is a 16-byte binary.
+fn uuid_in(doc: &[u8]) -> Result<Option<usize>, GatewayError> {
+    for element in scan::elements(doc).map_err(bad_bson)? {
+        let element = element.map_err(bad_bson)?;
+        if element.key == b"id" {
+            // Binary value: int32 length, subtype byte, bytes.
+            if element.kind == 0x05 && element.value.len() == 5 + UUID_LEN {
+                return Ok(Some(offset_in(doc, element.value) + 5));
+            }
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
+/// Offsets in the message of the UUIDs of an `endSessions` array whose value starts at `at`.
+fn end_session_uuids(array: &Element<'_>, at: usize) -> Result<Vec<usize>, GatewayError> {
+    if array.kind != 0x04 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for item in scan::elements(array.value).map_err(bad_bson)? {
+        let item = item.map_err(bad_bson)?;
+        let Some(doc) = item.as_document() else {
+            continue;
+        };
+        if let Some(uuid) = uuid_in(doc)? {
+            if out.len() == MAX_END_SESSIONS {
+                return Err(GatewayError::BadCommand(format!(
+                    "endSessions lists more than {MAX_END_SESSIONS} sessions"
+                )));
+            }
+            out.push(at + offset_in(array.value, doc) + uuid);
+        }
+    }
+    Ok(out)
+}
+
+/// The stages of an `aggregate` pipeline as (stage name, stage document if it is one).
+fn pipeline_stages(body: &RawDocument) -> Vec<(&str, Option<&RawDocument>)> {
+    let Ok(stages) = body.get_array("pipeline") else {
+        return Vec::new();
+    };
+    stages
+        .into_iter()
+        .flatten()
+        .filter_map(|stage| stage.as_document())
+        .flat_map(|stage| stage.iter().flatten())
+        .map(|(name, spec)| (name, spec.as_document()))
+        .collect()
+}
+
+fn is_output_stage(name: &str) -> bool {
+    name == "$out" || name == "$merge"
+}
+
+/// The database a stage names, when it names one as `{db, coll}`.
+fn stage_database(name: &str, spec: &RawDocument) -> Option<String> {
+    let target = match name {
+        "$out" => Some(spec),
+        "$merge" => spec.get_document("into").ok(),
+        "$lookup" => spec.get_document("from").ok(),
+        "$unionWith" => spec.get_document("coll").ok(),
+        _ => None,
+    }?;
+    target.get_str("db").ok().map(str::to_string)
+}
+
+fn map_reduce_inline(body: &RawDocument) -> bool {
+    match body.get_document("out") {
+        Ok(out) => out.get("inline").ok().flatten().is_some(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;

@@ -1,0 +1,87 @@
+//! What departed clients leave behind upstream, and its release: open transactions are aborted,
+//! cursors killed, sessions ended. Best effort: failures are logged, never surfaced, and a
+//! connection whose state is in doubt after a failed clean-up command is closed, not reused.
+
+use std::collections::HashMap;
+
+use bson::{doc, Bson, RawDocumentBuf};
+
+use super::Pinned;
+use crate::error::GatewayError;
+use crate::upstream::Pool;
+
+/// What a departing client connection leaves to clean up upstream.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Cursor ids to kill, by namespace.
+    pub cursors: HashMap<String, Vec<i64>>,
+    sessions: Vec<RawDocumentBuf>,
+    transactions: Vec<(RawDocumentBuf, Pinned)>,
+}
+
+impl Leftovers {
+    /// Adds a session whose last client left, with its pinned transaction if one was open.
+    pub fn end_session(&mut self, lsid: Vec<u8>, pinned: Option<Pinned>) {
+        let Ok(doc) = RawDocumentBuf::from_bytes(lsid) else {
+            return;
+        };
+        if let Some(p) = pinned {
+            self.transactions.push((doc.clone(), p));
+        }
+        self.sessions.push(doc);
+    }
+
+    /// Sessions to end.
+    pub fn ended_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Aborts the open transactions, kills the cursors and ends the sessions upstream.
+    pub async fn release(self, pool: &std::sync::Arc<Pool>) {
+        for (lsid, mut p) in self.transactions {
+            let abort = doc! {
+                "abortTransaction": 1,
+                "lsid": Bson::Document(lsid.to_document().unwrap_or_default()),
+                "txnNumber": p.txn_number,
+                "autocommit": false,
+                "$db": "admin",
+            };
+            // A failed abort leaves the connection's state unknown: drop it instead.
+            if p.conn.conn().command(&abort).await.is_ok() {
+                p.conn.release();
+            }
+        }
+        let sessions: Vec<Bson> = self
+            .sessions
+            .iter()
+            .filter_map(|d| d.to_document().ok().map(Bson::Document))
+            .collect();
+        if self.cursors.is_empty() && sessions.is_empty() {
+            return;
+        }
+        let Ok(mut conn) = pool.checkout().await else {
+            tracing::debug!("no upstream connection to release a departed client's cursors");
+            return;
+        };
+        let mut clean = true;
+        for (ns, ids) in self.cursors {
+            let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
+            let kill = doc! { "killCursors": coll, "cursors": ids, "$db": db };
+            clean &= !is_transport_error(&conn.conn().command(&kill).await);
+        }
+        if !sessions.is_empty() && clean {
+            let end = doc! { "endSessions": sessions, "$db": "admin" };
+            // Servers without sessions answer CommandNotFound; that is fine.
+            clean &= !is_transport_error(&conn.conn().command(&end).await);
+        }
+        if clean {
+            conn.release();
+        }
+    }
+}
+
+/// Whether a gateway command failed in a way that leaves its connection unusable (as opposed
+/// to a clean `{ok: 0}` answer).
+fn is_transport_error<T>(r: &Result<T, GatewayError>) -> bool {
+    matches!(r, Err(e) if !matches!(e, GatewayError::UpstreamRefused { .. }))
+}

@@ -1,0 +1,199 @@
+//! Routing state shared by all client connections: cursor ownership ([`cursors`]), the sessions
+//! each client uses and the transactions pinned to upstream connections ([`sessions`]), and the
+//! clean-up upstream when clients leave ([`cleanup`]).
+//!
+//! # Concurrency note
+//! One mutex guards both tables. It is taken only for cursor replies, getMore/killCursors,
+//! transaction statements and the first use of a session on a connection, never across an await,
+//! so it is never held while talking to the upstream.
+
+pub mod cleanup;
+pub mod cursors;
+pub mod sessions;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::Metrics;
+use crate::upstream::{ConnMeta, PooledConn};
+
+pub use cleanup::Leftovers;
+pub use cursors::Owner;
+pub use sessions::UsedSessions;
+
+use cursors::{Cursor, Cursors};
+use sessions::Sessions;
+
+/// A transaction in progress and the connection it is pinned to.
+#[derive(Debug)]
+pub struct Pinned {
+    /// The pinned connection.
+    pub conn: PooledConn,
+    /// The transaction's number, for aborting it if its client vanishes.
+    pub txn_number: i64,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    cursors: Cursors,
+    sessions: Sessions<Pinned>,
+}
+
+/// The gateway-wide routing tables.
+#[derive(Debug)]
+pub struct Routes {
+    tables: Mutex<Tables>,
+    metrics: Arc<Metrics>,
+}
+
+impl Routes {
+    /// Empty tables; cursor counts are reported to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Routes {
+        Routes {
+            tables: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().expect("routing lock")
+    }
+
+    /// Whether a request may use cursor `id` (see [`Cursors::may_use`]).
+    pub fn may_use_cursor(
+        &self,
+        id: i64,
+        lsid: Option<&[u8]>,
+        connection: i64,
+        used: &UsedSessions,
+    ) -> bool {
+        self.lock()
+            .cursors
+            .may_use(id, lsid, connection, used.keys())
+    }
+
+    /// Records a cursor the upstream opened on `conn`.
+    pub fn add_cursor(&self, id: i64, ns: &str, owner: Owner, conn: &Arc<ConnMeta>) {
+        if id == 0 {
+            return;
+        }
+        conn.open_cursors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.open_cursors.fetch_add(1, Ordering::Relaxed);
+        let cursor = Cursor {
+            owner,
+            ns: ns.to_string(),
+            conn: conn.clone(),
+        };
+        let replaced = self.lock().cursors.insert(id, cursor);
+        if let Some(old) = replaced {
+            self.forget(&old);
+        }
+    }
+
+    /// Forgets a cursor that is exhausted or killed.
+    pub fn remove_cursor(&self, id: i64) {
+        let removed = self.lock().cursors.remove(id);
+        if let Some(old) = removed {
+            self.forget(&old);
+        }
+    }
+
+    fn forget(&self, c: &Cursor) {
+        c.conn.open_cursors.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.open_cursors.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Registers that a client connection uses session `lsid`, once per connection.
+    pub fn note_session(&self, used: &mut UsedSessions, lsid: &[u8]) {
+        if used.first_use(lsid) {
+            self.lock().sessions.join(lsid);
+        }
+    }
+
+    /// Takes the connection pinned for session `lsid`, if its transaction holds one.
+    pub fn take_pinned(&self, lsid: &[u8]) -> Option<Pinned> {
+        self.lock().sessions.take_pinned(lsid)
+    }
+
+    /// Pins a connection to session `lsid` until its transaction ends. Returns it back when the
+    /// session is no longer known (its last client left meanwhile).
+    pub fn pin(&self, lsid: &[u8], pinned: Pinned) -> Option<Pinned> {
+        self.lock().sessions.pin(lsid, pinned)
+    }
+
+    /// A client connection left: takes its own cursors, and everything of the sessions it was
+    /// the last user of, for [`Leftovers::release`].
+    pub fn leave(&self, connection: i64, used: &UsedSessions) -> Leftovers {
+        let mut out = Leftovers::default();
+        let orphans = {
+            let mut tables = self.lock();
+            let ended = tables.sessions.leave(used.keys());
+            let gone: HashSet<Vec<u8>> = ended.iter().map(|e| e.lsid.clone()).collect();
+            for e in ended {
+                out.end_session(e.lsid, e.pinned);
+            }
+            tables.cursors.take_orphans(connection, &gone)
+        };
+        let mut by_ns: HashMap<String, Vec<i64>> = HashMap::new();
+        for (id, c) in orphans {
+            self.forget(&c);
+            by_ns.entry(c.ns).or_default().push(id);
+        }
+        out.cursors = by_ns;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real lsid document: leftovers keep only sessions whose key parses as one.
+    fn lsid(n: u8) -> Vec<u8> {
+        bson::rawdoc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![n; 16] } }
+            .into_bytes()
+    }
+
+    #[test]
+    fn cursors_are_counted_and_released_when_their_owner_leaves() {
+        let metrics = Arc::new(Metrics::default());
+        let routes = Routes::new(metrics.clone());
+        let conn = Arc::new(ConnMeta::default());
+        let mut used = UsedSessions::default();
+        let s = lsid(1);
+        routes.note_session(&mut used, &s);
+        routes.add_cursor(1, "db.a", Owner::Session(s.clone()), &conn);
+        routes.add_cursor(2, "db.b", Owner::Connection(7), &conn);
+        routes.add_cursor(0, "db.c", Owner::Connection(7), &conn);
+        assert_eq!(
+            conn.open_cursors.load(Ordering::Relaxed),
+            2,
+            "id 0 is no cursor"
+        );
+        assert!(routes.may_use_cursor(1, Some(&s), 9, &UsedSessions::default()));
+        assert!(routes.may_use_cursor(2, None, 7, &used));
+        assert!(!routes.may_use_cursor(2, None, 8, &used));
+        let left = routes.leave(7, &used);
+        assert_eq!(left.cursors.len(), 2, "both namespaces");
+        assert_eq!(left.ended_sessions(), 1);
+        assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);
+        assert!(!routes.may_use_cursor(1, Some(&s), 9, &used));
+    }
+
+    #[test]
+    fn a_session_shared_by_two_connections_outlives_the_first() {
+        let routes = Routes::new(Arc::new(Metrics::default()));
+        let conn = Arc::new(ConnMeta::default());
+        let (mut a, mut b) = (UsedSessions::default(), UsedSessions::default());
+        routes.note_session(&mut a, b"S");
+        routes.note_session(&mut b, b"S");
+        routes.add_cursor(1, "db.a", Owner::Session(b"S".to_vec()), &conn);
+        let left = routes.leave(1, &a);
+        assert!(left.cursors.is_empty() && left.ended_sessions() == 0);
+        assert!(routes.may_use_cursor(1, None, 2, &b));
+        routes.remove_cursor(1);
+        assert!(!routes.may_use_cursor(1, None, 2, &b));
+        assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);
+    }
+}

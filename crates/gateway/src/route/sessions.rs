@@ -1,0 +1,168 @@
+//! Which client connections use each logical session, and the upstream connection an open
+//! transaction of that session is pinned to.
+//!
+//! A session ends, as far as the gateway is concerned, when the last client connection that used
+//! it disconnects: that is when the driver client that owned it is gone. Generic over the pinned
+//! value so the bookkeeping can be tested without an upstream.
+
+use std::collections::{HashMap, HashSet};
+
+/// Most distinct sessions one client connection registers; drivers reuse a handful.
+pub const MAX_SESSIONS_PER_CONNECTION: usize = 1000;
+
+#[derive(Debug)]
+struct Entry<P> {
+    live_connections: usize,
+    pinned: Option<P>,
+}
+
+/// Sessions in use, keyed by the raw lsid document.
+#[derive(Debug)]
+pub struct Sessions<P> {
+    by_lsid: HashMap<Vec<u8>, Entry<P>>,
+}
+
+impl<P> Default for Sessions<P> {
+    fn default() -> Self {
+        Sessions {
+            by_lsid: HashMap::new(),
+        }
+    }
+}
+
+/// A session whose last client connection left.
+#[derive(Debug)]
+pub struct Ended<P> {
+    /// The raw lsid document.
+    pub lsid: Vec<u8>,
+    /// The transaction's pinned connection, if one was open.
+    pub pinned: Option<P>,
+}
+
+impl<P> Sessions<P> {
+    /// One more client connection uses `lsid`.
+    pub fn join(&mut self, lsid: &[u8]) {
+        self.by_lsid
+            .entry(lsid.to_vec())
+            .or_insert(Entry {
+                live_connections: 0,
+                pinned: None,
+            })
+            .live_connections += 1;
+    }
+
+    /// Takes the value pinned for `lsid`, if its transaction holds one.
+    pub fn take_pinned(&mut self, lsid: &[u8]) -> Option<P> {
+        self.by_lsid.get_mut(lsid)?.pinned.take()
+    }
+
+    /// Pins `value` to `lsid` until its transaction ends. Returns it back when the session is no
+    /// longer known (its last client left meanwhile).
+    pub fn pin(&mut self, lsid: &[u8], value: P) -> Option<P> {
+        match self.by_lsid.get_mut(lsid) {
+            Some(s) => {
+                s.pinned = Some(value);
+                None
+            }
+            None => Some(value),
+        }
+    }
+
+    /// A client connection that used `keys` left: returns the sessions it was the last user of.
+    pub fn leave(&mut self, keys: &HashSet<Vec<u8>>) -> Vec<Ended<P>> {
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(s) = self.by_lsid.get_mut(key) else {
+                continue;
+            };
+            s.live_connections = s.live_connections.saturating_sub(1);
+            if s.live_connections == 0 {
+                let s = self.by_lsid.remove(key).expect("present");
+                out.push(Ended {
+                    lsid: key.clone(),
+                    pinned: s.pinned,
+                });
+            }
+        }
+        out
+    }
+
+    /// Sessions known now.
+    pub fn len(&self) -> usize {
+        self.by_lsid.len()
+    }
+
+    /// Whether no session is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_lsid.is_empty()
+    }
+}
+
+/// The sessions one client connection has used, registered once each, up to
+/// [`MAX_SESSIONS_PER_CONNECTION`].
+#[derive(Debug, Default)]
+pub struct UsedSessions {
+    keys: HashSet<Vec<u8>>,
+}
+
+impl UsedSessions {
+    /// Records `lsid`; true when it is new for this connection and must be joined.
+    pub fn first_use(&mut self, lsid: &[u8]) -> bool {
+        if self.keys.len() < MAX_SESSIONS_PER_CONNECTION && !self.keys.contains(lsid) {
+            self.keys.insert(lsid.to_vec());
+            return true;
+        }
+        false
+    }
+
+    /// The registered keys.
+    pub fn keys(&self) -> &HashSet<Vec<u8>> {
+        &self.keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_ends_with_its_last_connection() {
+        let mut s: Sessions<u32> = Sessions::default();
+        s.join(b"A");
+        s.join(b"A");
+        let one: HashSet<Vec<u8>> = [b"A".to_vec()].into();
+        assert!(s.leave(&one).is_empty(), "one connection still uses A");
+        let ended = s.leave(&one);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].lsid, b"A");
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn pinning_and_its_release() {
+        let mut s: Sessions<u32> = Sessions::default();
+        assert_eq!(s.pin(b"A", 1), Some(1), "unknown session: handed back");
+        s.join(b"A");
+        assert_eq!(s.pin(b"A", 2), None);
+        assert_eq!(s.take_pinned(b"A"), Some(2));
+        assert_eq!(s.take_pinned(b"A"), None, "taken once");
+        s.pin(b"A", 3);
+        let ended = s.leave(&[b"A".to_vec()].into());
+        assert_eq!(
+            ended[0].pinned,
+            Some(3),
+            "the departing session's transaction is handed over"
+        );
+    }
+
+    #[test]
+    fn used_sessions_are_bounded_and_registered_once() {
+        let mut u = UsedSessions::default();
+        assert!(u.first_use(b"A"));
+        assert!(!u.first_use(b"A"));
+        for i in 0..MAX_SESSIONS_PER_CONNECTION * 2 {
+            u.first_use(&i.to_le_bytes());
+        }
+        assert_eq!(u.keys().len(), MAX_SESSIONS_PER_CONNECTION);
+    }
+}

@@ -1,0 +1,125 @@
+//! The dispatcher: each message is decoded once into a [`CommandView`], authorized, and handled
+//! according to its row of the command table: answered by the gateway (`hello`, `ping`, SASL),
+//! refused, or forwarded (with cursor ownership checks for `getMore` and `killCursors`).
+
+use bytes::BytesMut;
+use mongomux_wire::{Header, MsgFlags, OpCode, OpCompressed, OpMsg};
+
+use super::reply::Outcome;
+use super::Session;
+use crate::command::{authz, CommandView, Kind};
+use crate::edge_auth::namespaced_session_id;
+use crate::error::GatewayError;
+
+impl Session {
+    /// Handles one whole message.
+    pub(super) async fn handle(&mut self, frame: BytesMut) -> Outcome {
+        let header = match Header::parse(&frame) {
+            Ok(h) => h,
+            Err(e) => return self.replier().error(0, e.into(), false),
+        };
+        match header.op_code {
+            OpCode::Msg => self.handle_msg(frame).await,
+            OpCode::Query => self.handle_query(&frame).await,
+            OpCode::Compressed => {
+                let inner = OpCompressed::parse(&frame).and_then(|c| c.decompress_noop());
+                let inner = match inner {
+                    Ok(inner) => inner,
+                    Err(e) => return self.replier().error(header.request_id, e.into(), false),
+                };
+                match Header::parse(&inner).map(|h| h.op_code) {
+                    Ok(OpCode::Msg) => self.handle_msg(BytesMut::from(&inner[..])).await,
+                    Ok(OpCode::Query) => self.handle_query(&inner).await,
+                    _ => self.replier().error(
+                        header.request_id,
+                        GatewayError::BadCommand(
+                            "OP_COMPRESSED wraps an unsupported opcode".into(),
+                        ),
+                        false,
+                    ),
+                }
+            }
+            other => self.replier().error(
+                header.request_id,
+                GatewayError::NotSupported(format!("unsupported opcode {}", other.as_i32())),
+                false,
+            ),
+        }
+    }
+
+    async fn handle_msg(&mut self, mut frame: BytesMut) -> Outcome {
+        let users = self.shared.live.users.load_full();
+        let msg = match OpMsg::parse(&frame) {
+            Ok(msg) => msg,
+            Err(e) => return self.undecodable(&frame, e.into()),
+        };
+        let mut view = match CommandView::parse(&frame, &msg) {
+            Ok(view) => view,
+            Err(e) => return self.undecodable(&frame, e),
+        };
+        self.shared.metrics.count_op(&view.name);
+        if users.auth_required() {
+            if let Err(e) = authz::check(&users, self.auth.identity.as_deref(), &view) {
+                return self
+                    .replier()
+                    .error(view.request_id, e, view.in_transaction);
+            }
+        }
+        match view.spec.kind {
+            Kind::Hello => return Box::pin(self.hello(&users, &view, msg.body)).await,
+            Kind::Ping => return self.replier().reply(view.request_id, &bson::doc! { "ok": 1.0 }),
+            Kind::Sasl if users.auth_required() => {
+                let body = msg.body.to_raw_document_buf();
+                return Box::pin(self.sasl(&users, &view, &body)).await;
+            }
+            Kind::Sasl | Kind::Authenticate => {
+                return self.replier().error(
+                    view.request_id,
+                    GatewayError::NotSupported(
+                        "client authentication is not enabled on this gateway; connect without credentials".into(),
+                    ),
+                    false,
+                )
+            }
+            Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions => {}
+        }
+        if let Some(user) = &self.auth.identity {
+            if view.has_session_ids() {
+                view.rewrite_session_ids(&mut frame, |uuid| namespaced_session_id(user, uuid));
+            }
+        }
+        match view.spec.kind {
+            Kind::GetMore => match view.cursor_id {
+                Some(id) if self.may_use_cursor(id, &view) => self.forward(frame, &view).await,
+                Some(id) => {
+                    self.replier()
+                        .error(view.request_id, GatewayError::CursorNotFound(id), false)
+                }
+                None => self.replier().error(
+                    view.request_id,
+                    GatewayError::BadCommand("getMore needs an integer cursor id".into()),
+                    false,
+                ),
+            },
+            Kind::KillCursors => Box::pin(self.kill_cursors(frame, &view)).await,
+            Kind::EndSessions => Box::pin(self.end_sessions(frame, &view)).await,
+            _ => self.forward(frame, &view).await,
+        }
+    }
+
+    /// A message that frames but does not decode: an error reply, or nothing when the client
+    /// said it expects none.
+    fn undecodable(&self, frame: &[u8], e: GatewayError) -> Outcome {
+        let header = Header::parse(frame).expect("framed messages have a header");
+        let more = frame
+            .get(16..20)
+            .map(|b| {
+                u32::from_le_bytes(b.try_into().expect("4 bytes")) & MsgFlags::MORE_TO_COME != 0
+            })
+            .unwrap_or(false);
+        if more {
+            return Outcome::Silent;
+        }
+        self.replier().error(header.request_id, e, false)
+    }
+}

@@ -1,0 +1,123 @@
+//! The gateway's own answer to `hello` / `isMaster` / `ismaster` (source/mongodb-handshake/
+//! handshake.md and the SDAM spec's server description rules), with the authentication fields
+//! of the hello (`saslSupportedMechs`, `speculativeAuthenticate`).
+//!
+//! The gateway presents itself as a mongos (`msg: "isdbgrid"`) so that drivers route everything
+//! through it, never try to discover replica-set members behind it, and keep sessions and
+//! retryable writes enabled. Wire versions and the session timeout repeat the upstream's own
+//! hello. `topologyVersion` is deliberately absent: it would switch drivers to streaming
+//! (awaitable) hello, which a multiplexer cannot serve per client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{oid::ObjectId, DateTime, Document, RawDocument};
+use mongomux_wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_SIZE, MAX_WRITE_BATCH_SIZE};
+
+use super::reply::Outcome;
+use super::Session;
+use crate::command::CommandView;
+use crate::upstream::{Pool, UpstreamInfo};
+use crate::users::UserStore;
+
+/// Learns the upstream's wire versions if no connection has done so yet, within `deadline`.
+pub async fn ensure_upstream_info(pool: &Arc<Pool>, deadline: Duration) {
+    if pool.upstream_info().is_some() {
+        return;
+    }
+    if let Ok(Ok(conn)) = tokio::time::timeout(deadline, pool.checkout()).await {
+        conn.release();
+    }
+}
+
+/// Builds the hello reply for a request whose command name is `name`.
+pub fn hello_reply(
+    info: UpstreamInfo,
+    service_id: ObjectId,
+    name: &str,
+    request: &RawDocument,
+    connection_id: i64,
+) -> Document {
+    let mut reply = Document::new();
+    if request.get_bool("helloOk").unwrap_or(false) {
+        reply.insert("helloOk", true);
+    }
+    if name == "hello" {
+        reply.insert("isWritablePrimary", true);
+    } else {
+        reply.insert("ismaster", true);
+    }
+    reply.insert("msg", "isdbgrid");
+    reply.insert("maxBsonObjectSize", MAX_BSON_OBJECT_SIZE as i32);
+    reply.insert("maxMessageSizeBytes", MAX_MESSAGE_SIZE as i32);
+    reply.insert("maxWriteBatchSize", MAX_WRITE_BATCH_SIZE);
+    reply.insert("localTime", DateTime::now());
+    if let Some(minutes) = info.session_timeout_minutes {
+        reply.insert("logicalSessionTimeoutMinutes", minutes);
+    }
+    reply.insert("connectionId", connection_id);
+    reply.insert("minWireVersion", info.min_wire_version);
+    reply.insert("maxWireVersion", info.max_wire_version);
+    if request.get_bool("loadBalanced").unwrap_or(false) {
+        // Load-balanced drivers require a serviceId (load-balancers spec).
+        reply.insert("serviceId", service_id);
+    }
+    reply.insert("readOnly", false);
+    reply.insert("ok", 1.0);
+    reply
+}
+
+impl Session {
+    /// The hello reply for `body`, in this client's connection.
+    pub(super) async fn hello_document(&self, name: &str, body: &RawDocument) -> Document {
+        let deadline = self.shared.live.config.load().handshake_timeout;
+        Box::pin(ensure_upstream_info(&self.shared.pool, deadline)).await;
+        let info = self.shared.pool.upstream_info().unwrap_or_default();
+        hello_reply(
+            info,
+            self.shared.ids.service_id,
+            name,
+            body,
+            self.connection_id,
+        )
+    }
+
+    /// Answers `hello`, with the authentication fields when client authentication is on.
+    pub(super) async fn hello(
+        &mut self,
+        users: &UserStore,
+        view: &CommandView,
+        body: &RawDocument,
+    ) -> Outcome {
+        let mut reply = self.hello_document(&view.name, body).await;
+        if users.auth_required() {
+            Box::pin(self.hello_auth_fields(users, body, &mut reply)).await;
+        }
+        self.replier().reply(view.request_id, &reply)
+    }
+
+    /// saslSupportedMechs and speculativeAuthenticate in the hello reply.
+    async fn hello_auth_fields(
+        &mut self,
+        users: &UserStore,
+        body: &RawDocument,
+        reply: &mut Document,
+    ) {
+        if let Ok(name) = body.get_str("saslSupportedMechs") {
+            reply.insert("saslSupportedMechs", users.mechanisms_for(name));
+        }
+        if let Ok(spec) = body.get_document("speculativeAuthenticate") {
+            let db = spec.get_str("db").unwrap_or("admin").to_string();
+            let Some(wait) = self.shared.edge.limiter.reserve(self.peer.ip()) else {
+                return;
+            };
+            tokio::time::sleep(wait).await;
+            // A failed speculative attempt is simply not answered; the driver then runs the
+            // normal conversation, which fails with the proper error.
+            let host = self.shared.live.config.load().aws_sts_host.clone();
+            if let Ok(first) = self.auth.start(users, spec, &db, &host) {
+                reply.insert("speculativeAuthenticate", first);
+            }
+        }
+    }
+}

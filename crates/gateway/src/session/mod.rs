@@ -1,0 +1,232 @@
+//! One client connection: a task that owns the client socket. The parts, in the order a
+//! message meets them:
+//! - this module: the connection's lifecycle (TLS, the read loop, the handshake deadline, drain,
+//!   reload, and on exit the release of everything the client held upstream);
+//! - [`dispatch`]: decodes each message once into a [`CommandView`](crate::command::CommandView),
+//!   authorizes it, and decides by the command table's kind what happens to it;
+//! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
+//! - [`forward`]: the exchange with the upstream and the cursor/session/transaction bookkeeping;
+//! - [`legacy`]: OP_QUERY, where only the handshake is served; [`reply`]: framing the gateway's
+//!   own replies and errors.
+//!
+//! The client's byte stream is trusted only as far as framing holds: a message that frames but
+//! does not decode gets an error reply and the connection carries on; a length prefix out of
+//! range means message boundaries are lost, so the connection gets one error reply (when a
+//! requestID is known) and is closed.
+
+mod auth;
+mod dispatch;
+mod forward;
+pub mod handshake;
+mod legacy;
+mod reply;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+
+use mongomux_wire::MAX_MESSAGE_SIZE;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::context::Shared;
+use crate::edge_auth::EdgeAuth;
+use crate::error::GatewayError;
+use crate::framed::{FrameError, Framed};
+use crate::route::UsedSessions;
+use crate::tls::{looks_like_tls, ClientStream, MaybeTls, TlsMode};
+use reply::{Outcome, Replier};
+
+/// A connected client.
+struct Session {
+    shared: Shared,
+    framed: Framed<ClientStream>,
+    peer: SocketAddr,
+    connection_id: i64,
+    /// Whether any message arrived: the handshake deadline only guards silent sockets.
+    greeted: bool,
+    /// The logical sessions this connection has used, for cursor ownership and clean-up.
+    used_sessions: UsedSessions,
+    auth: EdgeAuth,
+}
+
+/// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
+///
+/// Rare, large futures (TLS set-up, authentication, STS, cleanup) are boxed where they are
+/// awaited, so the state kept per idle client stays small: with thousands of idle clients the
+/// size of this future is the gateway's memory per connection.
+pub async fn run(
+    shared: Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _admission: (OwnedSemaphorePermit, crate::limits::SourceSlot),
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(stream) = Box::pin(negotiate_tls(&shared, stream, peer)).await else {
+        return;
+    };
+    shared.metrics.client_connections.fetch_add(1, Relaxed);
+    shared
+        .metrics
+        .client_connections_total
+        .fetch_add(1, Relaxed);
+    let mut session = Session {
+        connection_id: shared.ids.next_connection_id(),
+        framed: Framed::new(stream, MAX_MESSAGE_SIZE),
+        shared: shared.clone(),
+        peer,
+        greeted: false,
+        used_sessions: UsedSessions::default(),
+        auth: EdgeAuth::default(),
+    };
+    tracing::debug!(peer = %peer, conn = session.connection_id, "client connected");
+    session.serve().await;
+    session.framed.shutdown().await;
+    let left = shared
+        .routes
+        .leave(session.connection_id, &session.used_sessions);
+    Box::pin(left.release(&shared.pool)).await;
+    shared.metrics.client_connections.fetch_sub(1, Relaxed);
+    tracing::debug!(peer = %peer, "client disconnected");
+}
+
+impl Session {
+    fn replier(&self) -> Replier<'_> {
+        Replier {
+            ids: &self.shared.ids,
+            metrics: &self.shared.metrics,
+            peer: self.peer,
+        }
+    }
+
+    async fn serve(&mut self) {
+        let mut draining = self.shared.draining.clone();
+        let mut reloads = self.shared.live.reloads();
+        let handshake_deadline =
+            tokio::time::Instant::now() + self.shared.live.config.load().handshake_timeout;
+        loop {
+            // While draining, a request already (partly) received is still served: it is in
+            // flight from the client's point of view.
+            if self.shared.is_draining() && !self.framed.has_buffered() {
+                return;
+            }
+            let read = tokio::select! {
+                // Reading first means bytes that already arrived win over the drain signal.
+                biased;
+                r = self.framed.read_frame() => r,
+                changed = draining.changed() => {
+                    if changed.is_ok() && self.framed.has_buffered() {
+                        continue;
+                    }
+                    return;
+                }
+                Ok(()) = reloads.changed() => {
+                    if self.identity_revoked() {
+                        tracing::info!(peer = %self.peer, "closing a connection whose user was removed or changed");
+                        return;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(handshake_deadline), if !self.greeted => {
+                    tracing::debug!(peer = %self.peer, "no handshake before the deadline; closing");
+                    return;
+                }
+            };
+            let frame = match read {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(FrameError::Wire(e)) => {
+                    self.refuse_stream(GatewayError::Protocol(e)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "client read failed");
+                    return;
+                }
+            };
+            self.greeted = true;
+            match self.handle(frame).await {
+                Outcome::Reply(bytes) => {
+                    if self.framed.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Outcome::Silent => {}
+                Outcome::Close => return,
+            }
+        }
+    }
+
+    /// Whether the authenticated user no longer exists as it was when it logged in.
+    fn identity_revoked(&self) -> bool {
+        match &self.auth.identity {
+            Some(user) => !self.shared.live.users.load().still_valid(user),
+            None => false,
+        }
+    }
+
+    /// Answers a message whose length prefix cannot be trusted, then the caller closes.
+    async fn refuse_stream(&mut self, e: GatewayError) {
+        tracing::debug!(peer = %self.peer, error = %e, "unframeable client message");
+        let request_id = self
+            .framed
+            .buffered()
+            .get(4..8)
+            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
+        if let Some(request_id) = request_id {
+            if let Outcome::Reply(bytes) = self.replier().error(request_id, e, false) {
+                let _ = self.framed.write_all(&bytes).await;
+            }
+        }
+    }
+}
+
+/// Resolves when the client has closed its side of the connection; stays pending while it is
+/// open, including when it has already sent more bytes (those stay queued for the next read).
+async fn client_gone(stream: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match stream.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// Applies the TLS mode to a new client: `required` runs the TLS handshake (a plaintext client
+/// fails it and is dropped), `allowed` looks at the first bytes to decide. Bounded by the
+/// handshake timeout. `None` means the client is dropped.
+async fn negotiate_tls(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<ClientStream> {
+    let config = shared.live.config.load();
+    let tls = shared.live.tls.load_full();
+    let (mode, cfg) = match (config.tls_mode, tls.as_ref()) {
+        (TlsMode::Disabled, _) | (_, None) => return Some(MaybeTls::Plain(tcp)),
+        (mode, Some(cfg)) => (mode, cfg.clone()),
+    };
+    let deadline = config.handshake_timeout;
+    drop(config);
+    let result = tokio::time::timeout(deadline, async move {
+        if mode == TlsMode::Allowed {
+            let mut first = [0u8; 2];
+            loop {
+                let n = tcp.peek(&mut first).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                if n >= 2 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if !looks_like_tls(&first) {
+                return Some(MaybeTls::Plain(tcp));
+            }
+        }
+        match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+            Ok(s) => Some(MaybeTls::Tls(Box::new(s))),
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    })
+    .await;
+    result.ok().flatten()
+}
