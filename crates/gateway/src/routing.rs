@@ -113,7 +113,7 @@ impl Routing {
             return;
         }
         conn.open_cursors.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.open_cursors.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.open_cursors.inc();
         let entry = CursorEntry {
             owner,
             ns: ns.to_string(),
@@ -198,7 +198,7 @@ impl Routing {
 
 fn forget(ctx: &Context, c: &CursorEntry) {
     c.conn.open_cursors.fetch_sub(1, Ordering::Relaxed);
-    ctx.metrics.open_cursors.fetch_sub(1, Ordering::Relaxed);
+    ctx.metrics.open_cursors.dec();
 }
 
 /// Sessions one client connection has registered.

@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -143,9 +142,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) if !ctx.access.load().allows(peer.ip(), SystemTime::now()) => {
                 // Refused before reading a byte: nothing from this peer is parsed.
-                ctx.metrics
-                    .client_connections_denied
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.client_connections_denied.inc();
                 denied_warn(&format!(
                     "connection from {peer} refused: address not in the access list"
                 ));
@@ -159,9 +156,7 @@ async fn accept_loop(
                             tokio::spawn(session::run(ctx.clone(), stream, peer, (permit, slot)));
                         }
                         None => {
-                            ctx.metrics
-                                .client_connections_rejected
-                                .fetch_add(1, Ordering::Relaxed);
+                            ctx.metrics.client_connections_rejected.inc();
                             warn(
                                 "max-connections-per-source reached; refusing a client",
                                 Some(peer),
@@ -170,9 +165,7 @@ async fn accept_loop(
                     }
                 }
                 Err(_) => {
-                    ctx.metrics
-                        .client_connections_rejected
-                        .fetch_add(1, Ordering::Relaxed);
+                    ctx.metrics.client_connections_rejected.inc();
                     warn(
                         "max-clients reached; refusing new client connections",
                         Some(peer),
@@ -183,9 +176,7 @@ async fn accept_loop(
             Err(e) if is_fd_exhaustion(&e) => {
                 // Free the spare descriptor to accept and close the waiting client, so it
                 // learns now instead of hanging in the backlog.
-                ctx.metrics
-                    .client_connections_rejected
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.client_connections_rejected.inc();
                 warn(
                     "file descriptor limit reached; refusing new client connections",
                     None,

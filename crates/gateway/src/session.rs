@@ -63,13 +63,12 @@ pub async fn run(
     peer: SocketAddr,
     _admission: (OwnedSemaphorePermit, crate::limits::SourceSlot),
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     let _ = stream.set_nodelay(true);
     let Some(stream) = Box::pin(negotiate_tls(&ctx, stream, peer)).await else {
         return;
     };
-    ctx.metrics.client_connections.fetch_add(1, Relaxed);
-    ctx.metrics.client_connections_total.fetch_add(1, Relaxed);
+    ctx.metrics.client_connections.inc();
+    ctx.metrics.client_connections_total.inc();
     let mut session = Session {
         connection_id: ctx.next_connection_id(),
         framed: Framed::new(stream, MAX_MESSAGE_SIZE),
@@ -86,7 +85,7 @@ pub async fn run(
         .routing
         .leave(&ctx, session.connection_id, session.sessions.keys());
     Box::pin(left.release(&ctx)).await;
-    ctx.metrics.client_connections.fetch_sub(1, Relaxed);
+    ctx.metrics.client_connections.dec();
     tracing::debug!(peer = %peer, "client disconnected");
 }
 
