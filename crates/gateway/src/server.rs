@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -154,10 +153,7 @@ async fn accept_loop(
                     .allows(peer.ip(), SystemTime::now()) =>
             {
                 // Refused before reading a byte: nothing from this peer is parsed.
-                shared
-                    .metrics
-                    .client_connections_denied
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.metrics.client_connections_denied.inc();
                 denied_warn(&format!(
                     "connection from {peer} refused: address not in the access list"
                 ));
@@ -176,10 +172,7 @@ async fn accept_loop(
                             ));
                         }
                         None => {
-                            shared
-                                .metrics
-                                .client_connections_rejected
-                                .fetch_add(1, Ordering::Relaxed);
+                            shared.metrics.client_connections_rejected.inc();
                             warn(
                                 "max-connections-per-source reached; refusing a client",
                                 Some(peer),
@@ -188,10 +181,7 @@ async fn accept_loop(
                     }
                 }
                 Err(_) => {
-                    shared
-                        .metrics
-                        .client_connections_rejected
-                        .fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.client_connections_rejected.inc();
                     warn(
                         "max-clients reached; refusing new client connections",
                         Some(peer),
@@ -202,10 +192,7 @@ async fn accept_loop(
             Err(e) if is_fd_exhaustion(&e) => {
                 // Free the spare descriptor to accept and close the waiting client, so it
                 // learns now instead of hanging in the backlog.
-                shared
-                    .metrics
-                    .client_connections_rejected
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.metrics.client_connections_rejected.inc();
                 warn(
                     "file descriptor limit reached; refusing new client connections",
                     None,

@@ -11,7 +11,6 @@
 //! The HTTP client is deliberately minimal (one request per connection, `Connection: close`,
 //! bounded response size, one deadline) because STS is its only peer.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,9 +106,9 @@ impl Sts {
                 .map_err(|_| "closed".to_string())?;
             self.metrics.sts_queue_wait.observe(started.elapsed());
             let call = Instant::now();
-            self.metrics.sts_in_flight.fetch_add(1, Ordering::Relaxed);
+            self.metrics.sts_in_flight.inc();
             let r = self.exchange(request).await;
-            self.metrics.sts_in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.sts_in_flight.dec();
             self.metrics.sts_call.observe(call.elapsed());
             r
         })

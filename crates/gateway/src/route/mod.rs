@@ -79,7 +79,7 @@ impl Routes {
             return;
         }
         conn.open_cursors.fetch_add(1, Ordering::Relaxed);
-        self.metrics.open_cursors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.open_cursors.inc();
         let cursor = Cursor {
             owner,
             ns: ns.to_string(),
@@ -101,7 +101,7 @@ impl Routes {
 
     fn forget(&self, c: &Cursor) {
         c.conn.open_cursors.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.open_cursors.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.open_cursors.dec();
     }
 
     /// Registers that a client connection uses session `lsid`, once per connection.

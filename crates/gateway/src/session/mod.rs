@@ -22,7 +22,6 @@ mod legacy;
 mod reply;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 
 use mongomux_wire::MAX_MESSAGE_SIZE;
 use tokio::net::TcpStream;
@@ -64,11 +63,8 @@ pub async fn run(
     let Some(stream) = Box::pin(negotiate_tls(&shared, stream, peer)).await else {
         return;
     };
-    shared.metrics.client_connections.fetch_add(1, Relaxed);
-    shared
-        .metrics
-        .client_connections_total
-        .fetch_add(1, Relaxed);
+    shared.metrics.client_connections.inc();
+    shared.metrics.client_connections_total.inc();
     let mut session = Session {
         connection_id: shared.ids.next_connection_id(),
         framed: Framed::new(stream, MAX_MESSAGE_SIZE),
@@ -85,7 +81,7 @@ pub async fn run(
         .routes
         .leave(session.connection_id, &session.used_sessions);
     Box::pin(left.release(&shared.pool)).await;
-    shared.metrics.client_connections.fetch_sub(1, Relaxed);
+    shared.metrics.client_connections.dec();
     tracing::debug!(peer = %peer, "client disconnected");
 }
 

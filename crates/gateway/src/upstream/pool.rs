@@ -102,16 +102,14 @@ impl Pool {
             Ok(Ok(slot)) => slot,
             Ok(Err(_)) => return Err(GatewayError::Draining),
             Err(_) => {
-                self.metrics
-                    .checkout_timeouts_total
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.checkout_timeouts_total.inc();
                 self.metrics.checkout_wait.observe(started.elapsed());
                 return Err(GatewayError::CheckoutTimeout(timeout));
             }
         };
         self.metrics.checkout_wait.observe(started.elapsed());
         let conn = self.take_idle_or_connect().await?;
-        self.metrics.upstream_in_use.fetch_add(1, Ordering::Relaxed);
+        self.metrics.upstream_in_use.inc();
         Ok(PooledConn {
             conn: Some(conn),
             pool: self.clone(),
@@ -131,7 +129,7 @@ impl Pool {
         };
         let mut conn = self.checkout().await?;
         conn.pin = Some(pin);
-        self.metrics.upstream_pinned.fetch_add(1, Ordering::Relaxed);
+        self.metrics.upstream_pinned.inc();
         Ok(conn)
     }
 
@@ -150,26 +148,18 @@ impl Pool {
         match tokio::time::timeout(self.settings.connect_timeout, attempt).await {
             Ok(Ok((conn, info))) => {
                 self.info.store(Arc::new(Some(info)));
-                self.metrics
-                    .upstream_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .upstream_connects_total
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.upstream_connections.inc();
+                self.metrics.upstream_connects_total.inc();
                 tracing::debug!(conn = id, "opened upstream connection");
                 Ok(conn)
             }
             Ok(Err(e)) => {
-                self.metrics
-                    .upstream_connect_failures_total
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.upstream_connect_failures_total.inc();
                 tracing::warn!(error = %e, "upstream connection failed");
                 Err(e)
             }
             Err(_) => {
-                self.metrics
-                    .upstream_connect_failures_total
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.upstream_connect_failures_total.inc();
                 Err(GatewayError::Upstream(format!(
                     "connecting to {} timed out",
                     self.settings.upstream.address
@@ -180,12 +170,8 @@ impl Pool {
 
     fn discard(&self, conn: UpstreamConn) {
         tracing::debug!(conn = conn.meta.id, "closing upstream connection");
-        self.metrics
-            .upstream_connections
-            .fetch_sub(1, Ordering::Relaxed);
-        self.metrics
-            .upstream_discarded_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.upstream_connections.dec();
+        self.metrics.upstream_discarded_total.inc();
         drop(conn);
     }
 
@@ -249,15 +235,9 @@ impl PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        self.pool
-            .metrics
-            .upstream_in_use
-            .fetch_sub(1, Ordering::Relaxed);
+        self.pool.metrics.upstream_in_use.dec();
         if self.pin.take().is_some() {
-            self.pool
-                .metrics
-                .upstream_pinned
-                .fetch_sub(1, Ordering::Relaxed);
+            self.pool.metrics.upstream_pinned.dec();
         }
         if let Some(conn) = self.conn.take() {
             self.pool.discard(conn);

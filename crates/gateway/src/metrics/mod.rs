@@ -1,0 +1,327 @@
+//! Prometheus metrics: every metric the gateway exposes, and (in [`http`]) the small endpoint
+//! that serves them.
+//!
+//! The values are kept and rendered by the `prometheus` crate (the TiKV client), not by hand.
+//! It was chosen over `prometheus-client` because it writes the classic text format 0.0.4 with
+//! every name exactly as registered. The documented names, which dashboards depend on, include
+//! a gauge `mongomux_client_connections` beside a counter `mongomux_client_connections_total`;
+//! `prometheus-client` appends `_total` to counter names and writes OpenMetrics, where those two
+//! fall into one family with two `# TYPE` lines, which Prometheus's text parser rejects. Its
+//! default protobuf feature is off: only the text encoder is used.
+//!
+//! All metrics live in a [`Registry`] owned by [`Metrics`], never the crate's global default
+//! registry, so two gateways in one process (tests, benchmarks) do not share counters.
+//!
+//! Recording on the hot path is a relaxed atomic add on a handle resolved at start-up. Labelled
+//! families get all their children once, here, from closed label sets (a fixed command list plus
+//! `other`, the error codes the gateway generates, the STS results): a client cannot grow memory
+//! by inventing command names, and no map lookup or lock is taken per request. The README's
+//! Metrics table lists every metric; a unit test keeps the two in step.
+
+pub mod http;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+
+pub use http::serve;
+
+/// A counter: only goes up (`inc`).
+pub type Counter = prometheus::IntCounter;
+/// A gauge: goes up and down (`inc`, `dec`).
+pub type Gauge = prometheus::IntGauge;
+
+/// Commands counted by name; anything else is counted as `other`.
+const COMMANDS: &[&str] = &[
+    "find",
+    "insert",
+    "update",
+    "delete",
+    "getMore",
+    "killCursors",
+    "aggregate",
+    "count",
+    "distinct",
+    "findAndModify",
+    "createIndexes",
+    "dropIndexes",
+    "listIndexes",
+    "create",
+    "drop",
+    "dropDatabase",
+    "listCollections",
+    "listDatabases",
+    "hello",
+    "isMaster",
+    "ping",
+    "buildInfo",
+    "endSessions",
+    "commitTransaction",
+    "abortTransaction",
+    "saslStart",
+    "saslContinue",
+    "serverStatus",
+    "collStats",
+    "dbStats",
+    "explain",
+    "bulkWrite",
+];
+const OTHER: usize = COMMANDS.len();
+
+/// STS call results, the `result` label of `mongomux_sts_requests_total`.
+const STS_RESULTS: &[&str] = &["ok", "denied", "throttled", "timeout", "error"];
+
+/// Error codes the gateway generates itself, the `code` label of
+/// `mongomux_gateway_errors_total`. Other codes are not counted, so the label set stays closed.
+const ERROR_CODES: &[i32] = &[2, 6, 9, 13, 18, 22, 43, 91, 115, 262, 352];
+
+/// Upper bounds, in seconds, of the latency histogram buckets (`+Inf` is implied).
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A latency histogram with the gateway's fixed buckets, fed with durations.
+#[derive(Debug, Clone)]
+pub struct Histogram(prometheus::Histogram);
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
+}
+
+/// All of the gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Client connections open now.
+    pub client_connections: Gauge,
+    /// Client connections accepted since start.
+    pub client_connections_total: Counter,
+    /// Client connections refused (max-clients reached, descriptor limit, draining).
+    pub client_connections_rejected: Counter,
+    /// Client connections refused by the access list.
+    pub client_connections_denied: Counter,
+    /// Upstream connections open now (idle or in use).
+    pub upstream_connections: Gauge,
+    /// Upstream connections checked out now.
+    pub upstream_in_use: Gauge,
+    /// Upstream connections pinned by open transactions now.
+    pub upstream_pinned: Gauge,
+    /// Upstream connections opened since start.
+    pub upstream_connects_total: Counter,
+    /// Upstream connection attempts that failed.
+    pub upstream_connect_failures_total: Counter,
+    /// Upstream connections closed because they were broken, dirty or idle too long.
+    pub upstream_discarded_total: Counter,
+    /// Time requests waited for an upstream connection.
+    pub checkout_wait: Histogram,
+    /// Checkouts that timed out.
+    pub checkout_timeouts_total: Counter,
+    /// Time from receiving a forwarded request to having its reply, upstream included.
+    pub upstream_latency: Histogram,
+    /// Cursors open now that clients own.
+    pub open_cursors: Gauge,
+    /// STS calls running now.
+    pub sts_in_flight: Gauge,
+    /// Time an IAM login spent on STS, queueing included.
+    pub sts_latency: Histogram,
+    /// Time an IAM login waited for an STS slot.
+    pub sts_queue_wait: Histogram,
+    /// Time of the STS call itself.
+    pub sts_call: Histogram,
+    /// STS calls by result, in [`STS_RESULTS`] order.
+    sts_results: Vec<Counter>,
+    /// Operations by command name, in [`COMMANDS`] order, then `other`.
+    ops: Vec<Counter>,
+    /// Error replies the gateway itself generated, in [`ERROR_CODES`] order.
+    gateway_errors: Vec<Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Register(Registry::new());
+        Metrics {
+            client_connections: r.gauge(
+                "mongomux_client_connections",
+                "Client connections open now.",
+            ),
+            client_connections_total: r.counter(
+                "mongomux_client_connections_total",
+                "Client connections accepted.",
+            ),
+            client_connections_rejected: r.counter(
+                "mongomux_client_connections_rejected_total",
+                "Client connections refused (limits, draining).",
+            ),
+            client_connections_denied: r.counter(
+                "mongomux_client_connections_denied_total",
+                "Client connections refused by the IP access list.",
+            ),
+            upstream_connections: r.gauge(
+                "mongomux_upstream_connections",
+                "Upstream connections open now, idle or in use.",
+            ),
+            upstream_in_use: r.gauge(
+                "mongomux_upstream_connections_in_use",
+                "Upstream connections checked out now.",
+            ),
+            upstream_pinned: r.gauge(
+                "mongomux_upstream_connections_pinned",
+                "Upstream connections pinned by open transactions.",
+            ),
+            upstream_connects_total: r.counter(
+                "mongomux_upstream_connects_total",
+                "Upstream connections opened.",
+            ),
+            upstream_connect_failures_total: r.counter(
+                "mongomux_upstream_connect_failures_total",
+                "Failed upstream connection attempts.",
+            ),
+            upstream_discarded_total: r.counter(
+                "mongomux_upstream_discarded_total",
+                "Upstream connections closed as broken, dirty or idle.",
+            ),
+            checkout_wait: r.histogram(
+                "mongomux_checkout_wait_seconds",
+                "Time a request waited for an upstream connection.",
+            ),
+            checkout_timeouts_total: r.counter(
+                "mongomux_checkout_timeouts_total",
+                "Checkouts that hit --checkout-timeout.",
+            ),
+            upstream_latency: r.histogram(
+                "mongomux_upstream_request_seconds",
+                "Time from forwarding a request to receiving its reply.",
+            ),
+            open_cursors: r.gauge(
+                "mongomux_open_cursors",
+                "Cursors owned by connected clients.",
+            ),
+            ops: r.counter_family(
+                "mongomux_operations_total",
+                "Operations received, by command.",
+                "command",
+                COMMANDS.iter().copied().chain(["other"]),
+            ),
+            sts_in_flight: r.gauge(
+                "mongomux_sts_in_flight",
+                "STS GetCallerIdentity calls running now.",
+            ),
+            sts_latency: r.histogram(
+                "mongomux_sts_request_seconds",
+                "Time an IAM login spent on STS, queueing included.",
+            ),
+            sts_queue_wait: r.histogram(
+                "mongomux_sts_queue_wait_seconds",
+                "Time an IAM login waited for an STS slot.",
+            ),
+            sts_call: r.histogram(
+                "mongomux_sts_call_seconds",
+                "Time of the STS GetCallerIdentity call itself.",
+            ),
+            sts_results: r.counter_family(
+                "mongomux_sts_requests_total",
+                "STS GetCallerIdentity calls by result (ok, denied, throttled, timeout, error).",
+                "result",
+                STS_RESULTS.iter().copied(),
+            ),
+            gateway_errors: r.counter_family(
+                "mongomux_gateway_errors_total",
+                "Error replies generated by the gateway itself, by code.",
+                "code",
+                ERROR_CODES.iter().map(|c| c.to_string()),
+            ),
+            registry: r.0,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one operation.
+    pub fn count_op(&self, command: &str) {
+        let i = COMMANDS
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(command))
+            .unwrap_or(OTHER);
+        self.ops[i].inc();
+    }
+
+    /// Counts an STS call by result; results outside the documented set are not counted.
+    pub fn count_sts(&self, result: &str) {
+        if let Some(i) = STS_RESULTS.iter().position(|r| *r == result) {
+            self.sts_results[i].inc();
+        }
+    }
+
+    /// Counts an error reply the gateway generated; codes outside the fixed set are not counted.
+    pub fn count_error(&self, code: i32) {
+        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+            self.gateway_errors[i].inc();
+        }
+    }
+
+    /// Reads an operation count (for tests and benchmarks).
+    pub fn op_count(&self, command: &str) -> u64 {
+        let i = COMMANDS.iter().position(|c| *c == command).unwrap_or(OTHER);
+        self.ops[i].get()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // The encoder only fails on a family without samples, which fixed definitions never
+        // produce; a scrape still gets whatever was written.
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "rendering metrics failed");
+        }
+        out
+    }
+}
+
+/// Builds metrics and registers them. Every definition is a compile-time constant, so a
+/// failure here is a programming error (an invalid or duplicate name), caught by the unit
+/// tests, which build a [`Metrics`] before anything else.
+struct Register(Registry);
+
+impl Register {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("fixed metric definitions are valid and distinct");
+        c
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help).expect("valid gauge name"))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> Counter {
+        self.add(Counter::new(name, help).expect("valid counter name"))
+    }
+
+    fn histogram(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+        Histogram(self.add(prometheus::Histogram::with_opts(opts).expect("valid histogram")))
+    }
+
+    /// A counter family with one label whose children are all created now, so each is
+    /// rendered (as 0) from the start and recording never looks a label up.
+    fn counter_family<V: AsRef<str>>(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl Iterator<Item = V>,
+    ) -> Vec<Counter> {
+        let family = self.add(IntCounterVec::new(Opts::new(name, help), &[label]).expect("family"));
+        values
+            .map(|v| family.with_label_values(&[v.as_ref()]))
+            .collect()
+    }
+}
