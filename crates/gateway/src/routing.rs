@@ -270,6 +270,6 @@ impl Leftovers {
 
 /// Whether a gateway command failed in a way that leaves its connection unusable (as opposed
 /// to a clean `{ok: 0}` answer).
-fn is_transport_error<T>(r: &Result<T, crate::GatewayError>) -> bool {
-    matches!(r, Err(e) if !matches!(e, crate::GatewayError::UpstreamRefused { .. }))
+fn is_transport_error<T>(r: &Result<T, crate::upstream::UpstreamError>) -> bool {
+    matches!(r, Err(e) if !e.connection_is_clean())
 }

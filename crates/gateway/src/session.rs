@@ -409,7 +409,7 @@ impl Session {
                 };
                 match checkout {
                     Ok(c) => c,
-                    Err(e) => return self.error(req.request_id, e, in_txn),
+                    Err(e) => return self.error(req.request_id, e.into(), in_txn),
                 }
             }
         };
@@ -445,7 +445,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "upstream exchange failed");
-                return self.error(req.request_id, e, in_txn);
+                return self.error(req.request_id, e.into(), in_txn);
             }
         };
         if req.more_to_come {
@@ -453,19 +453,19 @@ impl Session {
             return Outcome::Silent;
         }
         let meta = conn.conn().meta.clone();
-        let parsed = match OpMsg::parse(&reply) {
+        let unparsed = match OpMsg::parse(&reply) {
             Ok(msg) => {
                 self.track_reply(msg.body, req, &meta);
-                true
+                None
             }
-            Err(_) => false,
+            Err(e) => Some(e),
         };
-        if !parsed {
+        if let Some(e) = unparsed {
             // The upstream's byte stream is suspect: close that connection (drop) and tell the
             // client in a reply it can parse.
             drop(conn);
-            let e = GatewayError::Upstream("the upstream sent a reply that does not parse".into());
-            return self.error(req.request_id, e, in_txn);
+            let e = crate::upstream::UpstreamError::BadReply(e);
+            return self.error(req.request_id, e.into(), in_txn);
         }
         self.keep_or_release(conn, req);
         let (_, len) = strip_checksum(&mut reply, 0);
@@ -563,7 +563,7 @@ impl Session {
             let kill = doc! { "killCursors": coll, "cursors": owned, "$db": &req.db };
             let mut conn = match self.ctx.pool.checkout().await {
                 Ok(c) => c,
-                Err(e) => return self.error(req.request_id, e, false),
+                Err(e) => return self.error(req.request_id, e.into(), false),
             };
             match conn.conn().command(&kill).await {
                 Ok(up) => {
@@ -578,7 +578,7 @@ impl Session {
                     not_found.extend(foreign.into_iter().map(bson::Bson::Int64));
                     reply.insert("cursorsNotFound", not_found);
                 }
-                Err(e) => return self.error(req.request_id, e, false),
+                Err(e) => return self.error(req.request_id, e.into(), false),
             }
         }
         if req.more_to_come {
