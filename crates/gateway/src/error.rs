@@ -8,25 +8,14 @@
 
 use bson::{doc, Document};
 
+use crate::upstream::UpstreamError;
+
 /// Everything that can go wrong while serving a client.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// No upstream connection became free within the checkout timeout.
-    #[error("timed out after {0:?} waiting for an upstream connection; the pool is exhausted")]
-    CheckoutTimeout(std::time::Duration),
-    /// Too many transactions already hold pinned connections.
-    #[error("timed out after {0:?} waiting to pin a connection for a transaction")]
-    PinTimeout(std::time::Duration),
-    /// The upstream could not be reached, or failed in the middle of a request.
-    #[error("upstream unavailable: {0}")]
-    Upstream(String),
-    /// The upstream answered `{ok: 0}` to a command the gateway itself sent; the connection
-    /// is still in a clean state.
-    #[error("upstream refused a gateway command: {name} ({code})")]
-    UpstreamRefused { code: i32, name: String },
-    /// The upstream rejected the gateway's own credentials.
-    #[error("the gateway could not authenticate to the upstream")]
-    UpstreamAuth,
+    /// No upstream connection could be had, or the upstream failed in the middle of a request.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     /// The gateway is draining and takes no new work.
     #[error("the gateway is shutting down")]
     Draining,
@@ -69,13 +58,8 @@ impl GatewayError {
     /// The MongoDB error code and code name for this error.
     pub fn code(&self) -> (i32, &'static str) {
         match self {
-            GatewayError::CheckoutTimeout(_) | GatewayError::PinTimeout(_) => {
-                (262, "ExceededTimeLimit")
-            }
-            GatewayError::Upstream(_) | GatewayError::Io(_) => (6, "HostUnreachable"),
-            // The client did nothing wrong: report the upstream as unusable, not a login failure.
-            GatewayError::UpstreamAuth => (6, "HostUnreachable"),
-            GatewayError::UpstreamRefused { .. } => (6, "HostUnreachable"),
+            GatewayError::Upstream(e) => upstream_code(e),
+            GatewayError::Io(_) => (6, "HostUnreachable"),
             GatewayError::Draining => (91, "ShutdownInProgress"),
             GatewayError::CursorNotFound(_) => (43, "CursorNotFound"),
             GatewayError::UnsupportedOpQuery(_) => (352, "UnsupportedOpQueryCommand"),
@@ -92,13 +76,26 @@ impl GatewayError {
 
     /// Whether a driver may retry the operation on another (or the same) gateway connection.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            GatewayError::CheckoutTimeout(_)
-                | GatewayError::PinTimeout(_)
-                | GatewayError::Upstream(_)
-                | GatewayError::Draining
-        )
+        match self {
+            GatewayError::Upstream(e) => upstream_retryable(e),
+            GatewayError::Draining => true,
+            _ => false,
+        }
+    }
+
+    /// The `errmsg` text: the error, and for upstream failures what caused it (refused, reset,
+    /// bad certificate), since only that tells an operator what to fix.
+    pub fn message(&self) -> String {
+        let mut text = self.to_string();
+        if let GatewayError::Upstream(e) = self {
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+        }
+        text
     }
 
     /// The error reply document. `in_transaction` adds the label drivers need to retry the
@@ -107,7 +104,7 @@ impl GatewayError {
         let (code, name) = self.code();
         let mut reply = doc! {
             "ok": 0.0,
-            "errmsg": self.to_string(),
+            "errmsg": self.message(),
             "code": code,
             "codeName": name,
         };
@@ -125,13 +122,63 @@ impl GatewayError {
     }
 }
 
+/// Codes for upstream failures, chosen as the module docs say.
+fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
+    use UpstreamError as U;
+    match e {
+        U::CheckoutTimeout(_) | U::PinTimeout(_) => (262, "ExceededTimeLimit"),
+        U::PoolClosed => (91, "ShutdownInProgress"),
+        U::TlsServerName { .. } => (2, "BadValue"),
+        U::Encode(_) => (22, "InvalidBSON"),
+        // For auth and refusals too the client did nothing wrong: report the upstream as
+        // unusable, not a login failure.
+        U::Connect { .. }
+        | U::ConnectTimeout { .. }
+        | U::Tls { .. }
+        | U::Send(_)
+        | U::Receive(_)
+        | U::Closed
+        | U::ReplyMismatch
+        | U::UnexpectedOpCode(_)
+        | U::BadReply(_)
+        | U::BadReplyBson(_)
+        | U::Auth(_)
+        | U::Refused { .. } => (6, "HostUnreachable"),
+    }
+}
+
+/// Whether a retry can succeed: not while the gateway's own credentials or configuration are
+/// wrong, nor when the upstream refused the gateway's command outright.
+fn upstream_retryable(e: &UpstreamError) -> bool {
+    use UpstreamError as U;
+    match e {
+        U::TlsServerName { .. } | U::Encode(_) | U::Auth(_) | U::Refused { .. } => false,
+        U::CheckoutTimeout(_)
+        | U::PinTimeout(_)
+        | U::PoolClosed
+        | U::Connect { .. }
+        | U::ConnectTimeout { .. }
+        | U::Tls { .. }
+        | U::Send(_)
+        | U::Receive(_)
+        | U::Closed
+        | U::ReplyMismatch
+        | U::UnexpectedOpCode(_)
+        | U::BadReply(_)
+        | U::BadReplyBson(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn replies_carry_code_and_labels() {
-        let r = GatewayError::CheckoutTimeout(std::time::Duration::from_secs(1)).to_reply(true);
+        let r = GatewayError::from(UpstreamError::CheckoutTimeout(
+            std::time::Duration::from_secs(1),
+        ))
+        .to_reply(true);
         assert_eq!(r.get_i32("code").unwrap(), 262);
         assert_eq!(r.get_f64("ok").unwrap(), 0.0);
         let labels = r.get_array("errorLabels").unwrap();
@@ -139,5 +186,68 @@ mod tests {
         let r = GatewayError::CursorNotFound(7).to_reply(false);
         assert_eq!(r.get_str("codeName").unwrap(), "CursorNotFound");
         assert!(r.get("errorLabels").is_none());
+    }
+
+    #[test]
+    fn upstream_errors_keep_their_codes_and_say_what_caused_them() {
+        use std::io::ErrorKind;
+        let second = std::time::Duration::from_secs(1);
+        let refused = || std::io::Error::from(ErrorKind::ConnectionRefused);
+        let cases: Vec<(UpstreamError, i32, bool)> = vec![
+            (UpstreamError::CheckoutTimeout(second), 262, true),
+            (UpstreamError::PinTimeout(second), 262, true),
+            (UpstreamError::PoolClosed, 91, true),
+            (
+                UpstreamError::Connect {
+                    address: "db:27017".into(),
+                    source: refused(),
+                },
+                6,
+                true,
+            ),
+            (
+                UpstreamError::ConnectTimeout {
+                    address: "db:27017".into(),
+                },
+                6,
+                true,
+            ),
+            (UpstreamError::Send(refused()), 6, true),
+            (UpstreamError::Closed, 6, true),
+            (
+                UpstreamError::BadReply(mongomux_wire::WireError::BodyCount(0)),
+                6,
+                true,
+            ),
+            (UpstreamError::Auth(None), 6, false),
+            (
+                UpstreamError::Refused {
+                    code: 13,
+                    name: "Unauthorized".into(),
+                },
+                6,
+                false,
+            ),
+        ];
+        for (e, code, retryable) in cases {
+            let e = GatewayError::from(e);
+            assert_eq!((e.code().0, e.is_retryable()), (code, retryable), "{e:?}");
+        }
+        let e = GatewayError::from(UpstreamError::Connect {
+            address: "db:27017".into(),
+            source: refused(),
+        });
+        assert_eq!(e.to_string(), "upstream unavailable: connect to db:27017");
+        let reply = e.to_reply(false);
+        let errmsg = reply.get_str("errmsg").unwrap();
+        assert_eq!(
+            errmsg,
+            format!("upstream unavailable: connect to db:27017: {}", refused())
+        );
+        let e = GatewayError::from(UpstreamError::PinTimeout(second));
+        assert_eq!(
+            e.message(),
+            "timed out after 1s waiting to pin a connection for a transaction"
+        );
     }
 }

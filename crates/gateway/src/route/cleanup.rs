@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use bson::{doc, Bson, RawDocumentBuf};
 
 use super::Pinned;
-use crate::error::GatewayError;
-use crate::upstream::Pool;
+use crate::upstream::{Pool, UpstreamError};
 
 /// What a departing client connection leaves to clean up upstream.
 #[derive(Debug, Default)]
@@ -82,6 +81,6 @@ impl Leftovers {
 
 /// Whether a gateway command failed in a way that leaves its connection unusable (as opposed
 /// to a clean `{ok: 0}` answer).
-fn is_transport_error<T>(r: &Result<T, GatewayError>) -> bool {
-    matches!(r, Err(e) if !matches!(e, GatewayError::UpstreamRefused { .. }))
+fn is_transport_error<T>(r: &Result<T, UpstreamError>) -> bool {
+    matches!(r, Err(e) if !e.connection_is_clean())
 }

@@ -16,7 +16,7 @@ use crate::command::reply::{reply_cursor, reply_error_code};
 use crate::command::CommandView;
 use crate::error::GatewayError;
 use crate::route::{Owner, Pinned};
-use crate::upstream::{ConnMeta, PooledConn};
+use crate::upstream::{ConnMeta, PooledConn, UpstreamError};
 
 impl Session {
     /// Forwards a request upstream and relays the reply, keeping the routing tables current.
@@ -28,7 +28,7 @@ impl Session {
         let in_txn = view.in_transaction;
         let mut conn = match self.connection_for(view).await {
             Ok(c) => c,
-            Err(e) => return self.replier().error(view.request_id, e, in_txn),
+            Err(e) => return self.replier().error(view.request_id, e.into(), in_txn),
         };
         // Exhaust replies cannot be multiplexed, so the upstream is never allowed to stream.
         // moreToCome is cleared too: some servers (FerretDB 1.x) reply to it anyway, and a
@@ -65,7 +65,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "upstream exchange failed");
-                return self.replier().error(view.request_id, e, in_txn);
+                return self.replier().error(view.request_id, e.into(), in_txn);
             }
         };
         if view.more_to_come {
@@ -75,13 +75,12 @@ impl Session {
         let meta = conn.conn().meta.clone();
         match OpMsg::parse(&reply) {
             Ok(msg) => self.track_reply(msg.body, view, &meta),
-            Err(_) => {
+            Err(e) => {
                 // The upstream's byte stream is suspect: close that connection (drop) and tell
                 // the client in a reply it can parse.
                 drop(conn);
-                let e =
-                    GatewayError::Upstream("the upstream sent a reply that does not parse".into());
-                return self.replier().error(view.request_id, e, in_txn);
+                let e = UpstreamError::BadReply(e);
+                return self.replier().error(view.request_id, e.into(), in_txn);
             }
         }
         self.keep_or_release(conn, view);
@@ -93,7 +92,7 @@ impl Session {
 
     /// The connection a request goes out on: its transaction's pinned one, a newly pinned one
     /// for a transaction's first statement, or any pooled one.
-    async fn connection_for(&self, view: &CommandView) -> Result<PooledConn, GatewayError> {
+    async fn connection_for(&self, view: &CommandView) -> Result<PooledConn, UpstreamError> {
         let pinned = match (&view.lsid, view.in_transaction) {
             (Some(lsid), true) => self.shared.routes.take_pinned(lsid.as_bytes()),
             _ => None,
@@ -179,11 +178,11 @@ impl Session {
             let kill = doc! { "killCursors": coll, "cursors": owned, "$db": &view.db };
             let mut conn = match self.shared.pool.checkout().await {
                 Ok(c) => c,
-                Err(e) => return self.replier().error(view.request_id, e, false),
+                Err(e) => return self.replier().error(view.request_id, e.into(), false),
             };
             let up = match conn.conn().command(&kill).await {
                 Ok(up) => up,
-                Err(e) => return self.replier().error(view.request_id, e, false),
+                Err(e) => return self.replier().error(view.request_id, e.into(), false),
             };
             conn.release();
             for key in ["cursorsKilled", "cursorsAlive", "cursorsUnknown"] {

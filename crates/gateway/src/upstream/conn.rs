@@ -5,9 +5,8 @@
 //! exchange did not complete cleanly must be dropped by its owner, never reused: a reply still
 //! in flight would otherwise reach the wrong client.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bson::{doc, spec::BinarySubtype, Binary, Document};
 use bytes::BytesMut;
@@ -15,8 +14,8 @@ use mongomux_auth::{Mechanism, ScramClient};
 use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
+use super::error::UpstreamError;
 use crate::config::UpstreamConfig;
-use crate::error::GatewayError;
 use crate::framed::Framed;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
 
@@ -59,8 +58,6 @@ pub struct UpstreamConn {
     /// Shared facts about this connection.
     pub meta: Arc<ConnMeta>,
     next_request_id: i32,
-    /// When the connection last went back to the pool.
-    pub last_used: Instant,
 }
 
 impl UpstreamConn {
@@ -69,10 +66,14 @@ impl UpstreamConn {
         cfg: &UpstreamConfig,
         tls: Option<&Arc<rustls::ClientConfig>>,
         id: u64,
-    ) -> Result<(UpstreamConn, UpstreamInfo), GatewayError> {
-        let tcp = TcpStream::connect(&cfg.address)
-            .await
-            .map_err(|e| GatewayError::Upstream(format!("connect to {}: {e}", cfg.address)))?;
+    ) -> Result<(UpstreamConn, UpstreamInfo), UpstreamError> {
+        let tcp =
+            TcpStream::connect(&cfg.address)
+                .await
+                .map_err(|source| UpstreamError::Connect {
+                    address: cfg.address.clone(),
+                    source,
+                })?;
         let _ = tcp.set_nodelay(true);
         let stream = match tls {
             None => MaybeTls::Plain(tcp),
@@ -83,15 +84,18 @@ impl UpstreamConn {
                     .map_or(cfg.address.as_str(), |(h, _)| h)
                     .trim_start_matches('[')
                     .trim_end_matches(']');
-                let name =
-                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
-                        GatewayError::Config(format!("{host:?} is not a valid TLS server name"))
-                    })?;
+                let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(
+                    |source| UpstreamError::TlsServerName {
+                        host: host.to_string(),
+                        source,
+                    },
+                )?;
                 let tls = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| {
-                        GatewayError::Upstream(format!("TLS with {}: {e}", cfg.address))
+                    .map_err(|source| UpstreamError::Tls {
+                        address: cfg.address.clone(),
+                        source,
                     })?;
                 MaybeTls::Tls(Box::new(tls))
             }
@@ -103,7 +107,6 @@ impl UpstreamConn {
                 open_cursors: AtomicI64::new(0),
             }),
             next_request_id: 1,
-            last_used: Instant::now(),
         };
         let mut hello = doc! {
             "hello": 1,
@@ -146,7 +149,7 @@ impl UpstreamConn {
         &mut self,
         cfg: &UpstreamConfig,
         offered: &[String],
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), UpstreamError> {
         let mechanism = cfg.mechanism.unwrap_or_else(|| {
             if offered.iter().any(|m| m == "SCRAM-SHA-1")
                 && !offered.iter().any(|m| m == "SCRAM-SHA-256")
@@ -172,7 +175,7 @@ impl UpstreamConn {
         let first = sasl_reply(&reply)?;
         let final_msg = scram
             .client_final(&first.1)
-            .map_err(|_| GatewayError::UpstreamAuth)?;
+            .map_err(|e| UpstreamError::Auth(Some(e)))?;
         let cont = doc! {
             "saslContinue": 1,
             "conversationId": first.0,
@@ -183,7 +186,7 @@ impl UpstreamConn {
         let (conv, payload, done) = sasl_reply(&reply)?;
         scram
             .verify_server_final(&payload)
-            .map_err(|_| GatewayError::UpstreamAuth)?;
+            .map_err(|e| UpstreamError::Auth(Some(e)))?;
         if !done {
             // Servers that ignore skipEmptyExchange want one more empty round.
             let cont = doc! {
@@ -194,7 +197,7 @@ impl UpstreamConn {
             };
             let reply = self.command(&cont).await?;
             if !reply.get_bool("done").unwrap_or(false) {
-                return Err(GatewayError::UpstreamAuth);
+                return Err(UpstreamError::Auth(None));
             }
         }
         Ok(())
@@ -202,61 +205,55 @@ impl UpstreamConn {
 
     /// Sends a command the gateway itself built and returns the reply body; `{ok: 0}` replies
     /// become errors.
-    pub async fn command(&mut self, cmd: &Document) -> Result<Document, GatewayError> {
-        let body = bson::to_vec(cmd).map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
+    pub async fn command(&mut self, cmd: &Document) -> Result<Document, UpstreamError> {
+        let body = bson::to_vec(cmd).map_err(UpstreamError::Encode)?;
         let mut msg = encode_op_msg(0, 0, 0, &body, &[]);
         let reply = self.round_trip(&mut msg).await?;
-        let parsed = OpMsg::parse(&reply)?;
-        let doc: Document = Document::try_from(parsed.body)
-            .map_err(|e| GatewayError::InvalidBson(e.to_string()))?;
+        let parsed = OpMsg::parse(&reply).map_err(UpstreamError::BadReply)?;
+        let doc: Document = Document::try_from(parsed.body).map_err(UpstreamError::BadReplyBson)?;
         let ok = doc
             .get("ok")
             .and_then(|v| v.as_f64().or(v.as_i32().map(f64::from)));
         if ok != Some(1.0) {
             let code = doc.get_i32("code").unwrap_or(0);
             if code == 18 {
-                return Err(GatewayError::UpstreamAuth);
+                return Err(UpstreamError::Auth(None));
             }
             let name = doc.get_str("codeName").unwrap_or("unknown").to_string();
-            return Err(GatewayError::UpstreamRefused { code, name });
+            return Err(UpstreamError::Refused { code, name });
         }
         Ok(doc)
     }
 
     /// Sends one request (its requestID is rewritten in place) and reads its reply. Any error
     /// leaves the connection unusable.
-    pub async fn round_trip(&mut self, request: &mut [u8]) -> Result<BytesMut, GatewayError> {
+    pub async fn round_trip(&mut self, request: &mut [u8]) -> Result<BytesMut, UpstreamError> {
         let id = self.send(request).await?;
         let reply = self
             .framed
             .read_frame()
             .await
-            .map_err(|e| GatewayError::Upstream(format!("reading reply: {e}")))?
-            .ok_or_else(|| GatewayError::Upstream("connection closed by upstream".into()))?;
-        let header = Header::parse(&reply)?;
+            .map_err(UpstreamError::Receive)?
+            .ok_or(UpstreamError::Closed)?;
+        let header = Header::parse(&reply).map_err(UpstreamError::BadReply)?;
         if header.response_to != id {
-            return Err(GatewayError::Upstream(
-                "reply does not answer the request sent".into(),
-            ));
+            return Err(UpstreamError::ReplyMismatch);
         }
         if header.op_code != OpCode::Msg {
-            return Err(GatewayError::Upstream(format!(
-                "unexpected reply opcode {}",
-                header.op_code.as_i32()
-            )));
+            return Err(UpstreamError::UnexpectedOpCode(header.op_code.as_i32()));
         }
         Ok(reply)
     }
 
     /// Writes a request, rewriting its requestID; returns that id.
-    async fn send(&mut self, request: &mut [u8]) -> Result<i32, GatewayError> {
+    async fn send(&mut self, request: &mut [u8]) -> Result<i32, UpstreamError> {
         let id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         rewrite_ids(request, id, 0);
         self.framed
             .write_all(request)
             .await
-            .map_err(|e| GatewayError::Upstream(format!("sending request: {e}")))?;
+            .map_err(UpstreamError::Send)?;
         Ok(id)
     }
 
@@ -284,25 +281,14 @@ fn int_field(doc: &Document, key: &str) -> Option<i32> {
 }
 
 /// Splits a SASL reply into conversation id, payload and done.
-fn sasl_reply(reply: &Document) -> Result<(bson::Bson, Vec<u8>, bool), GatewayError> {
+fn sasl_reply(reply: &Document) -> Result<(bson::Bson, Vec<u8>, bool), UpstreamError> {
     let conv = reply
         .get("conversationId")
         .cloned()
-        .ok_or(GatewayError::UpstreamAuth)?;
+        .ok_or(UpstreamError::Auth(None))?;
     let payload = match reply.get("payload") {
         Some(bson::Bson::Binary(b)) => b.bytes.clone(),
-        _ => return Err(GatewayError::UpstreamAuth),
+        _ => return Err(UpstreamError::Auth(None)),
     };
     Ok((conv, payload, reply.get_bool("done").unwrap_or(false)))
-}
-
-/// Allocates ids for upstream connections.
-#[derive(Debug, Default)]
-pub struct ConnIds(std::sync::atomic::AtomicU64);
-
-impl ConnIds {
-    /// The next id.
-    pub fn next(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed) + 1
-    }
 }

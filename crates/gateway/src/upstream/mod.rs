@@ -1,8 +1,16 @@
-//! Everything on the upstream side: single authenticated connections ([`conn`]) and the
-//! bounded pool that hands them out ([`pool`]).
+//! Everything on the upstream side: single authenticated connections ([`conn`]), what the
+//! pool needs from them ([`connector`]), the bounded pool that hands them out ([`pool`]), and
+//! the one error type for all of it ([`error`]).
 
+mod bound;
 pub mod conn;
+pub mod connector;
+pub mod error;
+#[cfg(test)]
+mod mem_connector;
 pub mod pool;
 
 pub use conn::{ConnMeta, UpstreamConn, UpstreamInfo};
-pub use pool::{Pool, PoolSettings, PooledConn};
+pub use connector::{Connector, PoolConn, TcpConnector};
+pub use error::UpstreamError;
+pub use pool::{Pool, PoolLimits, PoolSettings, Pooled, PooledConn, UpstreamPool};

@@ -1,35 +1,53 @@
 //! The bounded pool of upstream connections.
 //!
-//! Owns the guarantee users buy mongomux for: the upstream never sees more than `pool_size`
-//! connections from this gateway. A checkout takes a slot from a fair (FIFO) semaphore with
-//! `pool_size` permits, waiting at most the checkout timeout; only a checkout holding a slot may
-//! open a connection, and only when no idle one is left, so idle + in-use never exceeds the
-//! slots. The waiting queue is bounded by the client limit, since a client connection has at
-//! most one request in flight.
+//! Owns the guarantee users buy mongomux for: the upstream never sees more than `size`
+//! connections from this gateway. A checkout takes a slot from a fair (FIFO) bound with `size`
+//! permits, waiting at most the checkout timeout; only a checkout holding a slot may open a
+//! connection, and only when no idle one is left, so idle + in-use never exceeds the slots.
+//! The waiting queue is bounded by the client limit, since a client connection has at most one
+//! request in flight.
+//!
+//! The pool is generic over its [`Connector`], so it can be tested alone (pool_tests.rs).
+//! The checkout, connect and idle timeouts are read on every use from [`PoolLimits`] the owner
+//! can swap ([`Pool::set_limits`]); [`Pool::resize`] changes the size and the pin bound.
 //!
 //! # Concurrency note
 //! A returned connection is pushed onto the idle list *before* its slot is released, so the
 //! waiter woken by that release always finds it. A [`PooledConn`] dropped without
-//! [`PooledConn::release`] closes its socket: that is how an interrupted exchange (client gone,
-//! timeout, upstream error, cancelled task) keeps a dirty connection from being reused.
+//! [`PooledConn::release`] closes its connection: that is how an interrupted exchange (client
+//! gone, timeout, upstream error, cancelled task) keeps a dirty connection from being reused.
+//! The idle list and the open-connection count share one lock, never held across an await.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use super::conn::{ConnIds, UpstreamConn, UpstreamInfo};
+use super::bound::{Bound, Permit};
+use super::conn::UpstreamInfo;
+use super::connector::{Connector, PoolConn, TcpConnector};
+use super::error::UpstreamError;
 use crate::config::UpstreamConfig;
-use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Gauge, Metrics};
 
 /// An idle connection with open cursors is kept this long at most (MongoDB's own idle-cursor
 /// timeout), because on some servers closing it would kill those cursors.
-const CURSOR_KEEPALIVE: Duration = Duration::from_secs(600);
+pub const CURSOR_KEEPALIVE: Duration = Duration::from_secs(600);
 
-/// Pool settings.
+/// The timeouts the pool reads on every use; swapped whole by [`Pool::set_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Longest wait for a slot (and, separately, for a transaction pin).
+    pub checkout_timeout: Duration,
+    /// Longest time to open and authenticate a connection.
+    pub connect_timeout: Duration,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+}
+
+/// Start-up settings of the production pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// Where and as whom to connect.
@@ -48,37 +66,92 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
+impl PoolSettings {
+    /// The reloadable part.
+    pub fn limits(&self) -> PoolLimits {
+        PoolLimits {
+            checkout_timeout: self.checkout_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// The production pool.
+pub type UpstreamPool = Pool<TcpConnector>;
+/// A connection checked out of the production pool.
+pub type Pooled = PooledConn<TcpConnector>;
+
 /// The pool.
 #[derive(Debug)]
-pub struct Pool {
-    settings: PoolSettings,
-    slots: Arc<Semaphore>,
-    pins: Arc<Semaphore>,
-    idle: Mutex<Vec<UpstreamConn>>,
-    ids: ConnIds,
+pub struct Pool<C: Connector = TcpConnector> {
+    connector: C,
+    limits: ArcSwap<PoolLimits>,
+    slots: Arc<Bound>,
+    pins: Arc<Bound>,
+    stock: Mutex<Stock<C::Conn>>,
+    ids: AtomicU64,
     info: ArcSwap<Option<UpstreamInfo>>,
     metrics: Arc<Metrics>,
+}
+
+/// The connections the pool owns that nobody has checked out, and the count of all open ones.
+#[derive(Debug)]
+struct Stock<T> {
+    /// Most recently returned last, so checkouts reuse warm connections and old ones age out.
+    idle: Vec<(T, Instant)>,
+    /// Open connections: idle plus checked out.
+    open: usize,
+    closed: bool,
 }
 
 /// A checked-out connection. Dropping it closes the connection; [`PooledConn::release`]
 /// returns it for reuse.
 #[derive(Debug)]
-pub struct PooledConn {
-    conn: Option<UpstreamConn>,
-    pool: Arc<Pool>,
-    _slot: OwnedSemaphorePermit,
-    pin: Option<OwnedSemaphorePermit>,
+pub struct PooledConn<C: Connector = TcpConnector> {
+    conn: Option<C::Conn>,
+    pool: Arc<Pool<C>>,
+    // Declared after `conn` and `pool`: the slot is released only once the connection is back.
+    _slot: Permit,
+    pin: Option<Permit>,
 }
 
-impl Pool {
-    /// A pool with no connections yet.
-    pub fn new(settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Pool> {
+impl Pool<TcpConnector> {
+    /// The production pool, with no connections yet.
+    pub fn new(settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Self> {
+        let limits = settings.limits();
+        let connector = TcpConnector::new(settings.upstream, settings.tls);
+        Pool::with_connector(
+            connector,
+            settings.size,
+            settings.max_pinned,
+            limits,
+            metrics,
+        )
+    }
+}
+
+impl<C: Connector> Pool<C> {
+    /// A pool of at most `size` connections (at most `max_pinned` of them pinned) opened by
+    /// `connector`, with no connections yet.
+    pub fn with_connector(
+        connector: C,
+        size: usize,
+        max_pinned: usize,
+        limits: PoolLimits,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Pool {
-            slots: Arc::new(Semaphore::new(settings.size)),
-            pins: Arc::new(Semaphore::new(settings.max_pinned)),
-            settings,
-            idle: Mutex::new(Vec::new()),
-            ids: ConnIds::default(),
+            connector,
+            limits: ArcSwap::from_pointee(limits),
+            slots: Bound::new(size),
+            pins: Bound::new(max_pinned),
+            stock: Mutex::new(Stock {
+                idle: Vec::new(),
+                open: 0,
+                closed: false,
+            }),
+            ids: AtomicU64::new(0),
             info: ArcSwap::from_pointee(None),
             metrics,
         })
@@ -89,27 +162,67 @@ impl Pool {
         **self.info.load()
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    /// The timeouts in force.
+    pub fn limits(&self) -> PoolLimits {
+        **self.limits.load()
+    }
+
+    /// Replaces the timeouts; each checkout, connect and reap reads the value current then.
+    pub fn set_limits(&self, limits: PoolLimits) {
+        self.limits.store(Arc::new(limits));
+    }
+
+    /// The most connections the pool may hold once any shrink has been paid.
+    pub fn size(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    /// Changes the pool size and the pin bound (both at least 1, `max_pinned <= size`: the
+    /// caller passes validated settings).
+    ///
+    /// Growing takes effect at once: waiting checkouts are served from the new slots.
+    /// Shrinking closes idle connections beyond the new size at once, and takes back free slots
+    /// at once; slots and connections checked out at the time are taken back as they return
+    /// (a returning connection is closed while more than `size` are open). So the upstream sees
+    /// at most the old size until those checkouts return, and at most the new size after.
+    pub fn resize(&self, size: usize, max_pinned: usize) {
+        debug_assert!(size >= 1 && (1..=size).contains(&max_pinned));
+        self.slots.resize(size);
+        self.pins.resize(max_pinned);
+        let mut stock = self.lock();
+        let excess = stock.open.saturating_sub(size).min(stock.idle.len());
+        // The oldest are at the front.
+        let doomed: Vec<_> = stock.idle.drain(..excess).collect();
+        for (conn, _) in doomed {
+            self.discard(&mut stock, conn);
+        }
+    }
+
+    /// Closes the pool: waiting and later checkouts fail with [`UpstreamError::PoolClosed`],
+    /// idle connections close now and checked-out ones when they come back.
+    pub fn close(&self) {
+        self.slots.close();
+        self.pins.close();
+        self.lock().closed = true;
+        self.close_idle();
     }
 
     /// Checks out a connection, waiting at most the checkout timeout for a slot.
-    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, GatewayError> {
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn<C>, UpstreamError> {
         let started = Instant::now();
-        let timeout = self.settings.checkout_timeout;
-        let slot = match tokio::time::timeout(timeout, self.slots.clone().acquire_owned()).await {
+        let timeout = self.limits().checkout_timeout;
+        let slot = match tokio::time::timeout(timeout, self.slots.acquire()).await {
             Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => return Err(GatewayError::Draining),
+            Ok(Err(_)) => return Err(UpstreamError::PoolClosed),
             Err(_) => {
-                self.metrics.checkout_timeouts_total.inc();
-                self.metrics.checkout_wait.observe(started.elapsed());
-                return Err(GatewayError::CheckoutTimeout(timeout));
+                self.note_checkout_timeout(started.elapsed());
+                return Err(UpstreamError::CheckoutTimeout(timeout));
             }
         };
         self.metrics.checkout_wait.observe(started.elapsed());
+        // On error `slot` drops here, so a failed connect never keeps a slot.
         let conn = self.take_idle_or_connect().await?;
-        self.metrics.upstream_in_use.inc();
+        gauge_add(&self.metrics.upstream_in_use, 1);
         Ok(PooledConn {
             conn: Some(conn),
             pool: self.clone(),
@@ -120,58 +233,76 @@ impl Pool {
 
     /// Checks out a connection to pin for a transaction: first a pin permit (bounded, so slow
     /// transactions cannot hold the whole pool), then a slot.
-    pub async fn checkout_pinned(self: &Arc<Self>) -> Result<PooledConn, GatewayError> {
-        let timeout = self.settings.checkout_timeout;
-        let pin = match tokio::time::timeout(timeout, self.pins.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(GatewayError::Draining),
-            Err(_) => return Err(GatewayError::PinTimeout(timeout)),
+    pub async fn checkout_pinned(self: &Arc<Self>) -> Result<PooledConn<C>, UpstreamError> {
+        let timeout = self.limits().checkout_timeout;
+        let pin = match tokio::time::timeout(timeout, self.pins.acquire()).await {
+            Ok(Ok(pin)) => pin,
+            Ok(Err(_)) => return Err(UpstreamError::PoolClosed),
+            Err(_) => return Err(UpstreamError::PinTimeout(timeout)),
         };
         let mut conn = self.checkout().await?;
         conn.pin = Some(pin);
-        self.metrics.upstream_pinned.inc();
+        gauge_add(&self.metrics.upstream_pinned, 1);
         Ok(conn)
     }
 
-    async fn take_idle_or_connect(&self) -> Result<UpstreamConn, GatewayError> {
-        loop {
-            let candidate = self.idle.lock().expect("pool lock").pop();
-            match candidate {
-                Some(conn) if conn.is_healthy() => return Ok(conn),
-                Some(conn) => self.discard(conn),
-                None => break,
-            }
+    async fn take_idle_or_connect(&self) -> Result<C::Conn, UpstreamError> {
+        if let Some(conn) = self.take_idle() {
+            return Ok(conn);
         }
-        let id = self.ids.next();
-        let attempt =
-            UpstreamConn::connect(&self.settings.upstream, self.settings.tls.as_ref(), id);
-        match tokio::time::timeout(self.settings.connect_timeout, attempt).await {
-            Ok(Ok((conn, info))) => {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.limits().connect_timeout;
+        let result = match tokio::time::timeout(limit, self.connector.connect(id)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::ConnectTimeout {
+                address: self.connector.address().to_string(),
+            }),
+        };
+        match result {
+            Ok((conn, info)) => {
                 self.info.store(Arc::new(Some(info)));
-                self.metrics.upstream_connections.inc();
-                self.metrics.upstream_connects_total.inc();
+                self.lock().open += 1;
+                self.note_opened();
                 tracing::debug!(conn = id, "opened upstream connection");
                 Ok(conn)
             }
-            Ok(Err(e)) => {
-                self.metrics.upstream_connect_failures_total.inc();
-                tracing::warn!(error = %e, "upstream connection failed");
+            Err(e) => {
+                count(&self.metrics.upstream_connect_failures_total);
+                let error: &(dyn std::error::Error + 'static) = &e;
+                tracing::warn!(error, "upstream connection failed");
                 Err(e)
-            }
-            Err(_) => {
-                self.metrics.upstream_connect_failures_total.inc();
-                Err(GatewayError::Upstream(format!(
-                    "connecting to {} timed out",
-                    self.settings.upstream.address
-                )))
             }
         }
     }
 
-    fn discard(&self, conn: UpstreamConn) {
-        tracing::debug!(conn = conn.meta.id, "closing upstream connection");
-        self.metrics.upstream_connections.dec();
-        self.metrics.upstream_discarded_total.inc();
+    /// The most recently returned healthy idle connection; broken ones met on the way close.
+    fn take_idle(&self) -> Option<C::Conn> {
+        let mut stock = self.lock();
+        while let Some((conn, _)) = stock.idle.pop() {
+            if conn.is_healthy() {
+                return Some(conn);
+            }
+            self.discard(&mut stock, conn);
+        }
+        None
+    }
+
+    /// Takes a connection that came back cleanly: kept idle unless the pool is closed or has
+    /// shrunk below the connections open.
+    fn put_back(&self, conn: C::Conn) {
+        let mut stock = self.lock();
+        if stock.closed || stock.open > self.slots.capacity() {
+            self.discard(&mut stock, conn);
+        } else {
+            stock.idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Closes a connection the pool counted as open.
+    fn discard(&self, stock: &mut Stock<C::Conn>, conn: C::Conn) {
+        tracing::debug!(conn = conn.meta().id, "closing upstream connection");
+        stock.open -= 1;
+        self.note_discarded();
         drop(conn);
     }
 
@@ -179,42 +310,64 @@ impl Pool {
     /// keep-alive), and any that broke while idle.
     pub fn reap_idle(&self) {
         let now = Instant::now();
-        let expired: Vec<UpstreamConn> = {
-            let mut idle = self.idle.lock().expect("pool lock");
-            let (keep, expired): (Vec<_>, Vec<_>) = idle.drain(..).partition(|c| {
-                let age = now.duration_since(c.last_used);
-                let limit = if c.meta.open_cursors.load(Ordering::Relaxed) > 0 {
-                    CURSOR_KEEPALIVE.max(self.settings.idle_timeout)
-                } else {
-                    self.settings.idle_timeout
-                };
-                age < limit && c.is_healthy()
-            });
-            *idle = keep;
-            expired
-        };
-        for conn in expired {
-            self.discard(conn);
+        let idle_timeout = self.limits().idle_timeout;
+        let mut stock = self.lock();
+        let (keep, expired): (Vec<_>, Vec<_>) = stock.idle.drain(..).partition(|(conn, since)| {
+            let limit = if conn.meta().open_cursors.load(Ordering::Relaxed) > 0 {
+                CURSOR_KEEPALIVE.max(idle_timeout)
+            } else {
+                idle_timeout
+            };
+            now.duration_since(*since) < limit && conn.is_healthy()
+        });
+        stock.idle = keep;
+        for (conn, _) in expired {
+            self.discard(&mut stock, conn);
         }
     }
 
     /// Closes every idle connection (drain).
     pub fn close_idle(&self) {
-        let all: Vec<UpstreamConn> = self.idle.lock().expect("pool lock").drain(..).collect();
-        for conn in all {
-            self.discard(conn);
+        let mut stock = self.lock();
+        let all: Vec<_> = stock.idle.drain(..).collect();
+        for (conn, _) in all {
+            self.discard(&mut stock, conn);
         }
     }
 
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("pool lock").len()
+        self.lock().idle.len()
+    }
+
+    /// Open connections now, idle and checked out.
+    pub fn open_count(&self) -> usize {
+        self.lock().open
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Stock<C::Conn>> {
+        self.stock.lock().expect("pool lock")
+    }
+
+    fn note_checkout_timeout(&self, waited: Duration) {
+        count(&self.metrics.checkout_timeouts_total);
+        self.metrics.checkout_wait.observe(waited);
+    }
+
+    fn note_opened(&self) {
+        gauge_add(&self.metrics.upstream_connections, 1);
+        count(&self.metrics.upstream_connects_total);
+    }
+
+    fn note_discarded(&self) {
+        gauge_add(&self.metrics.upstream_connections, -1);
+        count(&self.metrics.upstream_discarded_total);
     }
 }
 
-impl PooledConn {
+impl<C: Connector> PooledConn<C> {
     /// The connection.
-    pub fn conn(&mut self) -> &mut UpstreamConn {
+    pub fn conn(&mut self) -> &mut C::Conn {
         self.conn.as_mut().expect("present until release or drop")
     }
 
@@ -225,22 +378,35 @@ impl PooledConn {
 
     /// Returns a connection whose last exchange completed cleanly to the pool.
     pub fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.last_used = Instant::now();
-            self.pool.idle.lock().expect("pool lock").push(conn);
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
         }
         // The slot is released when `self` drops, after the push above.
     }
 }
 
-impl Drop for PooledConn {
+impl<C: Connector> Drop for PooledConn<C> {
     fn drop(&mut self) {
-        self.pool.metrics.upstream_in_use.dec();
+        gauge_add(&self.pool.metrics.upstream_in_use, -1);
         if self.pin.take().is_some() {
-            self.pool.metrics.upstream_pinned.dec();
+            gauge_add(&self.pool.metrics.upstream_pinned, -1);
         }
         if let Some(conn) = self.conn.take() {
-            self.pool.discard(conn);
+            let mut stock = self.pool.lock();
+            self.pool.discard(&mut stock, conn);
         }
     }
 }
+
+// The pool's only metric writes; kept here so the metrics backend can change in one place.
+fn gauge_add(gauge: &Gauge, delta: i64) {
+    gauge.add(delta);
+}
+
+fn count(counter: &Counter) {
+    counter.inc();
+}
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -1,0 +1,110 @@
+//! [`UpstreamError`]: every way the pool or an upstream connection can fail.
+//!
+//! Each variant keeps the error that caused it as its `source()`, so logs and the error reply
+//! can say what actually went wrong (refused, reset, bad certificate) instead of a flattened
+//! string. The `Display` texts are the ones clients have always seen in `errmsg` (tests and
+//! users match on the checkout-timeout texts); the source chain is appended where the error is
+//! turned into a reply (crate::error). No variant holds a password: the gateway's credentials
+//! stay in the configuration, and addresses are `host:port` only.
+//!
+//! Codes and retryability live with the other reply mappings in crate::error, not here.
+
+use std::time::Duration;
+
+use mongomux_auth::AuthError;
+use mongomux_wire::WireError;
+
+use crate::framed::FrameError;
+
+/// A failure to get or use an upstream connection.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No slot became free within the checkout timeout.
+    #[error("timed out after {0:?} waiting for an upstream connection; the pool is exhausted")]
+    CheckoutTimeout(Duration),
+    /// Too many transactions already hold pinned connections.
+    #[error("timed out after {0:?} waiting to pin a connection for a transaction")]
+    PinTimeout(Duration),
+    /// The pool was closed: the gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    PoolClosed,
+    /// The TCP connection could not be made.
+    #[error("upstream unavailable: connect to {address}")]
+    Connect {
+        /// `host:port` of the upstream.
+        address: String,
+        /// Why the socket did not connect.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting, saying hello and authenticating took longer than the connect timeout.
+    #[error("upstream unavailable: connecting to {address} timed out")]
+    ConnectTimeout {
+        /// `host:port` of the upstream.
+        address: String,
+    },
+    /// The upstream host is not something a TLS certificate can be checked against; this is
+    /// a configuration fault, reported as one.
+    #[error("invalid configuration: {host:?} is not a valid TLS server name")]
+    TlsServerName {
+        /// The host part of the upstream address.
+        host: String,
+        /// What rustls objected to.
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS handshake with the upstream failed.
+    #[error("upstream unavailable: TLS with {address}")]
+    Tls {
+        /// `host:port` of the upstream.
+        address: String,
+        /// The handshake failure (certificate, protocol, socket).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a request failed.
+    #[error("upstream unavailable: sending request")]
+    Send(#[source] std::io::Error),
+    /// Reading a reply failed, or its length prefix was out of range.
+    #[error("upstream unavailable: reading reply")]
+    Receive(#[source] FrameError),
+    /// The upstream closed the connection between messages.
+    #[error("upstream unavailable: connection closed by upstream")]
+    Closed,
+    /// A reply whose `responseTo` is not the request just sent.
+    #[error("upstream unavailable: reply does not answer the request sent")]
+    ReplyMismatch,
+    /// A reply that is not an OP_MSG.
+    #[error("upstream unavailable: unexpected reply opcode {0}")]
+    UnexpectedOpCode(i32),
+    /// A reply that does not decode as a message.
+    #[error("upstream unavailable: the upstream sent a reply that does not parse")]
+    BadReply(#[source] WireError),
+    /// A reply whose body is not valid BSON.
+    #[error("upstream unavailable: the upstream sent a reply that does not parse")]
+    BadReplyBson(#[source] bson::raw::Error),
+    /// A command the gateway built could not be encoded.
+    #[error("invalid BSON in a command the gateway built")]
+    Encode(#[source] bson::ser::Error),
+    /// The upstream rejected the gateway's own credentials, or the SCRAM conversation with it
+    /// failed (the source says which step, never the secret).
+    #[error("the gateway could not authenticate to the upstream")]
+    Auth(#[source] Option<AuthError>),
+    /// The upstream answered `{ok: 0}` to a command the gateway itself sent; the connection is
+    /// still in a clean state.
+    #[error("upstream refused a gateway command: {name} ({code})")]
+    Refused {
+        /// The upstream's error code.
+        code: i32,
+        /// The upstream's `codeName`.
+        name: String,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the connection the error came from is still in a clean state and may go back
+    /// to the pool: only a clean `{ok: 0}` answer leaves it so.
+    pub fn connection_is_clean(&self) -> bool {
+        matches!(self, UpstreamError::Refused { .. })
+    }
+}
