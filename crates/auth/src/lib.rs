@@ -35,6 +35,8 @@
 //! # Ok::<(), mongomux_auth::AuthError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod aws;
 mod error;
 mod scram;

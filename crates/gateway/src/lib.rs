@@ -15,6 +15,8 @@
 //! State shared between tasks is a few small parts ([`context::Shared`]), built once; the
 //! reloadable settings sit behind `ArcSwap`s in [`context::Live`]. There are no globals.
 
+#![forbid(unsafe_code)]
+
 pub mod access;
 pub mod command;
 pub mod config;

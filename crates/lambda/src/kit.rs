@@ -26,10 +26,7 @@ use std::sync::{
 use mongodb::{Client, Database};
 use tokio::sync::OnceCell;
 
-use crate::{
-    error::Error,
-    options::{LambdaEnv, LambdaOptions},
-};
+use crate::{env::LambdaEnv, error::Error, options::LambdaOptions};
 
 /// The shared client of one execution environment. Cheap to clone: clones share the client.
 ///

@@ -81,14 +81,18 @@
 //! ... reason=...`; see [`LambdaOptions::log_connections`]), which shows what a cold start
 //! spent on connecting and authenticating.
 
+#![forbid(unsafe_code)]
+
+mod env;
 mod error;
 mod kit;
 mod options;
 
+pub use env::LambdaEnv;
 pub use error::Error;
 pub use kit::Kit;
 pub use options::{
-    Auth, AuthKind, LambdaEnv, LambdaOptions, Resolved, DEFAULT_APP_NAME, DEFAULT_CONNECT_TIMEOUT,
+    Auth, AuthKind, LambdaOptions, Resolved, DEFAULT_APP_NAME, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_IDLE_TIME, DEFAULT_MAX_POOL_SIZE, DEFAULT_MIN_POOL_SIZE,
     DEFAULT_SERVER_SELECTION_TIMEOUT, MAX_CONCURRENCY_POOL_CAP,
 };

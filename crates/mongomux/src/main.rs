@@ -1,6 +1,8 @@
 //! The `mongomux` binary: parses the command line, layers flags and environment variables over
 //! the optional TOML file, sets up logging, and runs the gateway. Nothing else lives here.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;

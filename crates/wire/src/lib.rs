@@ -10,6 +10,8 @@
 //! Parsing borrows from the caller's buffer ([`bson::RawDocument`]) so the gateway's hot path can
 //! look at a few routing fields and forward the rest without copying.
 
+#![forbid(unsafe_code)]
+
 mod compressed;
 mod crc32c;
 mod error;

@@ -21,6 +21,8 @@
 //! `bootstrap`); `deploy/template.yaml` deploys it. Run it locally under the Lambda Runtime
 //! Interface Emulator as `tests/python/test_lambda.py` does.
 
+#![forbid(unsafe_code)]
+
 #[path = "../../shared/events.rs"]
 mod events;
 

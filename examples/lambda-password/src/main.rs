@@ -23,6 +23,8 @@
 //! `bootstrap`). `tests/python/test_lambda.py` runs it under the Lambda Runtime Interface
 //! Emulator against a real gateway and checks that 100 invocations share one client.
 
+#![forbid(unsafe_code)]
+
 #[path = "../../shared/events.rs"]
 mod events;
 

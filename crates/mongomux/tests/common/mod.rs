@@ -26,6 +26,8 @@
 //! transactions, which the driver refuses against a standalone server) are expected to fail in
 //! that mode.
 
+// Signals child processes and counts sockets through libc (sockdiag).
+#![allow(unsafe_code)]
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
 pub mod raw;
