@@ -89,12 +89,12 @@ fn keep_matching(end: End, socks: impl IntoIterator<Item = Sock>) -> Vec<Sock> {
         .collect()
 }
 
-/// ESTABLISHED sockets matching `end`, from netlink, or `/proc` where netlink is unavailable.
+/// ESTABLISHED sockets matching `end`, from netlink, or `/proc` where netlink is unavailable
+/// or refuses the dump.
 pub fn established(end: End) -> io::Result<Vec<Sock>> {
-    match SockDiag::open() {
-        Ok(mut d) => d.established(end),
-        Err(_) => proc_established(end),
-    }
+    SockDiag::open()
+        .and_then(|mut d| d.established(end))
+        .or_else(|_| proc_established(end))
 }
 
 /// How many ESTABLISHED sockets match `end`: the larger of two reads (see the module docs).
