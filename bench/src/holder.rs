@@ -23,7 +23,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::idle_memory::sample_ops;
 use crate::observe::raise_nofile_limit;
-use crate::wire::{is_ok, RawConn};
+use mongomux_testkit::{is_ok, RawConn};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -30,8 +30,8 @@ use crate::observe::{
 };
 use crate::procs::{Ferret, Gateway, GatewayOpts};
 use crate::report::{unix_time, Csv, Table};
-use crate::wire::{is_ok, RawConn};
 use crate::Common;
+use mongomux_testkit::{is_ok, RawConn};
 
 const DB: &str = "bench";
 const COLL: &str = "idle";

@@ -33,8 +33,8 @@ use crate::null_relay::NullRelay;
 use crate::observe::{established_from_pid, established_to_port};
 use crate::procs::{Gateway, GatewayOpts, Mongobetween, UpstreamProc};
 use crate::report::{signed, unix_time, us, Csv, Summary, Table};
-use crate::wire::is_ok;
 use crate::Common;
+use mongomux_testkit::is_ok;
 
 /// Which upstream the targets sit in front of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 
 use crate::procs::login;
 use crate::report::{new_histogram, Summary};
-use crate::wire::{is_ok, RawConn};
+use mongomux_testkit::{is_ok, RawConn};
 
 /// Longest any single operation may take before the run is declared hung.
 pub const OP_DEADLINE: Duration = Duration::from_secs(30);
@@ -73,6 +73,7 @@ impl Target {
             tokio::time::timeout(CONNECT_DEADLINE, RawConn::connect(self.addr, None))
                 .await
                 .with_context(|| format!("connect to {}: no answer", self.name))?
+                .map_err(Into::into)
         } else {
             Ok(RawConn::handshake(self.addr, None, CONNECT_DEADLINE)
                 .await?
@@ -209,11 +210,11 @@ impl Worker {
                 Err(e) => {
                     // The stream can no longer be trusted: drop this connection.
                     healthy = false;
-                    if e.is::<tokio::time::error::Elapsed>() {
+                    if matches!(e, mongomux_testkit::Error::Timeout(..)) {
                         out.timed_out = true;
                         self.abort.store(true, Ordering::Relaxed);
                     }
-                    Some(e)
+                    Some(e.into())
                 }
             };
             match err {

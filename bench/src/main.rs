@@ -19,10 +19,8 @@ mod null_relay;
 mod observe;
 mod procs;
 mod report;
-mod scram;
 mod stub_upstream;
 mod throughput;
-mod wire;
 
 use std::path::{Path, PathBuf};
 

@@ -22,7 +22,7 @@ use bson::doc;
 
 use crate::load::Target;
 use crate::stub_upstream::StubUpstream;
-use crate::wire::{is_ok, RawConn};
+use mongomux_testkit::{is_ok, Mechanism, RawConn};
 
 /// The user FerretDB is set up with; the gateway authenticates upstream as this user.
 pub const UPSTREAM_USER: &str = "mmux-bench";
@@ -106,8 +106,13 @@ fn check_alive(child: &mut Child, what: &str, log: &Path) -> Result<()> {
 /// each step within `limit`.
 pub async fn login(addr: SocketAddr, limit: Duration) -> Result<RawConn> {
     let (mut conn, _) = RawConn::handshake(addr, None, limit).await?;
-    conn.authenticate(UPSTREAM_USER, UPSTREAM_PASSWORD, limit)
-        .await?;
+    conn.authenticate(
+        Mechanism::ScramSha256,
+        UPSTREAM_USER,
+        UPSTREAM_PASSWORD,
+        limit,
+    )
+    .await?;
     Ok(conn)
 }
 

@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::procs::UpstreamSpec;
-use crate::wire::msg_sections;
+use mongomux_testkit::frame::msg_sections;
 
 const OP_REPLY: i32 = 1;
 const OP_QUERY: i32 = 2004;

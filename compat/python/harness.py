@@ -219,7 +219,8 @@ async def ctl_freeze(name: str) -> None:
 
 
 async def ctl_restart_later(name: str, delay_ms: int):
-    """Start `ctl restart NAME DELAY_MS`; await the returned task for its output."""
+    """Start `ctl restart NAME DELAY_MS`; await the returned function's call for its output (the
+    same shape as ctl_restart_later_sync, so unasync.py maps one onto the other)."""
     p = await asyncio.create_subprocess_exec(env("COMPAT_CTL"), "restart", name, str(delay_ms),
                                              stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
@@ -229,7 +230,7 @@ async def ctl_restart_later(name: str, delay_ms: int):
             raise RuntimeError(f"ctl restart {name}: {out.decode()}")
         return out.decode().strip()
 
-    return asyncio.ensure_future(done())
+    return done
 
 
 def ctl_freeze_sync(name: str) -> None:

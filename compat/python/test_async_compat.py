@@ -2,6 +2,11 @@
 through mongomux: every scenario of compat/scenarios.json, compared (harness.py).
 
 Plain pytest, no plugin: each test runs its coroutines with asyncio.run.
+
+The one source of these scenarios: test_sync_compat.py (MongoClient) is generated from this file
+by unasync.py, which takes out `async`/`await` (see its docstring for the exact rewrites). Write
+scenarios so that the text without those keywords is the synchronous program; after an edit run
+`compat/python/unasync.py` (compat/run checks the copy is up to date).
 """
 
 from __future__ import annotations
@@ -276,7 +281,7 @@ def test_retryable_drop(kind):
                     result = await ids(coll)
             except PyMongoError as e:
                 result = h.error_shape(e)
-            log = await restarted
+            log = await restarted()
             failed = [type(e.failure).__name__ if isinstance(e.failure, BaseException) else "reply"
                       for e in ev.failed[start_failed:] if e.command_name == command]
             # How many attempts the driver made is recorded, not compared: a driver that finds its

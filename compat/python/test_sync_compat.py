@@ -1,8 +1,10 @@
 """pymongo's synchronous client (MongoClient), unchanged, straight against the upstream and
 through mongomux: every scenario of compat/scenarios.json, compared (harness.py).
 
-The same scenarios as test_async_compat.py, written the way a synchronous application uses
-pymongo (pymongo generates its own synchronous API from the asynchronous one the same way).
+GENERATED from test_async_compat.py by unasync.py: do not edit; edit the async source and run
+`compat/python/unasync.py` (compat/run refuses a stale copy). The scenarios are the same, run the
+way a synchronous application uses pymongo (pymongo generates its synchronous API from the
+asynchronous one the same way).
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def test_connect(scenario, key):
         o, info = {}, {}
         c, ev = client(uri)
         with c:
-            o["ping"] = c.admin.command("ping")["ok"]
-            coll = fresh(c, scenario, target).c
+            o["ping"] = (c.admin.command("ping"))["ok"]
+            coll = (fresh(c, scenario, target)).c
             coll.insert_one({"_id": 1, "who": key})
             o["found"] = coll.find_one({"_id": 1})
             info = {"serverTypes": dict(ev.servers), "awaitedHeartbeats": sum(ev.heartbeats)}
@@ -73,9 +75,9 @@ def test_crud():
     def run(target):
         c, _ = client(h.uris(target)["plain"])
         with c:
-            coll = fresh(c, "crud", target).items
+            coll = (fresh(c, "crud", target)).items
             o = {}
-            o["insertOne"] = coll.insert_one({"_id": 1, "n": 1, "tag": "a"}).inserted_id
+            o["insertOne"] = (coll.insert_one({"_id": 1, "n": 1, "tag": "a"})).inserted_id
             o["insertMany"] = len((coll.insert_many([
                 {"_id": 2, "n": 2, "tag": "b"}, {"_id": 3, "n": 3, "tag": "a"},
                 {"_id": 4, "n": 4, "tag": "b"}, {"_id": 5, "n": 5, "tag": "a"}])).inserted_ids)
@@ -92,8 +94,8 @@ def test_crud():
             o["findOneAndUpdate"] = coll.find_one_and_update({"_id": 1}, {"$set": {"tag": "z"}},
                                                                    return_document=ReturnDocument.AFTER)
             o["findOneAndDelete"] = coll.find_one_and_delete({"_id": 6})
-            o["deleteOne"] = coll.delete_one({"_id": 5}).deleted_count
-            o["deleteMany"] = coll.delete_many({"tag": "a"}).deleted_count
+            o["deleteOne"] = (coll.delete_one({"_id": 5})).deleted_count
+            o["deleteMany"] = (coll.delete_many({"tag": "a"})).deleted_count
             o["countDocuments"] = coll.count_documents({})
             o["estimatedDocumentCount"] = coll.estimated_document_count()
             o["distinct"] = sorted(coll.distinct("tag"))
@@ -208,7 +210,7 @@ def test_aggregate():
                 {"$group": {"_id": "$g", "total": {"$sum": "$v"}}},
                 {"$sort": {"_id": 1}},
             ], batchSize=1)).to_list()
-            counted = coll.aggregate([{"$match": {"g": 1}}, {"$count": "n"}]).to_list()
+            counted = (coll.aggregate([{"$match": {"g": 1}}, {"$count": "n"}])).to_list()
             return {"grouped": grouped, "counted": counted}, {}
 
     differential("aggregate", run)
@@ -221,7 +223,7 @@ def test_index_duplicate_key():
     def run(target):
         c, _ = client(h.uris(target)["plain"])
         with c:
-            coll = fresh(c, "index-duplicate-key", target).users
+            coll = (fresh(c, "index-duplicate-key", target)).users
             o = {"createIndex": coll.create_index("email", unique=True)}
 
             def listed():
@@ -264,7 +266,7 @@ def test_retryable_drop(kind):
         u = h.uris(target)
         c, ev = client(h.with_options(u["plain"], "retryWrites=true&retryReads=true"), maxPoolSize=1)
         with c:
-            coll = fresh(c, scenario, target).r
+            coll = (fresh(c, scenario, target)).r
             coll.insert_one({"_id": 1})
             start, start_failed = len(ev.started), len(ev.failed)
             h.ctl_freeze_sync(u["restart"])
@@ -343,7 +345,7 @@ def test_txn_abort():
 
 
 def write_read(c, scenario, target):
-    coll = fresh(c, scenario, target).z
+    coll = (fresh(c, scenario, target)).z
     coll.insert_many([{"_id": i, "pad": "x" * 1000} for i in range(50)])
     got = coll.find().sort("_id", 1).batch_size(10).to_list()
     return {"count": len(got), "padOk": all(d["pad"] == "x" * 1000 for d in got)}
@@ -379,7 +381,7 @@ def test_lambda_polling(monkeypatch):
     def run(target):
         c, ev = client(h.uris(target)["plain"], heartbeatFrequencyMS=500)
         with c:
-            coll = fresh(c, "lambda-polling", target).l
+            coll = (fresh(c, "lambda-polling", target)).l
             coll.insert_one({"_id": 1})
             time.sleep(1.6)
             found = coll.find_one({"_id": 1})
@@ -393,7 +395,7 @@ def test_direct_connection():
     def run(target):
         c, ev = client(h.with_options(h.uris(target)["plain"], "directConnection=true"))
         with c:
-            coll = fresh(c, "direct-connection", target).d
+            coll = (fresh(c, "direct-connection", target)).d
             coll.insert_many([{"_id": 1}, {"_id": 2}])
             return {"ids": ids(coll)}, {"serverTypes": dict(ev.servers)}
 
@@ -404,7 +406,7 @@ def test_seed_list_two_gateways():
     def run(target):
         c, ev = client(h.uris(target)["seed"])
         with c:
-            coll = fresh(c, "seed-list-two-gateways", target).s
+            coll = (fresh(c, "seed-list-two-gateways", target)).s
             coll.insert_many([{"_id": i} for i in range(10)])
             got = [d["_id"] for d in coll.find().sort("_id", 1).batch_size(3)]
             n = coll.count_documents({})
@@ -445,16 +447,16 @@ def test_iam_mongodb_aws(monkeypatch):
         c, _ = client(h.uris(target)["iam"], serverSelectionTimeoutMS=5000)
         with c:
             try:
-                ping = c.admin.command("ping")["ok"]
+                ping = (c.admin.command("ping"))["ok"]
             except PyMongoError as e:
                 return {"ping": {"refused": h.error_shape(e)}}
-            coll = fresh(c, "iam-mongodb-aws", target).c
+            coll = (fresh(c, "iam-mongodb-aws", target)).c
             coll.insert_one({"_id": 1, "who": "iam"})
             return {"ping": ping, "found": coll.find().to_list()}
 
     def run(target):
         o = login(target, secret)
-        o["wrongSecret"] = login(target, "wrong-secret-wrong-secret-wrong-secret00")["ping"]
+        o["wrongSecret"] = (login(target, "wrong-secret-wrong-secret-wrong-secret00"))["ping"]
         return o, {}
 
     res = differential("iam-mongodb-aws", run)

@@ -39,7 +39,8 @@ import bson
 from bson.binary import Binary
 
 from conftest import ROOT, Gateway, Proc, Upstream, _binary, _running, _spawn, free_port, start_gateway, tail
-from security_fixtures import RawConn, metrics_text
+from mongowire import RawConn
+from security_fixtures import metrics_text
 
 ACCOUNT = "123456789012"
 ROLE_NAME = "fn-role"

@@ -1,13 +1,6 @@
-"""Helpers for the security tests (issue 3): gateway users, config files, a SCRAM client
-over raw sockets bound to a chosen source address, a throwaway PKI, and metrics.
-
-Why a hand-written SCRAM client: pymongo cannot bind its sockets to a source address, and
-the access list, the per-source limits and the failed-auth delays are all keyed by source
-address. Tests that need 127.0.0.2 or 127.0.0.3 as the client's address therefore speak the
-wire protocol themselves (mongowire.py) and authenticate with this client, which follows
-RFC 5802 / RFC 7677 and the MongoDB auth spec (SCRAM-SHA-1 hashes the password as
-md5("user:mongo:password") first; SCRAM-SHA-256 uses the password as is, here ASCII only,
-so SASLprep is the identity).
+"""Helpers for the security tests (issue 3): gateway users, config files, a throwaway PKI,
+and metrics. The raw client those tests use to connect from a chosen source address and log in
+with SCRAM (RawConn, ScramClient) lives in mongowire.py, the one raw-wire client.
 
 Nothing here is a secret worth keeping: every password and key is generated per run for
 servers that listen on loopback only and live in pytest's temporary folder.
@@ -15,28 +8,20 @@ servers that listen on loopback only and live in pytest's temporary folder.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bson.binary import Binary
-
-import mongowire as w
 from conftest import ROOT, Gateway, _binary, start_gateway
 
 UNAUTHORIZED = 13
-AUTHENTICATION_FAILED = 18
 CURSOR_NOT_FOUND = 43
 
 
@@ -120,172 +105,6 @@ def write_config(path: Path, users: list[GwUser] = (), access: list = None, **se
 
 def rfc3339(delta: dt.timedelta) -> str:
     return (dt.datetime.now(dt.timezone.utc) + delta).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-# ---------------------------------------------------------------------------
-# SCRAM over raw sockets
-
-
-def _h(mechanism: str):
-    return hashlib.sha256 if mechanism == "SCRAM-SHA-256" else hashlib.sha1
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b))
-
-
-class ScramClient:
-    """The client side of one SCRAM conversation (RFC 5802), as MongoDB drivers run it."""
-
-    def __init__(self, mechanism: str, user: str, password: str):
-        assert mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-1"), mechanism
-        self.mechanism = mechanism
-        self.user = user
-        if mechanism == "SCRAM-SHA-1":
-            password = hashlib.md5(f"{user}:mongo:{password}".encode()).hexdigest()
-        self.password = password.encode()
-        self.nonce = base64.b64encode(secrets.token_bytes(24)).decode()
-        name = user.replace("=", "=3D").replace(",", "=2C")
-        self.first_bare = f"n={name},r={self.nonce}"
-        self.server_signature = b""
-
-    def first(self) -> bytes:
-        return ("n,," + self.first_bare).encode()
-
-    def final(self, server_first: bytes) -> bytes:
-        text = server_first.decode()
-        fields = dict(kv.split("=", 1) for kv in text.split(","))
-        assert fields["r"].startswith(self.nonce), "server nonce does not extend ours"
-        salt, iterations = base64.b64decode(fields["s"]), int(fields["i"])
-        h = _h(self.mechanism)
-        salted = hashlib.pbkdf2_hmac(h().name, self.password, salt, iterations)
-        client_key = hmac.new(salted, b"Client Key", h).digest()
-        stored_key = h(client_key).digest()
-        without_proof = f"c=biws,r={fields['r']}"
-        auth_message = f"{self.first_bare},{text},{without_proof}".encode()
-        signature = hmac.new(stored_key, auth_message, h).digest()
-        proof = base64.b64encode(_xor(client_key, signature)).decode()
-        server_key = hmac.new(salted, b"Server Key", h).digest()
-        self.server_signature = hmac.new(server_key, auth_message, h).digest()
-        return f"{without_proof},p={proof}".encode()
-
-    def verify(self, server_final: bytes) -> None:
-        fields = dict(kv.split("=", 1) for kv in server_final.decode().split(","))
-        assert "e" not in fields, f"server error: {fields['e']}"
-        assert base64.b64decode(fields["v"]) == self.server_signature, "bad server signature"
-
-
-class ClosedError(ConnectionError):
-    """The gateway closed the connection instead of answering."""
-
-
-class RawConn:
-    """One wire-protocol connection from a chosen loopback source address."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1", timeout: float = 10.0,
-                 sock: socket.socket | None = None):
-        self.port = port
-        self.source = source
-        if sock is None:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.bind((source, 0))
-            sock.connect((host, port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, doc: dict, db: str = "admin") -> int:
-        doc = dict(doc)
-        doc.setdefault("$db", db)
-        rid = w.next_request_id()
-        self.sock.sendall(w.op_msg(doc, request_id=rid))
-        return rid
-
-    def command(self, doc: dict, db: str = "admin", timeout: float = 10.0) -> dict:
-        """Send one command and return the reply document; ClosedError if the peer closed."""
-        try:
-            rid = self.send(doc, db)
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise ClosedError(f"send failed: {e}") from e
-        msg = w.recv_message(self.sock, timeout)
-        if msg is None:
-            raise ClosedError("connection closed without a reply")
-        assert msg.response_to == rid, f"reply to {msg.response_to}, expected {rid}"
-        return msg.doc
-
-    def try_command(self, doc: dict, db: str = "admin", timeout: float = 10.0) -> dict | None:
-        """command(), but None when the connection was closed (or reset) instead."""
-        try:
-            return self.command(doc, db, timeout)
-        except (ClosedError, OSError):
-            return None
-
-    def hello(self, **extra) -> dict:
-        return self.command({"hello": 1, **extra})
-
-    def auth(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256", db: str = "admin",
-             speculative: bool = False, timeout: float = 30.0) -> dict:
-        """Run a whole SCRAM conversation; returns the last reply (ok: 1 on success, otherwise
-        the error reply). With `speculative`, the first step rides in a hello."""
-        scram = ScramClient(mechanism, user, password)
-        start = {"saslStart": 1, "mechanism": mechanism, "payload": Binary(scram.first()),
-                 "options": {"skipEmptyExchange": True}}
-        if speculative:
-            reply = self.command({"hello": 1, "saslSupportedMechs": f"{db}.{user}",
-                                  "speculativeAuthenticate": {**start, "db": db}}, timeout=timeout)
-            if reply.get("ok") != 1:
-                return reply
-            step = reply.get("speculativeAuthenticate")
-            if step is None:
-                return {"ok": 0, "code": AUTHENTICATION_FAILED, "errmsg": "no speculativeAuthenticate in hello",
-                        "hello": reply}
-        else:
-            step = self.command(start, db=db, timeout=timeout)
-            if step.get("ok") != 1:
-                return step
-        reply = self.command({"saslContinue": 1, "conversationId": step["conversationId"],
-                              "payload": Binary(scram.final(bytes(step["payload"])))}, db=db, timeout=timeout)
-        if reply.get("ok") != 1:
-            return reply
-        scram.verify(bytes(reply["payload"]))
-        if not reply.get("done"):
-            reply = self.command({"saslContinue": 1, "conversationId": step["conversationId"],
-                                  "payload": Binary(b"")}, db=db, timeout=timeout)
-            assert reply.get("ok") != 1 or reply.get("done"), reply
-        return reply
-
-
-def refused_before_reply(port: int, source: str, host: str = "127.0.0.1", timeout: float = 5.0) -> bool:
-    """Connect from `source`, send a hello, and report whether the gateway closed the connection
-    without any reply (True) or answered (False). A connect() that is refused or reset counts as
-    closed."""
-    try:
-        conn = RawConn(port, source=source, host=host, timeout=timeout)
-    except (ConnectionRefusedError, ConnectionResetError):
-        return True
-    with conn:
-        try:
-            conn.sock.sendall(w.op_msg({"hello": 1, "$db": "admin"}))
-        except (BrokenPipeError, ConnectionResetError):
-            return True
-        try:
-            msg = w.recv_message(conn.sock, timeout)
-        except TimeoutError:
-            raise AssertionError(f"gateway neither answered nor closed a connection from {source} within {timeout}s")
-        return msg is None
 
 
 # ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from conftest import free_port
 from iam_fixtures import (ACCOUNT, OTHER_ROLE_NAME, ROLE_ARN, ROLE_NAME, STS_BODY, STS_HOST, THROTTLING, AwsConn,
                           AwsCreds, CountingProxy, FakeSts, InFlightSampler, aws_environment, iam_uri, post_to_sts,
                           sign, start_iam_gateway, start_moto, sts_counts, sts_delta, tamper_signature)
-from security_fixtures import AUTHENTICATION_FAILED
+from mongowire import AUTHENTICATION_FAILED
 
 DB = "iamtest"
 

@@ -8,7 +8,7 @@ but if it ever got through it would only take this module's server down).
 
 Addresses: the gateway listens on 127.0.0.1 only. Clients that must come from another
 source address (127.0.0.2, 127.0.0.3) bind their socket to it and speak the wire
-protocol themselves (security_fixtures.RawConn, with a SCRAM client), because pymongo
+protocol themselves (mongowire.RawConn, with a SCRAM client), because pymongo
 cannot choose its source address.
 
 Tests of flags that arrived late in issue 3 (per-source connection limit, TLS) check
@@ -37,9 +37,9 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 import mongowire as w
 from conftest import free_port, start_ferretdb, start_gateway, wait_until
-from security_fixtures import (AUTHENTICATION_FAILED, CURSOR_NOT_FOUND, UNAUTHORIZED, GatewayFactory, RawConn,
-                               ScramClient, gateway_bin, gateway_supports, make_pki, make_user, metric, metrics_text,
-                               refused_before_reply, rfc3339, sighup, timed, write_config)
+from mongowire import AUTHENTICATION_FAILED, RawConn, ScramClient, refused_before_reply
+from security_fixtures import (CURSOR_NOT_FOUND, UNAUTHORIZED, GatewayFactory, gateway_bin, gateway_supports, make_pki,
+                               make_user, metric, metrics_text, rfc3339, sighup, timed, write_config)
 
 MECHANISMS = ["SCRAM-SHA-256", "SCRAM-SHA-1"]
 

@@ -15,7 +15,7 @@
 //! `gateway` (one client per environment, through a freshly started mongomux with
 //! `--pool-size`). Each invocation reads one document by `_id` and inserts one.
 //!
-//! The upstream's connections are counted from the kernel ([`timeline`], [`sockdiag`]), never
+//! The upstream's connections are counted from the kernel ([`timeline`], `mongomux_testkit::sockets`), never
 //! from the gateway, and written as a timeline for plots. The figures per run are the peak and
 //! average upstream connections, the success rate, and cold and warm p50/p99 latency (from the
 //! invocation's scheduled arrival to its completion, so a cold start includes creating the
@@ -40,7 +40,6 @@ mod dispatch;
 mod env;
 mod output;
 mod shape;
-mod sockdiag;
 mod timeline;
 
 use std::net::SocketAddr;

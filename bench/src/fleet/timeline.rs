@@ -4,8 +4,8 @@
 //! What it owns: the gauges the dispatcher and the environments update (environments alive,
 //! busy, invocations completed) and a background thread that samples them every ~100 ms
 //! together with the established connections to the upstream's port (from the kernel's socket
-//! diagnostics, [`super::sockdiag`], or `/proc/net/tcp` via [`crate::observe`] where netlink is
-//! unavailable) and, in gateway mode, the upstream connections the gateway process holds. Peak
+//! diagnostics, or `/proc/net/tcp` where netlink is unavailable, both from
+//! `mongomux_testkit::sockets`) and, in gateway mode, the upstream connections the gateway process holds. Peak
 //! and average connections are computed from these samples.
 //!
 //! What it must never do: ask the gateway or the drivers how many connections they have; the
@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::sockdiag::{Port, SockDiag};
-use crate::observe::{established_from_pid, established_to_port, socket_inodes};
+use mongomux_testkit::sockets::{self, loopback, socket_inodes, End, Sock, SockDiag};
 
 /// Counters shared by the dispatcher, the environment threads and the sampler.
 #[derive(Debug, Default)]
@@ -154,34 +153,38 @@ impl Counter {
         match SockDiag::open() {
             Ok(d) => Counter::Diag(d),
             Err(e) => {
-                eprintln!("    note: {e:#}; counting connections from /proc/net/tcp instead");
+                eprintln!(
+                    "    note: sock_diag: {e}; counting connections from /proc/net/tcp instead"
+                );
                 Counter::Proc
             }
         }
     }
 
-    /// Established connections whose server side is `port`.
-    fn upstream(&mut self, port: u16) -> Result<usize> {
-        match self {
-            Counter::Diag(d) => d.count(Port::Local(port)),
-            Counter::Proc => established_to_port(port),
-        }
+    fn established(&mut self, end: End) -> Result<Vec<Sock>> {
+        Ok(match self {
+            Counter::Diag(d) => d.established(end)?,
+            Counter::Proc => sockets::proc_established(end)?,
+        })
     }
 
-    /// Established connections from process `pid` to `port`.
+    /// Established connections whose server side is 127.0.0.1:`port`: the larger of two
+    /// reads (a read can skip a socket that moved in the kernel's table, never invent one).
+    fn upstream(&mut self, port: u16) -> Result<usize> {
+        let server = End::Local(loopback(port));
+        let a = self.established(server)?.len();
+        Ok(a.max(self.established(server)?.len()))
+    }
+
+    /// Established connections from process `pid` to 127.0.0.1:`port`.
     fn held_by(&mut self, pid: u32, port: u16) -> Result<usize> {
-        match self {
-            Counter::Diag(d) => {
-                let mine = socket_inodes(pid)?;
-                let mut best = 0;
-                for _ in 0..2 {
-                    let n = d.established(Port::Remote(port))?;
-                    best = best.max(n.intersection(&mine).count());
-                }
-                Ok(best)
-            }
-            Counter::Proc => established_from_pid(pid, port),
+        let mine = socket_inodes(pid)?;
+        let mut best = 0;
+        for _ in 0..2 {
+            let socks = self.established(End::Remote(loopback(port)))?;
+            best = best.max(socks.iter().filter(|s| mine.contains(&s.inode)).count());
         }
+        Ok(best)
     }
 }
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bson::{rawdoc, Bson, Document, RawDocumentBuf};
+use mongomux_testkit::frame;
 use mongomux_wire::{
     encode_op_msg, Header, MsgFlags, OpCode, OpCompressed, OpMsg, OpReply, HEADER_LEN,
     REPLY_QUERY_FAILURE,
@@ -44,25 +45,13 @@ async fn send(s: &mut TcpStream, bytes: &[u8]) {
     s.write_all(bytes).await.expect("write to gateway");
 }
 
-/// Reads one whole message; `None` on a clean EOF or a reset. Panics after [`READ_TIMEOUT`].
+/// Reads one whole message (through the kit's framing, bounded by maxMessageSizeBytes); `None`
+/// on a clean EOF or a reset. Panics on a length out of bounds and after [`READ_TIMEOUT`].
 async fn try_read_message(s: &mut TcpStream) -> Option<Vec<u8>> {
-    tokio::time::timeout(READ_TIMEOUT, async {
-        let mut len = [0u8; 4];
-        if s.read_exact(&mut len).await.is_err() {
-            return None;
-        }
-        let len = i32::from_le_bytes(len);
-        assert!(
-            (HEADER_LEN as i32..=48_000_000).contains(&len),
-            "gateway sent a message of length {len}"
-        );
-        let mut msg = vec![0u8; len as usize];
-        msg[..4].copy_from_slice(&len.to_le_bytes());
-        s.read_exact(&mut msg[4..]).await.expect("rest of message");
-        Some(msg)
-    })
-    .await
-    .expect("timed out waiting for a reply")
+    tokio::time::timeout(READ_TIMEOUT, frame::read_message(s, frame::MAX_MESSAGE))
+        .await
+        .expect("timed out waiting for a reply")
+        .unwrap_or_else(|e| panic!("reading a message from the gateway: {e}"))
 }
 
 async fn read_message(s: &mut TcpStream) -> Vec<u8> {
@@ -119,21 +108,14 @@ fn op_msg(request_id: i32, body: &RawDocumentBuf) -> Vec<u8> {
 
 /// OP_QUERY: flags, fullCollectionName, numberToSkip, numberToReturn, query.
 fn op_query(request_id: i32, collection: &str, query: &RawDocumentBuf) -> Vec<u8> {
-    let mut out = vec![0u8; HEADER_LEN];
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(collection.as_bytes());
-    out.push(0);
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&(-1i32).to_le_bytes());
-    out.extend_from_slice(query.as_bytes());
-    let header = Header {
-        length: out.len() as i32,
-        request_id,
-        response_to: 0,
-        op_code: OpCode::Query,
-    };
-    out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-    out
+    let mut body = Vec::new();
+    body.extend_from_slice(&0i32.to_le_bytes());
+    body.extend_from_slice(collection.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0i32.to_le_bytes());
+    body.extend_from_slice(&(-1i32).to_le_bytes());
+    body.extend_from_slice(query.as_bytes());
+    frame::frame(frame::OP_QUERY, request_id, 0, &body).expect("small message")
 }
 
 /// Sends `hello` and checks the reply is a hello reply; the proof a connection is still usable.

@@ -304,7 +304,7 @@ async fn cursor_dropped_early_is_killed_upstream() {
             .await
             .unwrap();
         let mut direct = ferret.direct().await;
-        async fn open_direct(d: &mut raw::RawConn) -> i64 {
+        async fn open_direct(d: &mut mongomux_testkit::RawConn) -> i64 {
             let r = d
                 .run("cursors", doc! {"find": "killme", "batchSize": 1})
                 .await
@@ -450,9 +450,10 @@ async fn unique_index_duplicate_key_error_matches_direct() {
 
         let mut direct = ferret.direct().await;
         let dup = doc! {"_id": 2, "email": "a@example.com"};
-        let direct_write_error = |reply: Result<Document, raw::ServerError>| {
-            let e = raw::first_write_error(&reply.expect("direct insert answers ok: 1"))
-                .expect("direct insert reports a write error");
+        let direct_write_error = |reply: Result<Document, mongomux_testkit::ServerError>| {
+            let e =
+                mongomux_testkit::first_write_error(&reply.expect("direct insert answers ok: 1"))
+                    .expect("direct insert reports a write error");
             Some((e.code, e.message))
         };
 

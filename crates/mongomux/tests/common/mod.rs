@@ -5,15 +5,15 @@
 //! What it owns: starting and stopping those processes on free loopback ports with temporary data
 //! folders, starting `mongomux serve` as a child process exactly as an operator would (the CLI
 //! contract in `docs/dev/gateway-contract.md`), building driver clients, and observing the system
-//! from the outside (established sockets by port, through sock_diag or `/proc/net/tcp{,6}`, and
+//! from the outside (established sockets by address, through `mongomux_testkit::sockets`, and
 //! Prometheus text).
 //!
 //! What it must never do: reach into the gateway's internals, or let a test hang. Every wait here
 //! has a deadline, and every child process is killed when its handle is dropped (a failing test
 //! prints the tail of the child's log so the failure can be understood without re-running).
 //!
-//! Results are checked against FerretDB with [`raw::RawConn`], not the driver: the Rust driver
-//! cannot authenticate to FerretDB v1.24.2 (see that module).
+//! Results are checked against FerretDB with [`mongomux_testkit::RawConn`], not the driver: the
+//! Rust driver cannot authenticate to FerretDB v1.24.2 (see that crate).
 //!
 //! Environment: `MONGOMUX_FERRETDB` and `MONGOMUX_NX` override the binaries (defaults
 //! `.local/bin/ferretdb`, `.venv/bin/nx-27017`, installed by `scripts/install-deps`; a missing one
@@ -26,12 +26,9 @@
 //! transactions, which the driver refuses against a standalone server) are expected to fail in
 //! that mode.
 
-// Signals child processes and counts sockets through libc (sockdiag).
+// Signals child processes through libc (kill).
 #![allow(unsafe_code)]
 #![allow(dead_code)] // each test binary uses a different subset of the harness
-
-pub mod raw;
-pub mod sockdiag;
 
 mod driver;
 mod gateway;

@@ -1,52 +1,36 @@
-//! Observing the system from the outside: established sockets by port (sock_diag, or
-//! `/proc/net/tcp{,6}`), a background sampler of their maximum, and Prometheus text.
+//! Observing the system from the outside: established sockets to a server (sock_diag, or
+//! `/proc/net/tcp{,6}`, through `mongomux_testkit::sockets`), a background sampler of their
+//! maximum, and Prometheus text.
 
 use super::*;
 
+use mongomux_testkit::sockets::{self, End, SockDiag};
+
 // Observing from the outside
 
-/// Number of ESTABLISHED TCP sockets whose *local* port is `port`: on loopback, that is the
-/// server side of every connection the process listening on `port` has accepted (the client side
-/// of each connection has `port` as its remote port and is not counted). Asks the kernel through
-/// sock_diag ([`sockdiag`]), which stays cheap with tens of thousands of sockets; falls back to
-/// [`established_to_port_proc`] if netlink is unavailable.
+/// Number of ESTABLISHED TCP sockets whose local end is 127.0.0.1:`port`: the server side of
+/// every connection the process listening there has accepted (the client side of each
+/// connection has it as its remote end and is not counted). Asks the kernel through sock_diag,
+/// which stays cheap with tens of thousands of sockets, or `/proc/net/tcp{,6}` where netlink is
+/// unavailable ([`mongomux_testkit::sockets`]).
 pub fn established_to_port(port: u16) -> usize {
-    sockdiag::established_with_local_port(port).unwrap_or_else(|_| established_to_port_proc(port))
+    sockets::established(End::Local(sockets::loopback(port)))
+        .map(|s| s.len())
+        .unwrap_or_else(|e| panic!("count sockets to port {port}: {e}"))
 }
 
 /// [`established_to_port`], read from /proc/net/tcp and /proc/net/tcp6 (the plain reference:
 /// it formats every socket on the machine, so it is slow with many).
 pub fn established_to_port_proc(port: u16) -> usize {
-    let mut n = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let mut fields = line.split_whitespace();
-            let (Some(_sl), Some(local), Some(_remote), Some(state)) =
-                (fields.next(), fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            // state 01 = TCP_ESTABLISHED
-            if state != "01" {
-                continue;
-            }
-            let Some((_, p)) = local.rsplit_once(':') else {
-                continue;
-            };
-            if u16::from_str_radix(p, 16) == Ok(port) {
-                n += 1;
-            }
-        }
-    }
-    n
+    sockets::proc_established(End::Local(sockets::loopback(port)))
+        .map(|s| s.len())
+        .unwrap_or_else(|e| panic!("read /proc/net/tcp: {e}"))
 }
 
 /// Samples the ESTABLISHED sockets with local port `port` on its own thread until stopped, and
-/// keeps the maximum. IPv4 only (the servers here listen on 127.0.0.1): see [`sockdiag`] for why
-/// each sample costs milliseconds, and so why the interval should not be tiny.
+/// keeps the maximum. IPv4 only (the servers here listen on 127.0.0.1): see
+/// [`SockDiag::only_ipv4_sockets`] for why each sample costs milliseconds, and so why the
+/// interval should not be tiny.
 pub struct ConnSampler {
     max: Arc<AtomicUsize>,
     samples: Arc<AtomicUsize>,
@@ -61,9 +45,13 @@ impl ConnSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let (m, s, st) = (max.clone(), samples.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
+            let server = End::Local(sockets::loopback(port));
+            let mut diag = SockDiag::open().ok().map(SockDiag::only_ipv4_sockets);
             while !st.load(Ordering::Relaxed) {
-                let n = sockdiag::established_with_local_port_in(port, &[libc::AF_INET])
-                    .unwrap_or_else(|_| established_to_port_proc(port));
+                let n = match diag.as_mut().map(|d| d.established(server)) {
+                    Some(Ok(socks)) => socks.len(),
+                    _ => established_to_port_proc(port),
+                };
                 m.fetch_max(n, Ordering::Relaxed);
                 s.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(interval);

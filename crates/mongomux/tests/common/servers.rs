@@ -3,6 +3,8 @@
 
 use super::*;
 
+use mongomux_testkit::{RawConn, DEFAULT_LIMIT};
+
 // ---------------------------------------------------------------------------------------------
 // FerretDB
 
@@ -98,7 +100,10 @@ impl Ferret {
             }
             if port_accepts(self.port) {
                 match self.try_direct().await {
-                    Ok(mut c) => match c.command("admin", doc! {"ping": 1}).await {
+                    Ok(mut c) => match c
+                        .command(&doc! {"ping": 1, "$db": "admin"}, DEFAULT_LIMIT)
+                        .await
+                    {
                         Ok(_) => return,
                         Err(e) => last_err = e.to_string(),
                     },
@@ -141,21 +146,21 @@ impl Ferret {
         format!("mongodb://127.0.0.1:{}/?authSource=admin", self.port)
     }
 
-    /// A connection straight to FerretDB, authenticated as the setup user (see [`raw`]).
-    pub async fn direct(&self) -> raw::RawConn {
+    /// A connection straight to FerretDB, authenticated as the setup user (see
+    /// [`mongomux_testkit`]).
+    pub async fn direct(&self) -> RawConn {
         self.try_direct()
             .await
             .unwrap_or_else(|e| panic!("direct connection to FerretDB: {e}"))
     }
 
-    async fn try_direct(&self) -> Result<raw::RawConn, String> {
-        if self.auth {
-            raw::RawConn::connect_scram(self.addr(), UPSTREAM_USER, UPSTREAM_PASSWORD).await
+    async fn try_direct(&self) -> Result<RawConn, String> {
+        let conn = if self.auth {
+            RawConn::connect_scram(self.addr(), UPSTREAM_USER, UPSTREAM_PASSWORD).await
         } else {
-            raw::RawConn::connect(self.addr())
-                .await
-                .map_err(|e| e.to_string())
-        }
+            RawConn::connect(self.addr(), None).await
+        };
+        conn.map_err(|e| e.to_string())
     }
 
     /// Text of FerretDB's Prometheus endpoint (`--debug-addr`), if reachable.
