@@ -1,6 +1,6 @@
-//! The shared state every task receives as an `Arc<Context>`: configuration (behind an
-//! `ArcSwap` so a reload swaps it atomically), the upstream pool, metrics, the drain signal and
-//! the id counters. There is no other shared state: no globals.
+//! The shared state every task receives as an `Arc<Context>`: the validated settings (behind an
+//! `ArcSwap` so a reload swaps them atomically), the client limit, the upstream pool, metrics,
+//! the drain signal and the id counters. There is no other shared state: no globals.
 
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -9,25 +9,20 @@ use arc_swap::ArcSwap;
 use bson::oid::ObjectId;
 use tokio::sync::watch;
 
-use crate::access::AccessList;
-use crate::config::Config;
+use crate::client_limit::ClientLimit;
 use crate::limits::{AuthLimiter, SourceCounts};
 use crate::metrics::Metrics;
 use crate::routing::Routing;
-use crate::upstream::{Pool, PoolSettings};
-use crate::users::UserStore;
+use crate::settings::Settings;
+use crate::upstream::Pool;
 
 /// Shared state of one running gateway.
 #[derive(Debug)]
 pub struct Context {
-    /// The configuration in force.
-    pub config: ArcSwap<Config>,
-    /// The listener's TLS settings, when TLS is on; swapped on reload.
-    pub tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
-    /// Who may connect; swapped on reload.
-    pub access: ArcSwap<AccessList>,
-    /// Gateway users; swapped on reload.
-    pub users: ArcSwap<UserStore>,
+    /// The settings in force (users, access list and TLS included); swapped whole on reload.
+    pub settings: ArcSwap<Settings>,
+    /// How many clients may be served at once; resized on reload.
+    pub clients: ClientLimit,
     /// Open connections per source.
     pub sources: Arc<SourceCounts>,
     /// Authentication failures per source.
@@ -52,55 +47,33 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds the context for a validated configuration.
-    pub fn new(
-        config: Config,
-        draining: watch::Receiver<bool>,
-    ) -> Result<Arc<Context>, crate::GatewayError> {
+    /// Builds the context for validated settings.
+    pub fn new(settings: Settings, draining: watch::Receiver<bool>) -> Arc<Context> {
         let metrics = Arc::new(Metrics::default());
-        let upstream_tls = match config.upstream().tls {
-            true => Some(crate::tls::client_config(
-                config.upstream().tls_ca_file.as_ref(),
-            )?),
-            false => None,
-        };
-        let settings = PoolSettings {
-            tls: upstream_tls,
-            upstream: config.upstream().clone(),
-            size: config.pool_size,
-            max_pinned: config.pinned_limit(),
-            checkout_timeout: config.checkout_timeout,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-        };
-        let access = config.access_list()?;
-        let tls = config.tls_server()?;
-        let users = UserStore::from_config(&config.users)?;
         let (reload_tx, reloads) = watch::channel(0);
         let sts = crate::sts::Sts::new(
-            config.sts_endpoint()?,
-            config.sts_max_concurrency,
-            config.sts_timeout,
+            settings.sts_endpoint.clone(),
+            settings.sts_tls.clone(),
+            settings.sts_max_concurrency,
+            settings.sts_timeout,
             metrics.clone(),
-        )?;
-        Ok(Arc::new(Context {
+        );
+        Arc::new(Context {
             sts,
-            tls: ArcSwap::from_pointee(tls),
             reloads,
             reload_tx,
-            users: ArcSwap::from_pointee(users),
             auth_limiter: AuthLimiter::default(),
             sources: Arc::default(),
             routing: Routing::default(),
-            access: ArcSwap::from_pointee(access),
-            pool: Pool::new(settings, metrics.clone()),
-            config: ArcSwap::from_pointee(config),
+            pool: Pool::new(settings.pool_settings(), metrics.clone()),
+            clients: ClientLimit::new(settings.max_clients),
+            settings: ArcSwap::from_pointee(settings),
             metrics,
             draining,
             service_id: ObjectId::new(),
             connection_ids: AtomicI64::new(0),
             reply_ids: AtomicI32::new(0),
-        }))
+        })
     }
 
     /// A fresh `connectionId` for the handshake reply.

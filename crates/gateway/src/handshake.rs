@@ -22,7 +22,7 @@ pub async fn ensure_upstream_info(ctx: &Context) {
     if ctx.pool.upstream_info().is_some() {
         return;
     }
-    let deadline = ctx.config.load().handshake_timeout;
+    let deadline = ctx.settings.load().handshake_timeout;
     if let Ok(Ok(conn)) = tokio::time::timeout(deadline, ctx.pool.checkout()).await {
         conn.release();
     }

@@ -10,13 +10,15 @@
 //! - [`routing`]: per-client cursors, sessions and pinned transactions.
 //! - [`upstream`]: authenticated upstream connections and the bounded pool.
 //! - [`framed`]: whole messages out of a byte stream, with length checks.
-//! - [`config`], [`metrics`], [`error`]: settings, Prometheus metrics, the error-to-reply mapping.
+//! - [`settings`]: raw configuration, validated [`Settings`], configuration errors, reload.
+//! - [`client_limit`]: `max_clients` admission, and what drain waits for.
+//! - [`metrics`], [`error`]: Prometheus metrics, the error-to-reply mapping.
 //!
 //! State shared between tasks lives in one [`Context`] passed as an `Arc`; there are no globals.
 
 pub mod access;
 pub mod authz;
-pub mod config;
+pub mod client_limit;
 pub mod context;
 pub mod edge_auth;
 pub mod error;
@@ -24,17 +26,17 @@ pub mod framed;
 pub mod handshake;
 pub mod limits;
 pub mod metrics;
-pub mod reload;
 pub mod request;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod sts;
 pub mod tls;
 pub mod upstream;
 pub mod users;
 
-pub use config::Config;
 pub use context::Context;
 pub use error::GatewayError;
-pub use server::Gateway;
+pub use server::{Gateway, StartError};
+pub use settings::{ConfigError, RawConfig, Settings};

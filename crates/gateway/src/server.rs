@@ -1,7 +1,8 @@
 //! The listener, the accept loop and the drain.
 //!
-//! Owns the client limit (a semaphore whose permits travel with each session task, so "all
-//! permits back" means "no client left") and the reaction to running out of file descriptors:
+//! Owns admission through the client limit ([`crate::client_limit`], whose permits travel with
+//! each session task, so "no permit held" means "no client left") and the reaction to running
+//! out of file descriptors:
 //! a spare descriptor is kept open so that, at the limit, the gateway can still accept and
 //! immediately close a new client instead of spinning on EMFILE, while existing clients carry on.
 
@@ -12,15 +13,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use crate::config::Config;
 use crate::context::Context;
-use crate::error::GatewayError;
+use crate::settings::Settings;
 use crate::{metrics, session};
 
 /// Least time between two warnings about refused clients.
 const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a gateway with valid settings could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}{purpose}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Empty for the client listener, " for metrics" for the metrics endpoint.
+        purpose: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A bound, not yet running gateway.
 pub struct Gateway {
@@ -28,29 +44,31 @@ pub struct Gateway {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     drain_tx: watch::Sender<bool>,
-    clients: Arc<Semaphore>,
 }
 
 impl Gateway {
-    /// Validates nothing further (see [`Config::finish`]) and binds the sockets.
-    pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            GatewayError::Config(format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                GatewayError::Config(format!("cannot listen on {addr} for metrics: {e}"))
-            })?),
+    /// Binds the sockets for already validated settings.
+    pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
+        let bind = |addr: SocketAddr, purpose: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    purpose,
+                    source,
+                })
+        };
+        let listener = bind(settings.listen, "").await?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(bind(addr, " for metrics").await?),
             None => None,
         };
         let (drain_tx, drain_rx) = watch::channel(false);
-        let clients = Arc::new(Semaphore::new(config.max_clients));
         Ok(Gateway {
-            ctx: Context::new(config, drain_rx)?,
+            ctx: Context::new(settings, drain_rx),
             listener,
             metrics_listener,
             drain_tx,
-            clients,
         })
     }
 
@@ -82,7 +100,6 @@ impl Gateway {
             listener,
             metrics_listener,
             drain_tx,
-            clients,
         } = self;
         if let Some(l) = metrics_listener {
             tokio::spawn(metrics::serve(l, ctx.metrics.clone(), ctx.draining.clone()));
@@ -92,16 +109,14 @@ impl Gateway {
             let ctx = ctx.clone();
             async move { crate::handshake::ensure_upstream_info(&ctx).await }
         });
-        accept_loop(&ctx, listener, &clients, shutdown).await;
+        accept_loop(&ctx, listener, shutdown).await;
         let _ = drain_tx.send(true);
-        let max = ctx.config.load().max_clients as u32;
-        let deadline = ctx.config.load().drain_timeout;
-        let in_flight = max as usize - clients.available_permits();
-        tracing::info!(clients = in_flight, "draining");
-        match tokio::time::timeout(deadline, clients.acquire_many(max)).await {
-            Ok(_) => tracing::info!("drained: no client left"),
+        let deadline = ctx.settings.load().drain_timeout;
+        tracing::info!(clients = ctx.clients.held(), "draining");
+        match tokio::time::timeout(deadline, ctx.clients.all_released()).await {
+            Ok(()) => tracing::info!("drained: no client left"),
             Err(_) => tracing::warn!(
-                clients = max as usize - clients.available_permits(),
+                clients = ctx.clients.held(),
                 "drain deadline reached; closing remaining clients"
             ),
         }
@@ -112,7 +127,6 @@ impl Gateway {
 async fn accept_loop(
     ctx: &Arc<Context>,
     listener: TcpListener,
-    clients: &Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -141,7 +155,13 @@ async fn accept_loop(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) if !ctx.access.load().allows(peer.ip(), SystemTime::now()) => {
+            Ok((stream, peer))
+                if !ctx
+                    .settings
+                    .load()
+                    .access
+                    .allows(peer.ip(), SystemTime::now()) =>
+            {
                 // Refused before reading a byte: nothing from this peer is parsed.
                 ctx.metrics
                     .client_connections_denied
@@ -151,9 +171,9 @@ async fn accept_loop(
                 ));
                 drop(stream);
             }
-            Ok((stream, peer)) => match clients.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let limit = ctx.config.load().max_connections_per_source;
+            Ok((stream, peer)) => match ctx.clients.try_acquire() {
+                Some(permit) => {
+                    let limit = ctx.settings.load().max_connections_per_source;
                     match ctx.sources.admit(peer.ip(), limit) {
                         Some(slot) => {
                             tokio::spawn(session::run(ctx.clone(), stream, peer, (permit, slot)));
@@ -169,7 +189,7 @@ async fn accept_loop(
                         }
                     }
                 }
-                Err(_) => {
+                None => {
                     ctx.metrics
                         .client_connections_rejected
                         .fetch_add(1, Ordering::Relaxed);
@@ -216,7 +236,7 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 
 /// Closes idle upstream connections past their idle timeout.
 async fn reaper(ctx: Arc<Context>) {
-    let every = (ctx.config.load().idle_timeout / 4)
+    let every = (ctx.settings.load().idle_timeout / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut draining = ctx.draining.clone();
     loop {

@@ -18,7 +18,6 @@ use mongomux_wire::{
     OpCompressed, OpMsg, OpQuery, MAX_MESSAGE_SIZE, REPLY_QUERY_FAILURE,
 };
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::authz::{authorize, classify, Class};
 use crate::context::Context;
@@ -61,7 +60,7 @@ pub async fn run(
     ctx: Arc<Context>,
     stream: TcpStream,
     peer: SocketAddr,
-    _admission: (OwnedSemaphorePermit, crate::limits::SourceSlot),
+    _admission: (crate::client_limit::ClientPermit, crate::limits::SourceSlot),
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let _ = stream.set_nodelay(true);
@@ -95,7 +94,7 @@ impl Session {
         let mut draining = self.ctx.draining.clone();
         let mut reloads = self.ctx.reloads.clone();
         let handshake_deadline =
-            tokio::time::Instant::now() + self.ctx.config.load().handshake_timeout;
+            tokio::time::Instant::now() + self.ctx.settings.load().handshake_timeout;
         loop {
             // While draining, a request already (partly) received is still served: it is in
             // flight from the client's point of view.
@@ -196,7 +195,7 @@ impl Session {
     }
 
     async fn handle_msg(&mut self, mut frame: BytesMut) -> Outcome {
-        let users = self.ctx.users.load_full();
+        let users = self.ctx.settings.load().users.clone();
         let parsed = OpMsg::parse(&frame)
             .map_err(GatewayError::from)
             .and_then(|m| {
@@ -284,7 +283,7 @@ impl Session {
     /// Whether the authenticated user no longer exists as it was when it logged in.
     fn identity_revoked(&self) -> bool {
         match &self.auth.identity {
-            Some(user) => !self.ctx.users.load().still_valid(user),
+            Some(user) => !self.ctx.settings.load().users.still_valid(user),
             None => false,
         }
     }
@@ -327,7 +326,7 @@ impl Session {
             tokio::time::sleep(wait).await;
             // A failed speculative attempt is simply not answered; the driver then runs the
             // normal conversation, which fails with the proper error.
-            let host = self.ctx.config.load().aws_sts_host.clone();
+            let host = self.ctx.settings.load().aws_sts_host.clone();
             if let Ok(first) = self.auth.start(users, spec, &db, &host) {
                 reply.insert("speculativeAuthenticate", first);
             }
@@ -341,7 +340,7 @@ impl Session {
             match self.ctx.auth_limiter.reserve(ip) {
                 Some(wait) => {
                     tokio::time::sleep(wait).await;
-                    let host = self.ctx.config.load().aws_sts_host.clone();
+                    let host = self.ctx.settings.load().aws_sts_host.clone();
                     self.auth.start(users, body, &req.db, &host)
                 }
                 None => Err(GatewayError::AuthenticationFailed),
@@ -713,13 +712,12 @@ async fn client_gone(stream: &TcpStream) {
 /// fails it and is dropped), `allowed` looks at the first bytes to decide. Bounded by the
 /// handshake timeout. `None` means the client is dropped.
 async fn negotiate_tls(ctx: &Context, tcp: TcpStream, peer: SocketAddr) -> Option<ClientStream> {
-    let mode = ctx.config.load().tls_mode;
-    let tls = ctx.tls.load_full();
-    let (mode, cfg) = match (mode, tls.as_ref()) {
+    let settings = ctx.settings.load_full();
+    let (mode, cfg) = match (settings.tls_mode, settings.tls_server.as_ref()) {
         (TlsMode::Disabled, _) | (_, None) => return Some(MaybeTls::Plain(tcp)),
         (mode, Some(cfg)) => (mode, cfg.clone()),
     };
-    let deadline = ctx.config.load().handshake_timeout;
+    let deadline = settings.handshake_timeout;
     let result = tokio::time::timeout(deadline, async move {
         if mode == TlsMode::Allowed {
             let mut first = [0u8; 2];

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use mongomux_gateway::{config::parse_uri, Config, Gateway};
+use mongomux_gateway::settings::{parse_uri, reload};
+use mongomux_gateway::{ConfigError, Gateway, RawConfig, Settings};
+
+/// Said once, here, in front of every configuration error.
+const INVALID: &str = "invalid configuration";
 
 #[derive(Parser)]
 #[command(
@@ -138,10 +142,12 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn into_config(self) -> Result<Config> {
+    /// The file with the environment and flags layered over it; checked by
+    /// [`Settings::from_raw`], not here.
+    fn into_raw(self) -> Result<RawConfig, ConfigError> {
         let mut cfg = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
         };
         if let Some(v) = self.listen {
             cfg.listen = v;
@@ -199,7 +205,7 @@ impl ServeArgs {
         if self.max_pinned.is_some() {
             cfg.max_pinned = self.max_pinned;
         }
-        Ok(cfg.finish()?)
+        Ok(cfg)
     }
 }
 
@@ -207,7 +213,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => {
-            Config::from_file(&file)?.finish()?;
+            RawConfig::from_file(&file)
+                .and_then(Settings::from_raw)
+                .context(INVALID)?;
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -227,18 +235,24 @@ fn main() -> Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let fd_limit = raise_fd_limit();
-            let mut cfg = args.clone().into_config()?;
-            fit_clients_to_fd_limit(&mut cfg, fd_limit);
+            let settings = args
+                .clone()
+                .into_raw()
+                .and_then(|mut raw| {
+                    fit_clients_to_fd_limit(&mut raw, fd_limit);
+                    Settings::from_raw(raw)
+                })
+                .context(INVALID)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(cfg, *args))
+                .block_on(serve(settings, *args))
         }
     }
 }
 
-async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
-    let gateway = Gateway::bind(cfg).await?;
+async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
+    let gateway = Gateway::bind(settings).await?;
     tokio::spawn(reload_on_sighup(gateway.context(), args));
     let mut out = std::io::stdout().lock();
     writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
@@ -248,7 +262,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(listen = %gateway.local_addr(), "mongomux started");
-    if gateway.context().access.load().admits_any() {
+    if gateway.context().settings.load().access.admits_any() {
         tracing::warn!(
             "the access list admits every address: anyone who can reach this port may connect"
         );
@@ -269,19 +283,22 @@ async fn reload_on_sighup(ctx: std::sync::Arc<mongomux_gateway::Context>, args: 
         let fd_limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
             .ok()
             .map(|(soft, _)| soft);
-        let applied = args.clone().into_config().and_then(|mut cfg| {
+        let applied = args.clone().into_raw().and_then(|mut raw| {
             // The same lowering as at start, so an unchanged file does not read as a change.
-            fit_clients_to_fd_limit(&mut cfg, fd_limit);
-            Ok(mongomux_gateway::reload::apply(&ctx, cfg)?)
+            fit_clients_to_fd_limit(&mut raw, fd_limit);
+            reload::reload(&ctx, raw)
         });
         match applied {
-            Ok(summary) => {
-                tracing::info!(users = summary.users, "configuration reloaded");
-                if !summary.needs_restart.is_empty() {
-                    tracing::warn!(settings = ?summary.needs_restart, "changed settings that take effect only after a restart");
+            Ok(change) => {
+                tracing::info!(users = change.users, applied = ?change.applied, "configuration reloaded");
+                if !change.needs_restart.is_empty() {
+                    tracing::warn!(settings = ?change.needs_restart, "changed settings that take effect only after a restart; their running values stay");
                 }
             }
-            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+            Err(e) => tracing::error!(
+                "reload failed, keeping the running configuration: {:#}",
+                anyhow::Error::from(e).context(INVALID)
+            ),
         }
     }
 }
@@ -318,7 +335,7 @@ const FD_RESERVE: u64 = 64;
 /// STS calls need. Without this, a gateway at its descriptor limit could hold its clients but
 /// fail to reopen a pooled connection; with it, the clients beyond the limit are refused at
 /// accept (with a log line) and every held client keeps being served.
-fn fit_clients_to_fd_limit(cfg: &mut Config, limit: Option<u64>) {
+fn fit_clients_to_fd_limit(cfg: &mut RawConfig, limit: Option<u64>) {
     let Some(limit) = limit else { return };
     let needed_elsewhere = cfg.pool_size as u64 + cfg.sts_max_concurrency as u64 + FD_RESERVE;
     let room = limit.saturating_sub(needed_elsewhere).max(1);

@@ -15,9 +15,9 @@ use mongomux_auth::{Mechanism, ScramClient};
 use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
-use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::framed::Framed;
+use crate::settings::UpstreamConfig;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
 
 /// What the upstream said about itself in its `hello`; the gateway's own hello repeats it.
@@ -85,7 +85,7 @@ impl UpstreamConn {
                     .trim_end_matches(']');
                 let name =
                     rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
-                        GatewayError::Config(format!("{host:?} is not a valid TLS server name"))
+                        GatewayError::Upstream(format!("{host:?} is not a valid TLS server name"))
                     })?;
                 let tls = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, tcp)

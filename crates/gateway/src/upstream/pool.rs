@@ -21,9 +21,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{ConnIds, UpstreamConn, UpstreamInfo};
-use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::settings::UpstreamConfig;
 
 /// An idle connection with open cursors is kept this long at most (MongoDB's own idle-cursor
 /// timeout), because on some servers closing it would kill those cursors.
