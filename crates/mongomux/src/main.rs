@@ -11,8 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use mongomux_gateway::settings::{parse_uri, reload};
 use mongomux_gateway::{ConfigError, Gateway, RawConfig, Settings};
 
-/// Said once, here, in front of every configuration error.
-const INVALID: &str = "invalid configuration";
+/// A configuration error as one line, its causes included, introduced once.
+fn invalid(e: ConfigError) -> anyhow::Error {
+    anyhow::anyhow!("invalid configuration: {:#}", anyhow::Error::from(e))
+}
 
 #[derive(Parser)]
 #[command(
@@ -215,7 +217,7 @@ fn main() -> Result<()> {
         Command::CheckConfig { file } => {
             RawConfig::from_file(&file)
                 .and_then(Settings::from_raw)
-                .context(INVALID)?;
+                .map_err(invalid)?;
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -242,7 +244,7 @@ fn main() -> Result<()> {
                     fit_clients_to_fd_limit(&mut raw, fd_limit);
                     Settings::from_raw(raw)
                 })
-                .context(INVALID)?;
+                .map_err(invalid)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -296,8 +298,8 @@ async fn reload_on_sighup(ctx: std::sync::Arc<mongomux_gateway::Context>, args: 
                 }
             }
             Err(e) => tracing::error!(
-                "reload failed, keeping the running configuration: {:#}",
-                anyhow::Error::from(e).context(INVALID)
+                "reload failed, keeping the running configuration: {}",
+                invalid(e)
             ),
         }
     }

@@ -112,6 +112,10 @@ impl SettingsChange {
                 None => change.applied.push(field.name),
             }
         }
+        // The upstream and STS TLS configurations are used only when the pool and the STS
+        // client are built, at start: what runs is the old ones, whatever the CA file says now.
+        new.upstream_tls = old.upstream_tls.clone();
+        new.sts_tls = old.sts_tls.clone();
         change
     }
 }
