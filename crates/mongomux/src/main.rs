@@ -254,7 +254,10 @@ fn main() -> Result<()> {
 }
 
 async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
-    let gateway = Gateway::bind(settings).await?;
+    // One line with its cause, like configuration errors.
+    let gateway = Gateway::bind(settings)
+        .await
+        .map_err(|e| anyhow::anyhow!("{:#}", anyhow::Error::from(e)))?;
     tokio::spawn(reload_on_sighup(gateway.context(), args));
     let mut out = std::io::stdout().lock();
     writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
