@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::error::GatewayError;
+use crate::settings::ConfigError;
 
 /// One entry as written in the configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,9 +34,9 @@ pub struct IpBlock {
 
 impl IpBlock {
     /// Parses `addr` or `addr/prefix`.
-    pub fn parse(s: &str) -> Result<IpBlock, GatewayError> {
+    pub fn parse(s: &str) -> Result<IpBlock, ConfigError> {
         let bad =
-            || GatewayError::Config(format!("invalid access-list address or CIDR block {s:?}"));
+            || ConfigError::Invalid(format!("invalid access-list address or CIDR block {s:?}"));
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
             None => (s, None),
@@ -104,7 +104,7 @@ impl AccessList {
     pub fn from_config(
         entries: &[AccessEntryConfig],
         allow_any: bool,
-    ) -> Result<AccessList, GatewayError> {
+    ) -> Result<AccessList, ConfigError> {
         if entries.is_empty() {
             return Ok(AccessList::default());
         }
@@ -112,7 +112,7 @@ impl AccessList {
         for e in entries {
             let block = IpBlock::parse(&e.cidr)?;
             if block.is_any() && !allow_any {
-                return Err(GatewayError::Config(format!(
+                return Err(ConfigError::Invalid(format!(
                     "access-list entry {:?} admits every address; set allow_any_address = true (or --allow-any-address) if that is really intended",
                     e.cidr
                 )));
@@ -122,7 +122,7 @@ impl AccessList {
                 .as_deref()
                 .map(|t| {
                     humantime::parse_rfc3339_weak(t).map_err(|_| {
-                        GatewayError::Config(format!(
+                        ConfigError::Invalid(format!(
                             "access-list entry {:?}: expiry {t:?} is not an RFC 3339 time",
                             e.cidr
                         ))

@@ -11,26 +11,19 @@ use arc_swap::ArcSwap;
 use bson::oid::ObjectId;
 use tokio::sync::watch;
 
-use crate::access::AccessList;
-use crate::config::Config;
+use crate::client_limit::ClientLimit;
 use crate::limits::{AuthLimiter, SourceCounts};
 use crate::metrics::Metrics;
 use crate::route::Routes;
+use crate::settings::Settings;
 use crate::sts::Sts;
-use crate::upstream::{Pool, PoolSettings};
-use crate::users::UserStore;
+use crate::upstream::Pool;
 
 /// The settings in force, swapped whole on reload, and the signal that tells sessions so.
 #[derive(Debug)]
 pub struct Live {
-    /// The configuration in force.
-    pub config: ArcSwap<Config>,
-    /// The listener's TLS settings, when TLS is on.
-    pub tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
-    /// Who may connect.
-    pub access: ArcSwap<AccessList>,
-    /// Gateway users.
-    pub users: ArcSwap<UserStore>,
+    /// The settings in force (users, access list and TLS included).
+    pub settings: ArcSwap<Settings>,
     reload_tx: watch::Sender<u64>,
 }
 
@@ -38,6 +31,11 @@ impl Live {
     /// A receiver that changes on every reload; sessions re-check their identity then.
     pub fn reloads(&self) -> watch::Receiver<u64> {
         self.reload_tx.subscribe()
+    }
+
+    /// How many reloads were applied since start.
+    pub fn reload_count(&self) -> u64 {
+        *self.reload_tx.borrow()
     }
 
     /// Tells every session that the configuration changed.
@@ -101,6 +99,8 @@ pub struct Shared {
     pub edge: Arc<Edge>,
     /// Id counters.
     pub ids: Arc<Ids>,
+    /// How many clients may be served at once (the listener's; resized on reload).
+    pub clients: Arc<ClientLimit>,
     /// Open connections per source (the listener's).
     pub sources: Arc<SourceCounts>,
     /// Turns true when the gateway starts draining.
@@ -108,53 +108,33 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the parts for a validated configuration.
-    pub fn new(
-        config: Config,
-        draining: watch::Receiver<bool>,
-    ) -> Result<Shared, crate::GatewayError> {
+    /// Builds the parts for validated settings.
+    pub fn new(settings: Settings, draining: watch::Receiver<bool>) -> Shared {
         let metrics = Arc::new(Metrics::default());
-        let upstream_tls = match config.upstream().tls {
-            true => Some(crate::tls::client_config(
-                config.upstream().tls_ca_file.as_ref(),
-            )?),
-            false => None,
-        };
-        let settings = PoolSettings {
-            tls: upstream_tls,
-            upstream: config.upstream().clone(),
-            size: config.pool_size,
-            max_pinned: config.pinned_limit(),
-            checkout_timeout: config.checkout_timeout,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-        };
         let edge = Edge {
             sts: Sts::new(
-                config.sts_endpoint()?,
-                config.sts_max_concurrency,
-                config.sts_timeout,
+                settings.sts_endpoint.clone(),
+                settings.sts_tls.clone(),
+                settings.sts_max_concurrency,
+                settings.sts_timeout,
                 metrics.clone(),
-            )?,
+            ),
             limiter: AuthLimiter::default(),
         };
-        let live = Live {
-            tls: ArcSwap::from_pointee(config.tls_server()?),
-            access: ArcSwap::from_pointee(config.access_list()?),
-            users: ArcSwap::from_pointee(UserStore::from_config(&config.users)?),
-            config: ArcSwap::from_pointee(config),
-            reload_tx: watch::channel(0).0,
-        };
-        Ok(Shared {
-            live: Arc::new(live),
-            pool: Pool::new(settings, metrics.clone()),
+        Shared {
+            pool: Pool::new(settings.pool_settings(), metrics.clone()),
+            clients: Arc::new(ClientLimit::new(settings.max_clients)),
+            live: Arc::new(Live {
+                settings: ArcSwap::from_pointee(settings),
+                reload_tx: watch::channel(0).0,
+            }),
             routes: Arc::new(Routes::new(metrics.clone())),
             edge: Arc::new(edge),
             ids: Arc::new(Ids::new()),
             sources: Arc::default(),
             metrics,
             draining,
-        })
+        }
     }
 
     /// Whether the gateway is draining.

@@ -1,5 +1,6 @@
-//! The gateway's one error type, and the one place where any error becomes a MongoDB error
-//! reply (`{ok: 0, errmsg, code, codeName, errorLabels}`).
+//! The request error type, and the one place where any error becomes a MongoDB error
+//! reply (`{ok: 0, errmsg, code, codeName, errorLabels}`). Configuration errors are a type of
+//! their own ([`crate::settings::ConfigError`]): they never reach a client.
 //!
 //! The codes for the gateway's own conditions are chosen so that drivers react usefully:
 //! retryable codes (retryable reads/writes specs) where a retry can succeed, `ShutdownInProgress`
@@ -46,9 +47,6 @@ pub enum GatewayError {
     /// The client is not allowed to run this command.
     #[error("{0}")]
     Unauthorized(String),
-    /// Configuration that cannot work.
-    #[error("invalid configuration: {0}")]
-    Config(String),
     /// Socket errors on the client side.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -70,7 +68,6 @@ impl GatewayError {
             GatewayError::AuthenticationFailed => (18, "AuthenticationFailed"),
             GatewayError::Unauthorized(_) => (13, "Unauthorized"),
             GatewayError::MechanismUnavailable(_) => (334, "MechanismUnavailable"),
-            GatewayError::Config(_) => (2, "BadValue"),
         }
     }
 

@@ -10,7 +10,9 @@
 //! - [`route`]: cursor ownership, sessions and pinned transactions, shared by all clients.
 //! - [`upstream`]: authenticated upstream connections and the bounded pool.
 //! - [`framed`]: whole messages out of a byte stream, with length checks.
-//! - [`config`], [`metrics`], [`error`]: settings, Prometheus metrics, the error-to-reply mapping.
+//! - [`settings`]: raw configuration, validated [`Settings`], configuration errors, reload.
+//! - [`client_limit`]: `max_clients` admission, and what drain waits for.
+//! - [`metrics`], [`error`]: Prometheus metrics, the error-to-reply mapping.
 //!
 //! State shared between tasks is a few small parts ([`context::Shared`]), built once; the
 //! reloadable settings sit behind `ArcSwap`s in [`context::Live`]. There are no globals.
@@ -18,24 +20,24 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod client_limit;
 pub mod command;
-pub mod config;
 pub mod context;
 pub mod edge_auth;
 pub mod error;
 pub mod framed;
 pub mod limits;
 pub mod metrics;
-pub mod reload;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod sts;
 pub mod tls;
 pub mod upstream;
 pub mod users;
 
-pub use config::Config;
 pub use context::{Live, Shared};
 pub use error::GatewayError;
-pub use server::Gateway;
+pub use server::{Gateway, StartError};
+pub use settings::{ConfigError, RawConfig, Settings};

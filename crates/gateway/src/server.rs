@@ -1,25 +1,40 @@
 //! The listener, the accept loop and the drain.
 //!
-//! Owns the client limit (a semaphore whose permits travel with each session task, so "all
-//! permits back" means "no client left") and the reaction to running out of file descriptors:
+//! Owns admission through the client limit ([`crate::client_limit`], whose permits travel with
+//! each session task, so "no permit held" means "no client left") and the reaction to running
+//! out of file descriptors:
 //! a spare descriptor is kept open so that, at the limit, the gateway can still accept and
 //! immediately close a new client instead of spinning on EMFILE, while existing clients carry on.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use crate::config::Config;
-use crate::context::{Live, Shared};
-use crate::error::GatewayError;
+use crate::context::Shared;
+use crate::settings::Settings;
 use crate::{metrics, session};
 
 /// Least time between two warnings about refused clients.
 const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a gateway with valid settings could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}{purpose}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Empty for the client listener, " for metrics" for the metrics endpoint.
+        purpose: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A bound, not yet running gateway.
 pub struct Gateway {
@@ -27,29 +42,31 @@ pub struct Gateway {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     drain_tx: watch::Sender<bool>,
-    clients: Arc<Semaphore>,
 }
 
 impl Gateway {
-    /// Validates nothing further (see [`Config::finish`]) and binds the sockets.
-    pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            GatewayError::Config(format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                GatewayError::Config(format!("cannot listen on {addr} for metrics: {e}"))
-            })?),
+    /// Binds the sockets for already validated settings.
+    pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
+        let bind = |addr: SocketAddr, purpose: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    purpose,
+                    source,
+                })
+        };
+        let listener = bind(settings.listen, "").await?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(bind(addr, " for metrics").await?),
             None => None,
         };
         let (drain_tx, drain_rx) = watch::channel(false);
-        let clients = Arc::new(Semaphore::new(config.max_clients));
         Ok(Gateway {
-            shared: Shared::new(config, drain_rx)?,
+            shared: Shared::new(settings, drain_rx),
             listener,
             metrics_listener,
             drain_tx,
-            clients,
         })
     }
 
@@ -67,9 +84,9 @@ impl Gateway {
             .map(|l| l.local_addr().expect("bound socket has an address"))
     }
 
-    /// The reloadable settings (for SIGHUP reload, tests and embedding).
-    pub fn live(&self) -> Arc<Live> {
-        self.shared.live.clone()
+    /// The shared parts of the running gateway (for SIGHUP reload, tests and embedding).
+    pub fn shared(&self) -> Shared {
+        self.shared.clone()
     }
 
     /// Serves until `shutdown` resolves, then drains: stops accepting, lets in-flight
@@ -81,7 +98,6 @@ impl Gateway {
             listener,
             metrics_listener,
             drain_tx,
-            clients,
         } = self;
         if let Some(l) = metrics_listener {
             tokio::spawn(metrics::serve(
@@ -93,19 +109,17 @@ impl Gateway {
         tokio::spawn(reaper(shared.clone()));
         tokio::spawn({
             let pool = shared.pool.clone();
-            let deadline = shared.live.config.load().handshake_timeout;
+            let deadline = shared.live.settings.load().handshake_timeout;
             async move { session::handshake::ensure_upstream_info(&pool, deadline).await }
         });
-        accept_loop(&shared, listener, &clients, shutdown).await;
+        accept_loop(&shared, listener, shutdown).await;
         let _ = drain_tx.send(true);
-        let max = shared.live.config.load().max_clients as u32;
-        let deadline = shared.live.config.load().drain_timeout;
-        let in_flight = max as usize - clients.available_permits();
-        tracing::info!(clients = in_flight, "draining");
-        match tokio::time::timeout(deadline, clients.acquire_many(max)).await {
-            Ok(_) => tracing::info!("drained: no client left"),
+        let deadline = shared.live.settings.load().drain_timeout;
+        tracing::info!(clients = shared.clients.held(), "draining");
+        match tokio::time::timeout(deadline, shared.clients.all_released()).await {
+            Ok(()) => tracing::info!("drained: no client left"),
             Err(_) => tracing::warn!(
-                clients = max as usize - clients.available_permits(),
+                clients = shared.clients.held(),
                 "drain deadline reached; closing remaining clients"
             ),
         }
@@ -113,12 +127,7 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(
-    shared: &Shared,
-    listener: TcpListener,
-    clients: &Arc<Semaphore>,
-    shutdown: impl Future<Output = ()>,
-) {
+async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut spare = std::fs::File::open("/dev/null").ok();
     let mut last_warn: Option<Instant> = None;
@@ -148,8 +157,9 @@ async fn accept_loop(
             Ok((stream, peer))
                 if !shared
                     .live
-                    .access
+                    .settings
                     .load()
+                    .access
                     .allows(peer.ip(), SystemTime::now()) =>
             {
                 // Refused before reading a byte: nothing from this peer is parsed.
@@ -159,9 +169,9 @@ async fn accept_loop(
                 ));
                 drop(stream);
             }
-            Ok((stream, peer)) => match clients.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let limit = shared.live.config.load().max_connections_per_source;
+            Ok((stream, peer)) => match shared.clients.try_acquire() {
+                Some(permit) => {
+                    let limit = shared.live.settings.load().max_connections_per_source;
                     match shared.sources.admit(peer.ip(), limit) {
                         Some(slot) => {
                             tokio::spawn(session::run(
@@ -180,7 +190,7 @@ async fn accept_loop(
                         }
                     }
                 }
-                Err(_) => {
+                None => {
                     shared.metrics.client_connections_rejected.inc();
                     warn(
                         "max-clients reached; refusing new client connections",
@@ -223,7 +233,7 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 
 /// Closes idle upstream connections past their idle timeout.
 async fn reaper(shared: Shared) {
-    let every = (shared.live.config.load().idle_timeout / 4)
+    let every = (shared.live.settings.load().idle_timeout / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut draining = shared.draining.clone();
     loop {

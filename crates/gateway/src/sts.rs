@@ -11,6 +11,7 @@
 //! The HTTP client is deliberately minimal (one request per connection, `Connection: close`,
 //! bounded response size, one deadline) because STS is its only peer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::settings::ConfigError;
 
 /// Largest STS response read.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -38,8 +40,8 @@ pub struct StsEndpoint {
 
 impl StsEndpoint {
     /// Parses `http://host[:port]` or `https://host[:port]`, with an optional trailing `/`.
-    pub fn parse(url: &str) -> Result<StsEndpoint, GatewayError> {
-        let bad = || GatewayError::Config(format!("invalid STS endpoint {url:?}"));
+    pub fn parse(url: &str) -> Result<StsEndpoint, ConfigError> {
+        let bad = || ConfigError::Invalid(format!("invalid STS endpoint {url:?}"));
         let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("http://") {
@@ -67,38 +69,41 @@ pub struct Sts {
     endpoint: StsEndpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
     permits: Semaphore,
-    timeout: Duration,
+    /// Nanoseconds; a reload may change it while logins are running.
+    timeout: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 impl Sts {
-    /// A client for `endpoint` running at most `concurrency` calls at once, each bounded by
-    /// `timeout` including its wait for a slot.
+    /// A client for `endpoint` (with `tls` when it is HTTPS) running at most `concurrency`
+    /// calls at once, each bounded by `timeout` including its wait for a slot.
     pub fn new(
         endpoint: StsEndpoint,
+        tls: Option<Arc<rustls::ClientConfig>>,
         concurrency: usize,
         timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<Sts, GatewayError> {
-        let tls = if endpoint.https {
-            Some(crate::tls::client_config(None)?)
-        } else {
-            None
-        };
-        Ok(Sts {
+    ) -> Sts {
+        Sts {
             endpoint,
             tls,
             permits: Semaphore::new(concurrency.max(1)),
-            timeout,
+            timeout: AtomicU64::new(nanos(timeout)),
             metrics,
-        })
+        }
+    }
+
+    /// Changes the deadline of verifications that start from now on.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout.store(nanos(timeout), Ordering::Relaxed);
     }
 
     /// Sends the rebuilt request and returns the caller's ARN, or AuthenticationFailed for any
     /// refusal, error or timeout (the reason goes to the debug log, never to the client).
     pub async fn verify(&self, request: &StsRequest) -> Result<String, GatewayError> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, async {
+        let deadline = Duration::from_nanos(self.timeout.load(Ordering::Relaxed));
+        let outcome = tokio::time::timeout(deadline, async {
             let _permit = self
                 .permits
                 .acquire()
@@ -165,6 +170,10 @@ impl Sts {
         }?;
         parse_response(&response)
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 async fn roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(

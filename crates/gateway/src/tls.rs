@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::error::GatewayError;
+use crate::settings::ConfigError;
 
 /// Whether clients must, may or must not use TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -45,8 +45,8 @@ impl std::str::FromStr for TlsMode {
     }
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
-    let bad = |why: &str| GatewayError::Config(format!("{}: {why}", path.display()));
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("{}: {why}", path.display()));
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|_| bad("cannot read PEM certificates"))?
         .collect::<Result<_, _>>()
@@ -57,11 +57,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
     Ok(certs)
 }
 
-fn roots(path: &Path) -> Result<rustls::RootCertStore, GatewayError> {
+fn roots(path: &Path) -> Result<rustls::RootCertStore, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(path)? {
         roots.add(c).map_err(|_| {
-            GatewayError::Config(format!("{}: unusable CA certificate", path.display()))
+            ConfigError::Invalid(format!("{}: unusable CA certificate", path.display()))
         })?;
     }
     Ok(roots)
@@ -73,14 +73,14 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let chain = certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
-        GatewayError::Config(format!("{}: cannot read a PEM private key", key.display()))
+        ConfigError::Invalid(format!("{}: cannot read a PEM private key", key.display()))
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| GatewayError::Config(format!("TLS: {e}")))?;
+        .map_err(|e| ConfigError::Invalid(format!("TLS: {e}")))?;
     let builder = match client_ca {
         Some(ca) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -88,26 +88,26 @@ pub fn server_config(
                 provider(),
             )
             .build()
-            .map_err(|e| GatewayError::Config(format!("TLS client CA: {e}")))?;
+            .map_err(|e| ConfigError::Invalid(format!("TLS client CA: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let cfg = builder
         .with_single_cert(chain, key)
-        .map_err(|e| GatewayError::Config(format!("TLS certificate and key: {e}")))?;
+        .map_err(|e| ConfigError::Invalid(format!("TLS certificate and key: {e}")))?;
     Ok(Arc::new(cfg))
 }
 
 /// TLS settings for upstream connections: the given CA file, or the public web PKI roots.
-pub fn client_config(ca: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
+pub fn client_config(ca: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let roots = match ca {
         Some(path) => roots(path)?,
         None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     };
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| GatewayError::Config(format!("TLS: {e}")))?
+        .map_err(|e| ConfigError::Invalid(format!("TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))

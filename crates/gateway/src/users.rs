@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mongomux_auth::{Mechanism, ScramCredential};
 use serde::Deserialize;
 
-use crate::error::GatewayError;
+use crate::settings::ConfigError;
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -93,36 +93,36 @@ pub struct UserStore {
 
 impl UserStore {
     /// Builds and validates the store.
-    pub fn from_config(entries: &[UserConfig]) -> Result<UserStore, GatewayError> {
+    pub fn from_config(entries: &[UserConfig]) -> Result<UserStore, ConfigError> {
         let mut users = HashMap::new();
         for e in entries {
             if e.name.is_empty() {
-                return Err(GatewayError::Config(
+                return Err(ConfigError::Invalid(
                     "a user entry has an empty name".into(),
                 ));
             }
             if e.aws {
                 if e.db != "$external" || !e.name.starts_with("arn:") || !e.scram.is_empty() {
-                    return Err(GatewayError::Config(format!(
+                    return Err(ConfigError::Invalid(format!(
                         "IAM user {:?} needs db = \"$external\", an ARN as its name, and no SCRAM keys",
                         e.name
                     )));
                 }
                 if e.name.contains(":sts::") {
-                    return Err(GatewayError::Config(format!(
+                    return Err(ConfigError::Invalid(format!(
                         "IAM user {:?}: register the role ARN (arn:aws:iam::ACCOUNT:role/NAME), not an assumed-role session ARN",
                         e.name
                     )));
                 }
             } else if e.scram.is_empty() {
-                return Err(GatewayError::Config(format!(
+                return Err(ConfigError::Invalid(format!(
                     "user {:?} has no credentials; generate them with `mongomux user add`",
                     e.name
                 )));
             }
             for c in &e.scram {
                 c.validate().map_err(|_| {
-                    GatewayError::Config(format!("user {:?} has an invalid stored key", e.name))
+                    ConfigError::Invalid(format!("user {:?} has an invalid stored key", e.name))
                 })?;
             }
             let user = User {
@@ -136,13 +136,18 @@ impl UserStore {
                 .insert((e.db.clone(), e.name.clone()), Arc::new(user))
                 .is_some()
             {
-                return Err(GatewayError::Config(format!(
+                return Err(ConfigError::Invalid(format!(
                     "user {:?} in database {:?} is defined twice",
                     e.name, e.db
                 )));
             }
         }
         Ok(UserStore { users })
+    }
+
+    /// How many users are defined.
+    pub fn count(&self) -> usize {
+        self.users.len()
     }
 
     /// Whether client authentication is on.

@@ -22,11 +22,9 @@ use tokio::net::TcpStream;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn start_gateway() -> SocketAddr {
-    let cfg = mongomux_gateway::Config::from_toml(
+    let cfg = mongomux_gateway::Settings::from_toml(
         "listen = \"127.0.0.1:0\"\nupstream = \"mongodb://127.0.0.1:1\"\nhandshake_timeout = \"1s\"\n",
     )
-    .unwrap()
-    .finish()
     .unwrap();
     let gw = mongomux_gateway::Gateway::bind(cfg).await.unwrap();
     let addr = gw.local_addr();
@@ -531,10 +529,7 @@ async fn start_gateway_with_upstream(upstream: SocketAddr) -> SocketAddr {
     let toml = format!(
         "listen = \"127.0.0.1:0\"\nupstream = \"mongodb://{upstream}\"\nhandshake_timeout = \"1s\"\n"
     );
-    let cfg = mongomux_gateway::Config::from_toml(&toml)
-        .unwrap()
-        .finish()
-        .unwrap();
+    let cfg = mongomux_gateway::Settings::from_toml(&toml).unwrap();
     let gw = mongomux_gateway::Gateway::bind(cfg).await.unwrap();
     let addr = gw.local_addr();
     tokio::spawn(gw.run(std::future::pending()));

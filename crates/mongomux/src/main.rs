@@ -10,7 +10,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use mongomux_gateway::{config::parse_uri, Config, Gateway};
+use mongomux_gateway::settings::{parse_uri, reload};
+use mongomux_gateway::{ConfigError, Gateway, RawConfig, Settings};
+
+/// A configuration error as one line, its causes included, introduced once.
+fn invalid(e: ConfigError) -> anyhow::Error {
+    anyhow::anyhow!("invalid configuration: {:#}", anyhow::Error::from(e))
+}
 
 #[derive(Parser)]
 #[command(
@@ -140,10 +146,12 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn into_config(self) -> Result<Config> {
+    /// The file with the environment and flags layered over it; checked by
+    /// [`Settings::from_raw`], not here.
+    fn into_raw(self) -> Result<RawConfig, ConfigError> {
         let mut cfg = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
         };
         if let Some(v) = self.listen {
             cfg.listen = v;
@@ -201,7 +209,7 @@ impl ServeArgs {
         if self.max_pinned.is_some() {
             cfg.max_pinned = self.max_pinned;
         }
-        Ok(cfg.finish()?)
+        Ok(cfg)
     }
 }
 
@@ -209,7 +217,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => {
-            Config::from_file(&file)?.finish()?;
+            RawConfig::from_file(&file)
+                .and_then(Settings::from_raw)
+                .map_err(invalid)?;
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -229,19 +239,28 @@ fn main() -> Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let fd_limit = raise_fd_limit();
-            let mut cfg = args.clone().into_config()?;
-            fit_clients_to_fd_limit(&mut cfg, fd_limit);
+            let settings = args
+                .clone()
+                .into_raw()
+                .and_then(|mut raw| {
+                    fit_clients_to_fd_limit(&mut raw, fd_limit);
+                    Settings::from_raw(raw)
+                })
+                .map_err(invalid)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(cfg, *args))
+                .block_on(serve(settings, *args))
         }
     }
 }
 
-async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
-    let gateway = Gateway::bind(cfg).await?;
-    tokio::spawn(reload_on_sighup(gateway.live(), args));
+async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
+    // One line with its cause, like configuration errors.
+    let gateway = Gateway::bind(settings)
+        .await
+        .map_err(|e| anyhow::anyhow!("{:#}", anyhow::Error::from(e)))?;
+    tokio::spawn(reload_on_sighup(gateway.shared(), args));
     let mut out = std::io::stdout().lock();
     writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
     if let Some(addr) = gateway.metrics_addr() {
@@ -250,7 +269,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(listen = %gateway.local_addr(), "mongomux started");
-    if gateway.live().access.load().admits_any() {
+    if gateway.shared().live.settings.load().access.admits_any() {
         tracing::warn!(
             "the access list admits every address: anyone who can reach this port may connect"
         );
@@ -261,7 +280,7 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<()> {
 }
 
 /// SIGHUP: re-read the file and the environment, layer the flags again, and apply.
-async fn reload_on_sighup(live: std::sync::Arc<mongomux_gateway::Live>, args: ServeArgs) {
+async fn reload_on_sighup(shared: mongomux_gateway::Shared, args: ServeArgs) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install a SIGHUP handler; reload is unavailable");
@@ -271,19 +290,22 @@ async fn reload_on_sighup(live: std::sync::Arc<mongomux_gateway::Live>, args: Se
         let fd_limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
             .ok()
             .map(|(soft, _)| soft);
-        let applied = args.clone().into_config().and_then(|mut cfg| {
+        let applied = args.clone().into_raw().and_then(|mut raw| {
             // The same lowering as at start, so an unchanged file does not read as a change.
-            fit_clients_to_fd_limit(&mut cfg, fd_limit);
-            Ok(mongomux_gateway::reload::apply(&live, cfg)?)
+            fit_clients_to_fd_limit(&mut raw, fd_limit);
+            reload::reload(&shared, raw)
         });
         match applied {
-            Ok(summary) => {
-                tracing::info!(users = summary.users, "configuration reloaded");
-                if !summary.needs_restart.is_empty() {
-                    tracing::warn!(settings = ?summary.needs_restart, "changed settings that take effect only after a restart");
+            Ok(change) => {
+                tracing::info!(users = change.users, applied = ?change.applied, "configuration reloaded");
+                if !change.needs_restart.is_empty() {
+                    tracing::warn!(settings = ?change.needs_restart, "changed settings that take effect only after a restart; their running values stay");
                 }
             }
-            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+            Err(e) => tracing::error!(
+                "reload failed, keeping the running configuration: {}",
+                invalid(e)
+            ),
         }
     }
 }
@@ -320,7 +342,7 @@ const FD_RESERVE: u64 = 64;
 /// STS calls need. Without this, a gateway at its descriptor limit could hold its clients but
 /// fail to reopen a pooled connection; with it, the clients beyond the limit are refused at
 /// accept (with a log line) and every held client keeps being served.
-fn fit_clients_to_fd_limit(cfg: &mut Config, limit: Option<u64>) {
+fn fit_clients_to_fd_limit(cfg: &mut RawConfig, limit: Option<u64>) {
     let Some(limit) = limit else { return };
     let needed_elsewhere = cfg.pool_size as u64 + cfg.sts_max_concurrency as u64 + FD_RESERVE;
     let room = limit.saturating_sub(needed_elsewhere).max(1);

@@ -23,7 +23,7 @@ impl Session {
             match self.shared.edge.limiter.reserve(ip) {
                 Some(wait) => {
                     tokio::time::sleep(wait).await;
-                    let host = self.shared.live.config.load().aws_sts_host.clone();
+                    let host = self.shared.live.settings.load().aws_sts_host.clone();
                     self.auth.start(users, body, &view.db, &host)
                 }
                 None => Err(GatewayError::AuthenticationFailed),

@@ -48,7 +48,7 @@ impl Session {
     }
 
     async fn handle_msg(&mut self, mut frame: BytesMut) -> Outcome {
-        let users = self.shared.live.users.load_full();
+        let users = self.shared.live.settings.load().users.clone();
         let msg = match OpMsg::parse(&frame) {
             Ok(msg) => msg,
             Err(e) => return self.undecodable(&frame, e.into()),

@@ -70,7 +70,7 @@ pub fn hello_reply(
 impl Session {
     /// The hello reply for `body`, in this client's connection.
     pub(super) async fn hello_document(&self, name: &str, body: &RawDocument) -> Document {
-        let deadline = self.shared.live.config.load().handshake_timeout;
+        let deadline = self.shared.live.settings.load().handshake_timeout;
         Box::pin(ensure_upstream_info(&self.shared.pool, deadline)).await;
         let info = self.shared.pool.upstream_info().unwrap_or_default();
         hello_reply(
@@ -114,7 +114,7 @@ impl Session {
             tokio::time::sleep(wait).await;
             // A failed speculative attempt is simply not answered; the driver then runs the
             // normal conversation, which fails with the proper error.
-            let host = self.shared.live.config.load().aws_sts_host.clone();
+            let host = self.shared.live.settings.load().aws_sts_host.clone();
             if let Ok(first) = self.auth.start(users, spec, &db, &host) {
                 reply.insert("speculativeAuthenticate", first);
             }

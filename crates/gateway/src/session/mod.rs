@@ -25,7 +25,6 @@ use std::net::SocketAddr;
 
 use mongomux_wire::MAX_MESSAGE_SIZE;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::context::Shared;
 use crate::edge_auth::EdgeAuth;
@@ -57,7 +56,7 @@ pub async fn run(
     shared: Shared,
     stream: TcpStream,
     peer: SocketAddr,
-    _admission: (OwnedSemaphorePermit, crate::limits::SourceSlot),
+    _admission: (crate::client_limit::ClientPermit, crate::limits::SourceSlot),
 ) {
     let _ = stream.set_nodelay(true);
     let Some(stream) = Box::pin(negotiate_tls(&shared, stream, peer)).await else {
@@ -98,7 +97,7 @@ impl Session {
         let mut draining = self.shared.draining.clone();
         let mut reloads = self.shared.live.reloads();
         let handshake_deadline =
-            tokio::time::Instant::now() + self.shared.live.config.load().handshake_timeout;
+            tokio::time::Instant::now() + self.shared.live.settings.load().handshake_timeout;
         loop {
             // While draining, a request already (partly) received is still served: it is in
             // flight from the client's point of view.
@@ -155,7 +154,7 @@ impl Session {
     /// Whether the authenticated user no longer exists as it was when it logged in.
     fn identity_revoked(&self) -> bool {
         match &self.auth.identity {
-            Some(user) => !self.shared.live.users.load().still_valid(user),
+            Some(user) => !self.shared.live.settings.load().users.still_valid(user),
             None => false,
         }
     }
@@ -190,14 +189,13 @@ async fn client_gone(stream: &TcpStream) {
 /// fails it and is dropped), `allowed` looks at the first bytes to decide. Bounded by the
 /// handshake timeout. `None` means the client is dropped.
 async fn negotiate_tls(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<ClientStream> {
-    let config = shared.live.config.load();
-    let tls = shared.live.tls.load_full();
-    let (mode, cfg) = match (config.tls_mode, tls.as_ref()) {
+    let settings = shared.live.settings.load_full();
+    let (mode, cfg) = match (settings.tls_mode, settings.tls_server.as_ref()) {
         (TlsMode::Disabled, _) | (_, None) => return Some(MaybeTls::Plain(tcp)),
         (mode, Some(cfg)) => (mode, cfg.clone()),
     };
-    let deadline = config.handshake_timeout;
-    drop(config);
+    let deadline = settings.handshake_timeout;
+    drop(settings);
     let result = tokio::time::timeout(deadline, async move {
         if mode == TlsMode::Allowed {
             let mut first = [0u8; 2];

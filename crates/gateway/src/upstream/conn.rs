@@ -15,8 +15,8 @@ use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSA
 use tokio::net::TcpStream;
 
 use super::error::UpstreamError;
-use crate::config::UpstreamConfig;
 use crate::framed::Framed;
+use crate::settings::UpstreamConfig;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
 
 /// What the upstream said about itself in its `hello`; the gateway's own hello repeats it.

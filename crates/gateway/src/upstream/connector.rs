@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::conn::{ConnMeta, UpstreamConn, UpstreamInfo};
 use super::error::UpstreamError;
-use crate::config::UpstreamConfig;
+use crate::settings::UpstreamConfig;
 
 /// A connection as the pool sees it.
 pub trait PoolConn: Send + Debug + 'static {

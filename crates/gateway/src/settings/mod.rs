@@ -1,0 +1,228 @@
+//! The gateway's settings: raw (as written) and validated (as used).
+//!
+//! [`RawConfig`] is what serde reads and what the binary layers flags and environment variables
+//! over. [`Settings::from_raw`] is the one place that checks it and builds everything derived
+//! from it (access list, user store, TLS configurations with their certificates read, STS
+//! endpoint, effective pinning bound), so a [`Settings`] value is complete and valid by
+//! construction and nothing downstream re-reads a file or re-validates a setting. A running
+//! gateway holds one `Settings` behind an `ArcSwap`; [`reload`] replaces it whole.
+
+mod error;
+mod raw;
+pub mod reload;
+mod uri;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ConfigError;
+pub use raw::RawConfig;
+pub use uri::{parse_uri, UpstreamConfig};
+
+use crate::access::AccessList;
+use crate::sts::StsEndpoint;
+use crate::tls::TlsMode;
+use crate::upstream::PoolSettings;
+use crate::users::UserStore;
+
+/// Largest `pool_size`.
+const MAX_POOL_SIZE: usize = 10_000;
+
+/// Validated settings with everything they describe already built. Only
+/// [`Settings::from_raw`] makes one (the struct is `non_exhaustive`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Prometheus endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The upstream, with the username/password/CA overrides folded in.
+    pub upstream: UpstreamConfig,
+    /// TLS for upstream connections, when the upstream asks for TLS.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Hard cap on upstream connections.
+    pub pool_size: usize,
+    /// Effective bound on pinned upstream connections (default: half the pool, at least one).
+    pub max_pinned: usize,
+    /// How long a request waits for an upstream connection.
+    pub checkout_timeout: Duration,
+    /// Deadline for opening and authenticating one upstream connection.
+    pub connect_timeout: Duration,
+    /// Idle upstream connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// Most client connections served at once.
+    pub max_clients: usize,
+    /// How long a new client has to send its first message.
+    pub handshake_timeout: Duration,
+    /// How long a drain may take.
+    pub drain_timeout: Duration,
+    /// Who may connect.
+    pub access: AccessList,
+    /// Most concurrent connections from one source; 0 means no limit.
+    pub max_connections_per_source: usize,
+    /// TLS for clients.
+    pub tls_mode: TlsMode,
+    /// The listener's TLS configuration; `Some` exactly when `tls_mode` is not disabled.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// The STS host handed to MONGODB-AWS clients.
+    pub aws_sts_host: String,
+    /// Where STS requests go.
+    pub sts_endpoint: StsEndpoint,
+    /// TLS for STS requests, when the endpoint is HTTPS.
+    pub sts_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Most STS calls at once.
+    pub sts_max_concurrency: usize,
+    /// Deadline of one IAM verification.
+    pub sts_timeout: Duration,
+    /// Gateway users; empty means client authentication is off.
+    pub users: Arc<UserStore>,
+}
+
+impl Settings {
+    /// Checks `raw` (all layers applied) and builds everything it describes. Certificate and
+    /// key files are read here and nowhere else.
+    pub fn from_raw(raw: RawConfig) -> Result<Settings, ConfigError> {
+        check_numbers(&raw)?;
+        let (upstream, upstream_tls) = upstream(&raw)?;
+        let sts_endpoint = match &raw.sts_endpoint {
+            Some(url) => StsEndpoint::parse(url)?,
+            None => StsEndpoint::parse(&format!("https://{}", raw.aws_sts_host))?,
+        };
+        let sts_tls = match sts_endpoint.https {
+            true => Some(crate::tls::client_config(None)?),
+            false => None,
+        };
+        Ok(Settings {
+            access: AccessList::from_config(&raw.access, raw.allow_any_address)?,
+            users: Arc::new(UserStore::from_config(&raw.users)?),
+            tls_server: tls_server(&raw)?,
+            max_pinned: raw.max_pinned.unwrap_or((raw.pool_size / 2).max(1)),
+            listen: raw.listen,
+            metrics_listen: raw.metrics_listen,
+            upstream,
+            upstream_tls,
+            pool_size: raw.pool_size,
+            checkout_timeout: raw.checkout_timeout,
+            connect_timeout: raw.connect_timeout,
+            idle_timeout: raw.idle_timeout,
+            max_clients: raw.max_clients,
+            handshake_timeout: raw.handshake_timeout,
+            drain_timeout: raw.drain_timeout,
+            max_connections_per_source: raw.max_connections_per_source,
+            tls_mode: raw.tls_mode,
+            aws_sts_host: raw.aws_sts_host,
+            sts_endpoint,
+            sts_tls,
+            sts_max_concurrency: raw.sts_max_concurrency,
+            sts_timeout: raw.sts_timeout,
+        })
+    }
+
+    /// Parses and checks a TOML document with no other layer (tests, embedding).
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_raw(RawConfig::from_toml(text)?)
+    }
+
+    /// What the upstream pool is built from.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            tls: self.upstream_tls.clone(),
+            upstream: self.upstream.clone(),
+            size: self.pool_size,
+            max_pinned: self.max_pinned,
+            checkout_timeout: self.checkout_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// Bounds on counts and durations.
+fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
+    if raw.pool_size == 0 || raw.pool_size > MAX_POOL_SIZE {
+        return Err(invalid("pool_size must be between 1 and 10000"));
+    }
+    if raw.max_clients == 0 {
+        return Err(invalid("max_clients must be at least 1"));
+    }
+    if let Some(p) = raw.max_pinned {
+        if p == 0 || p > raw.pool_size {
+            return Err(invalid("max_pinned must be between 1 and pool_size"));
+        }
+    }
+    if raw.sts_max_concurrency == 0 {
+        return Err(invalid("sts_max_concurrency must be at least 1"));
+    }
+    for (name, d) in [
+        ("checkout_timeout", raw.checkout_timeout),
+        ("handshake_timeout", raw.handshake_timeout),
+        ("idle_timeout", raw.idle_timeout),
+        ("connect_timeout", raw.connect_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(format!("{name} must be positive")));
+        }
+    }
+    Ok(())
+}
+
+type UpstreamParts = (UpstreamConfig, Option<Arc<rustls::ClientConfig>>);
+
+/// The upstream with its overrides folded in, and its TLS configuration.
+fn upstream(raw: &RawConfig) -> Result<UpstreamParts, ConfigError> {
+    let mut upstream = raw
+        .upstream
+        .clone()
+        .ok_or_else(|| invalid("an upstream URI is required"))?;
+    if let Some(user) = &raw.upstream_username {
+        upstream.username = Some(user.clone());
+    }
+    if let Some(pass) = &raw.upstream_password {
+        upstream.password = Some(pass.clone());
+    }
+    if let Some(ca) = &raw.upstream_tls_ca_file {
+        upstream.tls_ca_file = Some(ca.clone());
+        upstream.tls = true;
+    }
+    if upstream.password.is_some() && upstream.username.is_none() {
+        return Err(invalid(
+            "an upstream password was given without a user name",
+        ));
+    }
+    let tls = match upstream.tls {
+        true => {
+            // Checked here so that connecting later cannot fail on configuration.
+            rustls::pki_types::ServerName::try_from(upstream.host().to_string()).map_err(|_| {
+                invalid(format!(
+                    "upstream host {:?} is not a valid TLS server name",
+                    upstream.host()
+                ))
+            })?;
+            Some(crate::tls::client_config(upstream.tls_ca_file.as_ref())?)
+        }
+        false => None,
+    };
+    Ok((upstream, tls))
+}
+
+/// The listener's TLS configuration, when TLS is enabled.
+fn tls_server(raw: &RawConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    if raw.tls_mode == TlsMode::Disabled {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&raw.tls_cert_file, &raw.tls_key_file) else {
+        return Err(invalid(
+            "tls_mode allowed/required needs tls_cert_file and tls_key_file",
+        ));
+    };
+    crate::tls::server_config(cert, key, raw.tls_client_ca_file.as_deref()).map(Some)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! The raw configuration: the TOML file format and its defaults, as serde reads it.
+//!
+//! The binary layers command-line flags and environment variables over a file by writing into
+//! one [`RawConfig`]; nothing else reads settings from the environment. Secrets (the upstream
+//! password) are held as [`Secret`] so that printing a `RawConfig` never shows them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mongomux_auth::Secret;
+use serde::Deserialize;
+
+use super::uri::{parse_uri, UpstreamConfig};
+use super::ConfigError;
+use crate::access::AccessEntryConfig;
+use crate::tls::TlsMode;
+use crate::users::UserConfig;
+
+/// All settings of `mongomux serve` as written: one layer (file, environment, flags) or the
+/// result of layering them. Nothing here is checked yet; [`super::Settings::from_raw`] does that.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// The upstream deployment, as a `mongodb://` URI (credentials allowed).
+    #[serde(deserialize_with = "de_upstream")]
+    pub upstream: Option<UpstreamConfig>,
+    /// Overrides the URI's user name.
+    pub upstream_username: Option<String>,
+    /// Overrides the URI's password.
+    #[serde(deserialize_with = "de_secret")]
+    pub upstream_password: Option<Secret>,
+    /// Hard cap on upstream connections.
+    pub pool_size: usize,
+    /// How long a request waits for an upstream connection.
+    #[serde(with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    /// Most client connections served at once.
+    pub max_clients: usize,
+    /// Prometheus endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a new client has to send its first message.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Idle upstream connections older than this are closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a drain may take before remaining clients are cut off.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Most upstream connections that open transactions may pin at once
+    /// (default: half the pool, at least one).
+    pub max_pinned: Option<usize>,
+    /// Deadline for opening, handshaking and authenticating one upstream connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Source addresses allowed to connect; empty means loopback only.
+    pub access: Vec<AccessEntryConfig>,
+    /// Permits an access entry that admits every address.
+    pub allow_any_address: bool,
+    /// Most concurrent client connections from one source address; 0 means no limit (the
+    /// default, because a whole Lambda fleet behind one NAT gateway shares one address).
+    pub max_connections_per_source: usize,
+    /// TLS for clients.
+    pub tls_mode: TlsMode,
+    /// Server certificate chain (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// CA that client certificates must chain to; unset means no client certificates.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// CA file for verifying the upstream's certificate (overrides the URI's `tlsCAFile`).
+    pub upstream_tls_ca_file: Option<PathBuf>,
+    /// The STS host handed to MONGODB-AWS clients (`h`); they sign requests for it.
+    pub aws_sts_host: String,
+    /// Where STS requests are sent; default `https://<aws_sts_host>`. Set it for VPC
+    /// endpoints or a local test server.
+    pub sts_endpoint: Option<String>,
+    /// Most STS calls at once; logins beyond it queue.
+    pub sts_max_concurrency: usize,
+    /// Deadline of one IAM verification, queueing included.
+    #[serde(with = "humantime_serde")]
+    pub sts_timeout: Duration,
+    /// Gateway users; none means client authentication is off.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: "127.0.0.1:27018".parse().expect("valid address"),
+            upstream: None,
+            upstream_username: None,
+            upstream_password: None,
+            pool_size: 10,
+            checkout_timeout: Duration::from_secs(5),
+            max_clients: 10_000,
+            metrics_listen: None,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            max_pinned: None,
+            connect_timeout: Duration::from_secs(10),
+            access: Vec::new(),
+            allow_any_address: false,
+            users: Vec::new(),
+            max_connections_per_source: 0,
+            aws_sts_host: "sts.amazonaws.com".to_string(),
+            sts_endpoint: None,
+            sts_max_concurrency: 32,
+            sts_timeout: Duration::from_secs(10),
+            tls_mode: TlsMode::Disabled,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            upstream_tls_ca_file: None,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(e.message().to_string()))
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+}
+
+fn de_upstream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<UpstreamConfig>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_uri(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn de_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}

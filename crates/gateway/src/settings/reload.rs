@@ -1,0 +1,144 @@
+//! Applying new settings to a running gateway (SIGHUP).
+//!
+//! A reload either builds a complete new [`Settings`] or fails and leaves the running one
+//! untouched. Every setting is classified in [`FIELDS`], the one list of what a reload can
+//! change: a live setting takes effect at once; a restart setting that differs is reported in
+//! [`SettingsChange::needs_restart`] and keeps its running value in the stored `Settings`, so
+//! the stored value always says what is in force and the next reload reports it again.
+//!
+//! The swap is one `ArcSwap` store: a connection sees either the old or the new settings,
+//! never a mix. Connections of users who were removed or whose role or scope changed are told
+//! through the context's reload signal and close themselves; everyone else carries on.
+
+use std::sync::Arc;
+
+use super::{ConfigError, RawConfig, Settings};
+use crate::context::Shared;
+use crate::upstream::PoolLimits;
+
+/// What a reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// Users defined after the reload.
+    pub users: usize,
+    /// Settings that differ and took effect.
+    pub applied: Vec<&'static str>,
+    /// Settings that differ but take effect only after a restart (their running value stays).
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// One setting: its name as in the file, whether it differs, and, for a setting that needs a
+/// restart, how to carry the running value over into the new `Settings`.
+struct Field {
+    name: &'static str,
+    differs: fn(&Settings, &Settings) -> bool,
+    restart: Option<fn(&mut Settings, &Settings)>,
+}
+
+macro_rules! live {
+    ($name:literal, $f:ident) => {
+        Field {
+            name: $name,
+            differs: |a, b| a.$f != b.$f,
+            restart: None,
+        }
+    };
+}
+
+macro_rules! restart {
+    ($name:literal, $f:ident) => {
+        Field {
+            name: $name,
+            differs: |a, b| a.$f != b.$f,
+            restart: Some(|new, old| new.$f = old.$f.clone()),
+        }
+    };
+}
+
+/// Every scalar setting. Users, the access list and the TLS certificates are not listed: they
+/// are live and always re-read, since a file's content may change under the same name.
+const FIELDS: &[Field] = &[
+    live!("max_clients", max_clients),
+    live!("handshake_timeout", handshake_timeout),
+    live!("drain_timeout", drain_timeout),
+    live!("max_connections_per_source", max_connections_per_source),
+    live!("tls_mode", tls_mode),
+    live!("aws_sts_host", aws_sts_host),
+    live!("sts_timeout", sts_timeout),
+    restart!("listen", listen),
+    restart!("metrics_listen", metrics_listen),
+    Field {
+        name: "upstream",
+        differs: |a, b| !a.upstream.same_as(&b.upstream),
+        restart: Some(|new, old| {
+            new.upstream = old.upstream.clone();
+            new.upstream_tls = old.upstream_tls.clone();
+        }),
+    },
+    // The pool grows at once and shrinks as connections come back (`Pool::resize`); its
+    // timeouts are read on every use (`Pool::set_limits`).
+    live!("pool_size", pool_size),
+    live!("max_pinned", max_pinned),
+    live!("checkout_timeout", checkout_timeout),
+    live!("connect_timeout", connect_timeout),
+    live!("idle_timeout", idle_timeout),
+    Field {
+        name: "sts_endpoint",
+        differs: |a, b| a.sts_endpoint != b.sts_endpoint,
+        restart: Some(|new, old| {
+            new.sts_endpoint = old.sts_endpoint.clone();
+            new.sts_tls = old.sts_tls.clone();
+        }),
+    },
+    restart!("sts_max_concurrency", sts_max_concurrency),
+];
+
+impl SettingsChange {
+    /// Compares the running settings with new ones and carries restart settings over into
+    /// `new`, which then holds exactly what will be in force.
+    pub fn reconcile(old: &Settings, new: &mut Settings) -> SettingsChange {
+        let mut change = SettingsChange {
+            users: new.users.count(),
+            ..SettingsChange::default()
+        };
+        for field in FIELDS {
+            if !(field.differs)(old, new) {
+                continue;
+            }
+            match field.restart {
+                Some(keep) => {
+                    keep(new, old);
+                    change.needs_restart.push(field.name);
+                }
+                None => change.applied.push(field.name),
+            }
+        }
+        // The upstream and STS TLS configurations are used only when the pool and the STS
+        // client are built, at start: what runs is the old ones, whatever the CA file says now.
+        new.upstream_tls = old.upstream_tls.clone();
+        new.sts_tls = old.sts_tls.clone();
+        change
+    }
+}
+
+/// Validates `raw` (all layers applied) and applies it; on error nothing changes.
+pub fn reload(gateway: &Shared, raw: RawConfig) -> Result<SettingsChange, ConfigError> {
+    Ok(apply(gateway, Settings::from_raw(raw)?))
+}
+
+/// Applies validated settings to a running gateway.
+pub fn apply(gateway: &Shared, mut new: Settings) -> SettingsChange {
+    let old = gateway.live.settings.load_full();
+    let change = SettingsChange::reconcile(&old, &mut new);
+    gateway.clients.set_total(new.max_clients);
+    gateway.edge.sts.set_timeout(new.sts_timeout);
+    gateway.pool.resize(new.pool_size, new.max_pinned);
+    gateway.pool.set_limits(PoolLimits {
+        checkout_timeout: new.checkout_timeout,
+        connect_timeout: new.connect_timeout,
+        idle_timeout: new.idle_timeout,
+    });
+    gateway.live.settings.store(Arc::new(new));
+    gateway.live.signal_reload();
+    change
+}

@@ -1,0 +1,253 @@
+//! Settings: validation, secrets, TLS material read once, reload classification.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::reload::{apply, reload, SettingsChange};
+use super::*;
+use crate::context::Shared;
+
+const BASE: &str = "listen = \"127.0.0.1:0\"\nupstream = \"mongodb://u:pw@127.0.0.1:27017\"\n";
+
+fn raw(extra: &str) -> RawConfig {
+    RawConfig::from_toml(&format!("{BASE}{extra}")).unwrap()
+}
+
+fn error_of(extra: &str) -> String {
+    Settings::from_raw(raw(extra)).unwrap_err().to_string()
+}
+
+#[test]
+fn toml_and_derived_values() {
+    let s = Settings::from_raw(raw("pool_size = 4\ncheckout_timeout = \"250ms\"\n")).unwrap();
+    assert_eq!(s.pool_size, 4);
+    assert_eq!(s.checkout_timeout, Duration::from_millis(250));
+    assert_eq!(s.max_pinned, 2);
+    assert_eq!(s.upstream.username.as_deref(), Some("u"));
+    assert!(s.tls_server.is_none());
+    assert!(s.upstream_tls.is_none());
+    assert_eq!(s.sts_endpoint.host, "sts.amazonaws.com");
+    assert!(s.sts_tls.is_some());
+    assert!(!s.users.auth_required());
+    assert!(RawConfig::from_toml("bogus = 1").is_err());
+}
+
+#[test]
+fn each_problem_is_named_once() {
+    for (extra, expected) in [
+        ("pool_size = 0\n", "pool_size must be between 1 and 10000"),
+        ("max_clients = 0\n", "max_clients must be at least 1"),
+        (
+            "max_pinned = 11\n",
+            "max_pinned must be between 1 and pool_size",
+        ),
+        (
+            "sts_max_concurrency = 0\n",
+            "sts_max_concurrency must be at least 1",
+        ),
+        ("idle_timeout = \"0s\"\n", "idle_timeout must be positive"),
+        (
+            "tls_mode = \"required\"\n",
+            "tls_mode allowed/required needs",
+        ),
+        ("sts_endpoint = \"ftp://x\"\n", "invalid STS endpoint"),
+        (
+            "[[access]]\ncidr = \"0.0.0.0/0\"\n",
+            "access-list entry \"0.0.0.0/0\" admits every",
+        ),
+        ("[[users]]\nname = \"a\"\n", "user \"a\" has no credentials"),
+    ] {
+        let message = error_of(extra);
+        assert!(message.starts_with(expected), "{extra}: {message}");
+        assert!(!message.contains("invalid configuration"), "{message}");
+    }
+    let missing = Settings::from_raw(RawConfig::default()).unwrap_err();
+    assert_eq!(missing.to_string(), "an upstream URI is required");
+    let syntax = RawConfig::from_toml("pool_size = \"x\"").unwrap_err();
+    assert!(matches!(syntax, ConfigError::Syntax(_)), "{syntax}");
+    let unreadable = RawConfig::from_file(std::path::Path::new("/nonexistent/m.toml"));
+    let unreadable = unreadable.unwrap_err();
+    assert_eq!(unreadable.to_string(), "cannot read /nonexistent/m.toml");
+    assert!(std::error::Error::source(&unreadable).is_some());
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    let secret = "hunter2-very-secret";
+    let mut r = RawConfig::from_toml(&format!(
+        "upstream = \"mongodb://u:{secret}@h:1\"\nupstream_password = \"{secret}\"\n"
+    ))
+    .unwrap();
+    assert!(!format!("{r:?}").contains(secret));
+    let s = Settings::from_raw(r.clone()).unwrap();
+    assert!(!format!("{s:?}").contains(secret));
+    // Errors about the URI or the password never echo them.
+    let bad_uri = RawConfig::from_toml(&format!("upstream = \"mongodb://u:{secret}@h/?bogus=1\""));
+    assert!(!bad_uri.unwrap_err().to_string().contains(secret));
+    let bad_pct = parse_uri(&format!("mongodb://u:{secret}%zz@h")).unwrap_err();
+    assert!(!bad_pct.to_string().contains(secret));
+    r.upstream = Some(parse_uri("mongodb://h:1").unwrap());
+    r.upstream_username = None;
+    let no_user = Settings::from_raw(r).unwrap_err().to_string();
+    assert!(!no_user.contains(secret), "{no_user}");
+    assert!(no_user.contains("without a user name"));
+}
+
+#[test]
+fn overrides_fold_into_the_upstream() {
+    let s = Settings::from_raw(raw(
+        "upstream_username = \"other\"\nupstream_password = \"x\"\nmax_pinned = 3\n",
+    ))
+    .unwrap();
+    assert_eq!(s.upstream.username.as_deref(), Some("other"));
+    assert_eq!(s.upstream.password.as_ref().unwrap().expose(), "x");
+    assert_eq!(s.max_pinned, 3);
+}
+
+/// A scratch folder holding the test certificate and key (a self-signed `localhost`
+/// certificate made for these tests only).
+struct Pem(PathBuf);
+
+impl Pem {
+    fn new(name: &str) -> Pem {
+        let dir = std::env::temp_dir().join(format!("mongomux-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), include_str!("testdata/cert.pem")).unwrap();
+        std::fs::write(dir.join("key.pem"), include_str!("testdata/key.pem")).unwrap();
+        Pem(dir)
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "tls_mode = \"allowed\"\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+            self.0.join("cert.pem"),
+            self.0.join("key.pem")
+        )
+    }
+}
+
+impl Drop for Pem {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The certificate is read by `from_raw` and by nothing after it: once the settings exist,
+/// the files may go away and the gateway still starts with TLS.
+#[tokio::test]
+async fn certificates_are_read_once() {
+    let pem = Pem::new("read-once");
+    let s = Settings::from_raw(raw(&pem.toml())).unwrap();
+    assert!(s.tls_server.is_some());
+    let cert = pem.0.join("cert.pem");
+    drop(pem);
+    assert!(!cert.exists());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let ctx = Shared::new(s, rx);
+    assert!(ctx.live.settings.load().tls_server.is_some());
+
+    let missing = error_of(&format!(
+        "tls_mode = \"required\"\ntls_cert_file = {cert:?}\ntls_key_file = {cert:?}\n"
+    ));
+    assert!(missing.contains("cert.pem"), "{missing}");
+}
+
+fn context(extra: &str) -> Shared {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    // The drain signal must outlive the test's gateway parts.
+    Box::leak(Box::new(tx));
+    Shared::new(Settings::from_raw(raw(extra)).unwrap(), rx)
+}
+
+#[tokio::test]
+async fn a_bad_reload_keeps_the_running_settings() {
+    let ctx = context("max_clients = 7\n");
+    let before = ctx.live.settings.load_full();
+    let err = reload(&ctx, raw("max_clients = 9\npool_size = 0\n")).unwrap_err();
+    assert!(err.to_string().contains("pool_size"));
+    assert!(Arc::ptr_eq(&before, &ctx.live.settings.load_full()));
+    assert_eq!(ctx.clients.total(), 7);
+    assert_eq!(
+        ctx.live.reload_count(),
+        0,
+        "sessions were told about a reload that failed"
+    );
+}
+
+#[tokio::test]
+async fn reload_applies_live_settings_and_reports_restart_ones() {
+    let ctx = context("max_clients = 7\n");
+    let change = reload(
+        &ctx,
+        RawConfig::from_toml(
+            "listen = \"127.0.0.1:1\"\nupstream = \"mongodb://v:pw@127.0.0.1:27017\"\n\
+             max_clients = 9\nhandshake_timeout = \"3s\"\npool_size = 20\nsts_timeout = \"1s\"\n\
+             max_connections_per_source = 4\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        change.applied,
+        [
+            "max_clients",
+            "handshake_timeout",
+            "max_connections_per_source",
+            "sts_timeout",
+            "pool_size",
+            "max_pinned",
+        ]
+    );
+    assert_eq!(change.needs_restart, ["listen", "upstream"]);
+    let now = ctx.live.settings.load();
+    assert_eq!(now.max_clients, 9);
+    assert_eq!(ctx.clients.total(), 9);
+    assert_eq!(now.handshake_timeout, Duration::from_secs(3));
+    // Restart settings keep their running values, so the stored settings say what is in force.
+    assert_eq!(now.listen.port(), 0);
+    assert_eq!(now.pool_size, 20, "the pool is resized live");
+    assert_eq!(now.max_pinned, 10);
+    assert_eq!(ctx.pool.size(), 20);
+    assert_eq!(now.upstream.username.as_deref(), Some("u"));
+    assert_eq!(ctx.live.reload_count(), 1);
+
+    // The same file again: nothing live differs, the restart ones are still pending.
+    let again = reload(
+        &ctx,
+        RawConfig::from_toml(
+            "listen = \"127.0.0.1:1\"\nupstream = \"mongodb://v:pw@127.0.0.1:27017\"\n\
+         max_clients = 9\nhandshake_timeout = \"3s\"\npool_size = 20\nsts_timeout = \"1s\"\n\
+         max_connections_per_source = 4\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(again.needs_restart, change.needs_restart);
+}
+
+#[test]
+fn an_upstream_password_change_needs_a_restart() {
+    let old = Settings::from_raw(raw("")).unwrap();
+    let mut new = Settings::from_raw(raw("upstream_password = \"other\"\n")).unwrap();
+    let change = SettingsChange::reconcile(&old, &mut new);
+    assert_eq!(change.needs_restart, ["upstream"]);
+    assert_eq!(new.upstream.password.as_ref().unwrap().expose(), "pw");
+}
+
+#[tokio::test]
+async fn apply_swaps_users_and_access_whole() {
+    let ctx = context("");
+    let user = "[[users]]\nname = \"arn:aws:iam::1:role/r\"\ndb = \"$external\"\naws = true\n";
+    let change = apply(
+        &ctx,
+        Settings::from_raw(raw(&format!("[[access]]\ncidr = \"10.0.0.0/8\"\n{user}"))).unwrap(),
+    );
+    assert_eq!(change.users, 1);
+    let now = ctx.live.settings.load();
+    assert!(now.users.auth_required());
+    assert!(!now
+        .access
+        .allows("127.0.0.1".parse().unwrap(), std::time::SystemTime::now()));
+}

@@ -1,0 +1,206 @@
+//! The upstream `mongodb://` URI: where and as whom the gateway connects.
+//!
+//! A small parser for the one-host subset of the connection-string spec the gateway accepts
+//! (another issue replaces it with a maintained parser when replica sets arrive). Errors never
+//! echo the URI, since it may carry a password.
+
+use std::path::PathBuf;
+
+use mongomux_auth::{Mechanism, Secret};
+
+use super::ConfigError;
+
+/// Where and as whom the gateway connects upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `host:port`.
+    pub address: String,
+    /// User name for SCRAM, if any.
+    pub username: Option<String>,
+    /// Password for SCRAM, if any.
+    pub password: Option<Secret>,
+    /// Database the user is defined in.
+    pub auth_source: String,
+    /// Mechanism forced by the URI; otherwise negotiated.
+    pub mechanism: Option<Mechanism>,
+    /// Connect with TLS (`tls=true` / `ssl=true`).
+    pub tls: bool,
+    /// CA file for the upstream's certificate (`tlsCAFile`).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl UpstreamConfig {
+    /// Whether `other` connects to the same place, as the same user, the same way. A password
+    /// change counts: the pool authenticates with it.
+    pub fn same_as(&self, other: &UpstreamConfig) -> bool {
+        self.address == other.address
+            && self.username == other.username
+            && self.password.as_ref().map(Secret::expose)
+                == other.password.as_ref().map(Secret::expose)
+            && self.auth_source == other.auth_source
+            && self.mechanism == other.mechanism
+            && self.tls == other.tls
+            && self.tls_ca_file == other.tls_ca_file
+    }
+
+    /// The host part of the address, as a TLS server name is checked against.
+    pub fn host(&self) -> &str {
+        self.address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+}
+
+/// Parses `mongodb://[user[:pass]@]host[:port][/db][?options]` (connection-string spec).
+/// Errors never echo the URI, since it may carry a password.
+pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
+    let rest = uri
+        .strip_prefix("mongodb://")
+        .ok_or_else(|| ConfigError::Invalid("upstream URI must start with mongodb://".into()))?;
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        Some(u) => {
+            let (user, pass) = match u.split_once(':') {
+                Some((a, b)) => (a, Some(b)),
+                None => (u, None),
+            };
+            (
+                Some(percent_decode(user)?),
+                pass.map(|p| percent_decode(p).map(Secret::new))
+                    .transpose()?,
+            )
+        }
+        None => (None, None),
+    };
+    if hosts.is_empty() {
+        return Err(ConfigError::Invalid("upstream URI has no host".into()));
+    }
+    if hosts.contains(',') {
+        return Err(ConfigError::Invalid(
+            "upstream URI lists several hosts; mongomux connects to one upstream address (a mongos or a load balancer)".into(),
+        ));
+    }
+    let address = if hosts.starts_with('[')
+        || hosts
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hosts.to_string()
+    } else {
+        format!("{hosts}:27017")
+    };
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (tail, ""),
+    };
+    let default_db = path.trim_start_matches('/');
+    let mut auth_source = None;
+    let mut mechanism = None;
+    let mut tls = false;
+    let mut tls_ca_file = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k.to_ascii_lowercase().as_str() {
+            "authsource" => auth_source = Some(percent_decode(v)?),
+            "authmechanism" => {
+                mechanism = Some(Mechanism::from_name(v).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "unsupported upstream authMechanism {v:?}; use SCRAM-SHA-256 or SCRAM-SHA-1"
+                    ))
+                })?)
+            }
+            "tls" | "ssl" => tls = v.eq_ignore_ascii_case("true"),
+            "tlscafile" => tls_ca_file = Some(PathBuf::from(percent_decode(v)?)),
+            // Options that describe client behaviour the gateway does not need.
+            "directconnection"
+            | "appname"
+            | "retrywrites"
+            | "retryreads"
+            | "w"
+            | "maxpoolsize"
+            | "serverselectiontimeoutms"
+            | "connecttimeoutms" => {}
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unsupported upstream URI option {other:?}"
+                )))
+            }
+        }
+    }
+    let auth_source = auth_source.unwrap_or_else(|| {
+        if default_db.is_empty() {
+            "admin".to_string()
+        } else {
+            default_db.to_string()
+        }
+    });
+    Ok(UpstreamConfig {
+        address,
+        username,
+        password,
+        auth_source,
+        mechanism,
+        tls: tls || tls_ca_file.is_some(),
+        tls_ca_file,
+    })
+}
+
+fn percent_decode(s: &str) -> Result<String, ConfigError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    ConfigError::Invalid("bad percent-encoding in upstream URI".into())
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ConfigError::Invalid("upstream URI is not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_with_credentials() {
+        let u = parse_uri("mongodb://us%40er:p%3Ass@127.0.0.1:27017/app?authSource=admin&authMechanism=SCRAM-SHA-1").unwrap();
+        assert_eq!(u.address, "127.0.0.1:27017");
+        assert_eq!(u.username.as_deref(), Some("us@er"));
+        assert_eq!(u.password.as_ref().unwrap().expose(), "p:ss");
+        assert_eq!(u.auth_source, "admin");
+        assert_eq!(u.mechanism, Some(Mechanism::ScramSha1));
+        assert!(!format!("{u:?}").contains("p:ss"));
+    }
+
+    #[test]
+    fn uri_defaults_and_errors() {
+        let u = parse_uri("mongodb://db.example").unwrap();
+        assert_eq!(u.address, "db.example:27017");
+        assert_eq!(u.auth_source, "admin");
+        let u = parse_uri("mongodb://h:1/app").unwrap();
+        assert_eq!(u.auth_source, "app");
+        assert!(parse_uri("http://h").is_err());
+        assert!(parse_uri("mongodb://a,b").is_err());
+        let err = parse_uri("mongodb://u:secretpw@h/?bogus=1").unwrap_err();
+        assert!(!err.to_string().contains("secretpw"));
+    }
+}
