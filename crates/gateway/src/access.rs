@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::settings::ConfigError;
+use crate::config_error::ConfigError;
 
 /// One entry as written in the configuration file.
 #[derive(Debug, Clone, Deserialize)]

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::route::Routes;
 use crate::settings::Settings;
 use crate::sts::Sts;
-use crate::upstream::Pool;
+use crate::upstream::{Pool, PoolSettings};
 
 /// The settings in force, swapped whole on reload, and the signal that tells sessions so.
 #[derive(Debug)]
@@ -122,7 +122,7 @@ impl Shared {
             limiter: AuthLimiter::default(),
         };
         Shared {
-            pool: Pool::new(settings.pool_settings(), metrics.clone()),
+            pool: Pool::new(pool_settings(&settings), metrics.clone()),
             clients: Arc::new(ClientLimit::new(settings.max_clients)),
             live: Arc::new(Live {
                 settings: ArcSwap::from_pointee(settings),
@@ -140,5 +140,18 @@ impl Shared {
     /// Whether the gateway is draining.
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+}
+
+/// What the upstream pool is built from.
+fn pool_settings(settings: &Settings) -> PoolSettings {
+    PoolSettings {
+        tls: settings.upstream_tls.clone(),
+        upstream: settings.upstream.clone(),
+        size: settings.pool_size,
+        max_pinned: settings.max_pinned,
+        checkout_timeout: settings.checkout_timeout,
+        connect_timeout: settings.connect_timeout,
+        idle_timeout: settings.idle_timeout,
     }
 }

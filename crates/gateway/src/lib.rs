@@ -22,12 +22,14 @@
 pub mod access;
 pub mod client_limit;
 pub mod command;
+pub mod config_error;
 pub mod context;
 pub mod edge_auth;
 pub mod error;
 pub mod framed;
 pub mod limits;
 pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod session;

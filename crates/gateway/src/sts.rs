@@ -20,9 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use crate::config_error::ConfigError;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::settings::ConfigError;
 
 /// Largest STS response read.
 const MAX_RESPONSE: usize = 64 * 1024;

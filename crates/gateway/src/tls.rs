@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::settings::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Whether clients must, may or must not use TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

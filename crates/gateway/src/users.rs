@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mongomux_auth::{Mechanism, ScramCredential};
 use serde::Deserialize;
 
-use crate::settings::ConfigError;
+use crate::config_error::ConfigError;
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

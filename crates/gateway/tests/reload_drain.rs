@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use std::time::{Duration, Instant};
 
-use mongomux_gateway::settings::reload::reload;
+use mongomux_gateway::reload::reload;
 use mongomux_gateway::{Gateway, RawConfig, Settings, Shared};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use mongomux_gateway::settings::{parse_uri, reload};
+use mongomux_gateway::reload;
+use mongomux_gateway::settings::parse_uri;
 use mongomux_gateway::{ConfigError, Gateway, RawConfig, Settings};
 
 /// A configuration error as one line, its causes included, introduced once.

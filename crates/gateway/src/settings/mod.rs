@@ -7,7 +7,6 @@
 //! construction and nothing downstream re-reads a file or re-validates a setting. A running
 //! gateway holds one `Settings` behind an `ArcSwap`; [`reload`] replaces it whole.
 
-mod error;
 mod raw;
 pub mod reload;
 mod uri;
@@ -16,14 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::ConfigError;
+pub use crate::config_error::ConfigError;
 pub use raw::RawConfig;
+pub use reload::SettingsChange;
 pub use uri::{parse_uri, UpstreamConfig};
 
 use crate::access::AccessList;
 use crate::sts::StsEndpoint;
 use crate::tls::TlsMode;
-use crate::upstream::PoolSettings;
 use crate::users::UserStore;
 
 /// Largest `pool_size`.
@@ -123,19 +122,6 @@ impl Settings {
     /// Parses and checks a TOML document with no other layer (tests, embedding).
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
         Settings::from_raw(RawConfig::from_toml(text)?)
-    }
-
-    /// What the upstream pool is built from.
-    pub fn pool_settings(&self) -> PoolSettings {
-        PoolSettings {
-            tls: self.upstream_tls.clone(),
-            upstream: self.upstream.clone(),
-            size: self.pool_size,
-            max_pinned: self.max_pinned,
-            checkout_timeout: self.checkout_timeout,
-            connect_timeout: self.connect_timeout,
-            idle_timeout: self.idle_timeout,
-        }
     }
 }
 

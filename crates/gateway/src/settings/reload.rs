@@ -1,4 +1,6 @@
-//! Applying new settings to a running gateway (SIGHUP).
+//! What a reload may change: the classification of every setting as live or restart, and the
+//! comparison of running and new settings ([`SettingsChange::reconcile`]). Applying the result to
+//! a running gateway is [`crate::reload`]'s job.
 //!
 //! A reload either builds a complete new [`Settings`] or fails and leaves the running one
 //! untouched. Every setting is classified in [`FIELDS`], the one list of what a reload can
@@ -6,15 +8,8 @@
 //! [`SettingsChange::needs_restart`] and keeps its running value in the stored `Settings`, so
 //! the stored value always says what is in force and the next reload reports it again.
 //!
-//! The swap is one `ArcSwap` store: a connection sees either the old or the new settings,
-//! never a mix. Connections of users who were removed or whose role or scope changed are told
-//! through the context's reload signal and close themselves; everyone else carries on.
 
-use std::sync::Arc;
-
-use super::{ConfigError, RawConfig, Settings};
-use crate::context::Shared;
-use crate::upstream::PoolLimits;
+use super::Settings;
 
 /// What a reload changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -119,26 +114,4 @@ impl SettingsChange {
         new.sts_tls = old.sts_tls.clone();
         change
     }
-}
-
-/// Validates `raw` (all layers applied) and applies it; on error nothing changes.
-pub fn reload(gateway: &Shared, raw: RawConfig) -> Result<SettingsChange, ConfigError> {
-    Ok(apply(gateway, Settings::from_raw(raw)?))
-}
-
-/// Applies validated settings to a running gateway.
-pub fn apply(gateway: &Shared, mut new: Settings) -> SettingsChange {
-    let old = gateway.live.settings.load_full();
-    let change = SettingsChange::reconcile(&old, &mut new);
-    gateway.clients.set_total(new.max_clients);
-    gateway.edge.sts.set_timeout(new.sts_timeout);
-    gateway.pool.resize(new.pool_size, new.max_pinned);
-    gateway.pool.set_limits(PoolLimits {
-        checkout_timeout: new.checkout_timeout,
-        connect_timeout: new.connect_timeout,
-        idle_timeout: new.idle_timeout,
-    });
-    gateway.live.settings.store(Arc::new(new));
-    gateway.live.signal_reload();
-    change
 }

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::reload::{apply, reload, SettingsChange};
+use super::reload::SettingsChange;
 use super::*;
 use crate::context::Shared;
+use crate::reload::{apply, reload};
 
 const BASE: &str = "listen = \"127.0.0.1:0\"\nupstream = \"mongodb://u:pw@127.0.0.1:27017\"\n";
 

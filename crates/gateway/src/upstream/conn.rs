@@ -14,9 +14,9 @@ use mongomux_auth::{Mechanism, ScramClient};
 use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
+use super::config::UpstreamConfig;
 use super::error::UpstreamError;
 use crate::framed::Framed;
-use crate::settings::UpstreamConfig;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
 
 /// What the upstream said about itself in its `hello`; the gateway's own hello repeats it.

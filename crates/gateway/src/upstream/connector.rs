@@ -11,9 +11,9 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 
+use super::config::UpstreamConfig;
 use super::conn::{ConnMeta, UpstreamConn, UpstreamInfo};
 use super::error::UpstreamError;
-use crate::settings::UpstreamConfig;
 
 /// A connection as the pool sees it.
 pub trait PoolConn: Send + Debug + 'static {

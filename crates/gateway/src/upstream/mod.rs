@@ -3,6 +3,7 @@
 //! the one error type for all of it ([`error`]).
 
 mod bound;
+pub mod config;
 pub mod conn;
 pub mod connector;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod error;
 mod mem_connector;
 pub mod pool;
 
+pub use config::UpstreamConfig;
 pub use conn::{ConnMeta, UpstreamConn, UpstreamInfo};
 pub use connector::{Connector, PoolConn, TcpConnector};
 pub use error::UpstreamError;

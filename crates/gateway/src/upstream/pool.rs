@@ -26,11 +26,11 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use super::bound::{Bound, Permit};
+use super::config::UpstreamConfig;
 use super::conn::UpstreamInfo;
 use super::connector::{Connector, PoolConn, TcpConnector};
 use super::error::UpstreamError;
 use crate::metrics::{Counter, Gauge, Metrics};
-use crate::settings::UpstreamConfig;
 
 /// An idle connection with open cursors is kept this long at most (MongoDB's own idle-cursor
 /// timeout), because on some servers closing it would kill those cursors.

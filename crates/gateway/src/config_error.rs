@@ -1,4 +1,6 @@
-//! The configuration error type, kept apart from request errors ([`crate::GatewayError`]):
+//! The configuration error type, kept apart from request errors ([`crate::GatewayError`]) and in
+//! a module of its own with no dependencies, so that every part that validates its own settings
+//! (access list, users, TLS, STS) can return it without depending on the settings as a whole:
 //! a bad setting is reported to the operator at start-up, `check-config` or reload, never to a
 //! client as a MongoDB reply.
 //!
