@@ -6,7 +6,7 @@
 //! stay in the buffer, so it can sit in a `select!`.
 
 use bytes::BytesMut;
-use mongomux_wire::{check_frame, WireError};
+use mongomux_wire::{check_frame, declared_length, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes read per call while no message size is known yet.
@@ -74,13 +74,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                     return Ok(Some(frame));
                 }
                 None => {
-                    let want = if self.buf.len() >= 4 {
-                        // check_frame has bounded the declared length by `max`.
-                        let declared =
-                            i32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-                        declared - self.buf.len()
-                    } else {
-                        READ_CHUNK
+                    // check_frame has bounded the declared length by `max`.
+                    let want = match declared_length(&self.buf) {
+                        Some(declared) => declared.saturating_sub(self.buf.len()),
+                        None => READ_CHUNK,
                     };
                     self.buf.reserve(want.max(READ_CHUNK));
                     if self.stream.read_buf(&mut self.buf).await? == 0 {

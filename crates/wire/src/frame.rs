@@ -25,6 +25,24 @@ pub fn check_frame(buf: &[u8], max: usize) -> Result<Option<usize>> {
     Ok((buf.len() >= len).then_some(len))
 }
 
+/// The declared messageLength at the start of `buf`, once four bytes are there. Meaningful as a
+/// size only after [`check_frame`] accepted it.
+pub fn declared_length(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 4).then(|| read_i32(buf, 0).max(0) as usize)
+}
+
+/// The requestID of a message whose first eight bytes are present, even when the rest is not
+/// (to answer a message whose length cannot be trusted).
+pub fn peek_request_id(buf: &[u8]) -> Option<i32> {
+    (buf.len() >= 8).then(|| read_i32(buf, 4))
+}
+
+/// The flag bits of a framed OP_MSG, read without parsing its sections (to honour `moreToCome`
+/// on a message whose body does not decode).
+pub fn peek_msg_flags(message: &[u8]) -> Option<MsgFlags> {
+    (message.len() >= HEADER_LEN + 4).then(|| MsgFlags(read_i32(message, HEADER_LEN) as u32))
+}
+
 /// Overwrites requestID and responseTo of a framed message in place.
 pub fn rewrite_ids(message: &mut [u8], request_id: i32, response_to: i32) {
     debug_assert!(message.len() >= HEADER_LEN);
@@ -57,6 +75,22 @@ pub fn strip_checksum(message: &mut [u8], clear: u32) -> (u32, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peeks_at_partial_headers() {
+        let msg = crate::encode_op_msg(7, 0, MsgFlags::MORE_TO_COME, &[5, 0, 0, 0, 0], &[]);
+        assert_eq!(declared_length(&msg[..4]), Some(msg.len()));
+        assert_eq!(declared_length(&msg[..3]), None);
+        assert_eq!(peek_request_id(&msg[..8]), Some(7));
+        assert_eq!(peek_request_id(&msg[..7]), None);
+        assert!(peek_msg_flags(&msg).unwrap().more_to_come());
+        assert_eq!(peek_msg_flags(&msg[..19]), None);
+        assert_eq!(
+            declared_length(&[0xff, 0xff, 0xff, 0xff]),
+            Some(0),
+            "negative is no size"
+        );
+    }
     use crate::{crc32c, encode_op_msg, OpMsg, MAX_MESSAGE_SIZE};
     use bson::rawdoc;
 

@@ -24,7 +24,9 @@ pub mod scan;
 pub use compressed::{CompressorId, OpCompressed};
 pub use crc32c::crc32c;
 pub use error::WireError;
-pub use frame::{check_frame, rewrite_ids, strip_checksum};
+pub use frame::{
+    check_frame, declared_length, peek_msg_flags, peek_request_id, rewrite_ids, strip_checksum,
+};
 pub use header::{Header, OpCode, HEADER_LEN};
 pub use legacy::{encode_op_reply, OpQuery, OpReply, REPLY_QUERY_FAILURE};
 pub use msg::{encode_op_msg, DocSequence, MsgFlags, OpMsg};

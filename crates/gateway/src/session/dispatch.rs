@@ -3,7 +3,7 @@
 //! refused, or forwarded (with cursor ownership checks for `getMore` and `killCursors`).
 
 use bytes::BytesMut;
-use mongomux_wire::{Header, MsgFlags, OpCode, OpCompressed, OpMsg};
+use mongomux_wire::{peek_msg_flags, Header, OpCode, OpCompressed, OpMsg};
 
 use super::reply::Outcome;
 use super::Session;
@@ -111,12 +111,7 @@ impl Session {
     /// said it expects none.
     fn undecodable(&self, frame: &[u8], e: GatewayError) -> Outcome {
         let header = Header::parse(frame).expect("framed messages have a header");
-        let more = frame
-            .get(16..20)
-            .map(|b| {
-                u32::from_le_bytes(b.try_into().expect("4 bytes")) & MsgFlags::MORE_TO_COME != 0
-            })
-            .unwrap_or(false);
+        let more = peek_msg_flags(frame).is_some_and(|f| f.more_to_come());
         if more {
             return Outcome::Silent;
         }

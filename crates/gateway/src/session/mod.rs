@@ -23,7 +23,7 @@ mod reply;
 
 use std::net::SocketAddr;
 
-use mongomux_wire::MAX_MESSAGE_SIZE;
+use mongomux_wire::{peek_request_id, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
 use crate::context::Shared;
@@ -162,12 +162,7 @@ impl Session {
     /// Answers a message whose length prefix cannot be trusted, then the caller closes.
     async fn refuse_stream(&mut self, e: GatewayError) {
         tracing::debug!(peer = %self.peer, error = %e, "unframeable client message");
-        let request_id = self
-            .framed
-            .buffered()
-            .get(4..8)
-            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
-        if let Some(request_id) = request_id {
+        if let Some(request_id) = peek_request_id(self.framed.buffered()) {
             if let Outcome::Reply(bytes) = self.replier().error(request_id, e, false) {
                 let _ = self.framed.write_all(&bytes).await;
             }
