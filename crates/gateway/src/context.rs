@@ -11,12 +11,12 @@ use arc_swap::ArcSwap;
 use bson::oid::ObjectId;
 use tokio::sync::watch;
 
-use crate::client_limit::ClientLimit;
-use crate::limits::{AuthLimiter, SourceCounts};
+use crate::identity::sts::Sts;
+use crate::listener::client_limit::ClientLimit;
+use crate::listener::limits::{AuthLimiter, SourceCounts};
 use crate::metrics::Metrics;
 use crate::route::Routes;
 use crate::settings::Settings;
-use crate::sts::Sts;
 use crate::upstream::{Pool, PoolSettings};
 
 /// The settings in force, swapped whole on reload, and the signal that tells sessions so.

@@ -8,7 +8,7 @@
 use super::table::Access;
 use super::view::CommandView;
 use crate::error::GatewayError;
-use crate::users::{Role, User, UserStore};
+use crate::identity::users::{Role, User, UserStore};
 
 /// Decides whether the client, authenticated as `identity` (or not at all), may run `view`.
 pub fn check(

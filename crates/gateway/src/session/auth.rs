@@ -1,6 +1,6 @@
 //! Edge authentication in a session: `saslStart` / `saslContinue` answered by the gateway, with
 //! the failed-login throttle applied before any work and MONGODB-AWS verified through STS. The
-//! conversation state itself lives in [`EdgeAuth`](crate::edge_auth::EdgeAuth).
+//! conversation state itself lives in [`EdgeAuth`](crate::identity::edge_auth::EdgeAuth).
 
 use bson::{Document, RawDocument};
 
@@ -8,7 +8,7 @@ use super::reply::Outcome;
 use super::Session;
 use crate::command::CommandView;
 use crate::error::GatewayError;
-use crate::users::UserStore;
+use crate::identity::users::UserStore;
 
 impl Session {
     /// saslStart / saslContinue at the gateway.

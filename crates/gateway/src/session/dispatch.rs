@@ -8,8 +8,8 @@ use mongomux_wire::{peek_msg_flags, Header, OpCode, OpCompressed, OpMsg};
 use super::reply::Outcome;
 use super::Session;
 use crate::command::{authz, CommandView, Kind};
-use crate::edge_auth::namespaced_session_id;
 use crate::error::GatewayError;
+use crate::identity::edge_auth::namespaced_session_id;
 
 impl Session {
     /// Handles one whole message.

@@ -17,8 +17,8 @@ use mongomux_wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_SIZE, MAX_WRITE_BATCH_SIZE
 use super::reply::Outcome;
 use super::Session;
 use crate::command::CommandView;
+use crate::identity::users::UserStore;
 use crate::upstream::{Pool, UpstreamInfo};
-use crate::users::UserStore;
 
 /// Learns the upstream's wire versions if no connection has done so yet, within `deadline`.
 pub async fn ensure_upstream_info(pool: &Arc<Pool>, deadline: Duration) {

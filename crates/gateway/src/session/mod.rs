@@ -27,9 +27,9 @@ use mongomux_wire::{peek_request_id, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
 use crate::context::Shared;
-use crate::edge_auth::EdgeAuth;
 use crate::error::GatewayError;
 use crate::framed::{FrameError, Framed};
+use crate::identity::edge_auth::EdgeAuth;
 use crate::route::UsedSessions;
 use crate::tls::{looks_like_tls, ClientStream, MaybeTls, TlsMode};
 use reply::{Outcome, Replier};
@@ -56,7 +56,10 @@ pub async fn run(
     shared: Shared,
     stream: TcpStream,
     peer: SocketAddr,
-    _admission: (crate::client_limit::ClientPermit, crate::limits::SourceSlot),
+    _admission: (
+        crate::listener::client_limit::ClientPermit,
+        crate::listener::limits::SourceSlot,
+    ),
 ) {
     let _ = stream.set_nodelay(true);
     let Some(stream) = Box::pin(negotiate_tls(&shared, stream, peer)).await else {

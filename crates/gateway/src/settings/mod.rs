@@ -21,9 +21,9 @@ pub use reload::SettingsChange;
 pub use uri::{parse_uri, UpstreamConfig};
 
 use crate::access::AccessList;
-use crate::sts::StsEndpoint;
+use crate::identity::sts::StsEndpoint;
+use crate::identity::users::UserStore;
 use crate::tls::TlsMode;
-use crate::users::UserStore;
 
 /// Largest `pool_size`.
 const MAX_POOL_SIZE: usize = 10_000;

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use super::uri::{parse_uri, UpstreamConfig};
 use super::ConfigError;
 use crate::access::AccessEntryConfig;
+use crate::identity::users::UserConfig;
 use crate::tls::TlsMode;
-use crate::users::UserConfig;
 
 /// All settings of `mongomux serve` as written: one layer (file, environment, flags) or the
 /// result of layering them. Nothing here is checked yet; [`super::Settings::from_raw`] does that.

@@ -14,7 +14,7 @@ use mongomux_auth::{Mechanism, ScramServer};
 use sha2::{Digest, Sha256};
 
 use crate::error::GatewayError;
-use crate::users::{User, UserStore};
+use crate::identity::users::{User, UserStore};
 
 /// A conversation in progress.
 struct Conversation {
