@@ -12,8 +12,8 @@ use bson::oid::ObjectId;
 use tokio::sync::watch;
 
 use crate::identity::sts::Sts;
-use crate::listener::client_limit::ClientLimit;
-use crate::listener::limits::{AuthLimiter, SourceCounts};
+use crate::limits::client_limit::ClientLimit;
+use crate::limits::{AuthLimiter, SourceCounts};
 use crate::metrics::Metrics;
 use crate::route::Routes;
 use crate::settings::Settings;

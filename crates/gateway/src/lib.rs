@@ -13,7 +13,7 @@
 //!
 //! Beside the request path: [`identity`] (users, SCRAM/MONGODB-AWS conversations, STS),
 //! [`settings`] (raw configuration, validated [`Settings`]) with [`reload`] applying new ones,
-//! [`access`] (the IP access list), [`tls`], [`framed`] (whole messages out of a byte stream),
+//! [`access`] (the IP access list), [`limits`] (client, per-source and failed-login limits), [`tls`], [`framed`] (whole messages out of a byte stream),
 //! [`metrics`], and [`error`], the one place errors become MongoDB replies.
 //!
 //! State shared between tasks is a few small parts ([`context::Shared`]), built once; the
@@ -29,6 +29,7 @@ pub mod context;
 pub mod error;
 pub mod framed;
 pub mod identity;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod reload;

@@ -1,6 +1,6 @@
 //! The listener, the accept loop and the drain.
 //!
-//! Owns admission through the client limit ([`crate::listener::client_limit`], whose permits travel with
+//! Owns admission through the client limit ([`crate::limits::client_limit`], whose permits travel with
 //! each session task, so "no permit held" means "no client left") and the reaction to running
 //! out of file descriptors:
 //! a spare descriptor is kept open so that, at the limit, the gateway can still accept and
@@ -16,9 +16,6 @@ use tokio::sync::watch;
 use crate::context::Shared;
 use crate::settings::Settings;
 use crate::{metrics, session};
-
-pub mod client_limit;
-pub mod limits;
 
 /// Least time between two warnings about refused clients.
 const WARN_EVERY: Duration = Duration::from_secs(5);

@@ -57,8 +57,8 @@ pub async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     _admission: (
-        crate::listener::client_limit::ClientPermit,
-        crate::listener::limits::SourceSlot,
+        crate::limits::client_limit::ClientPermit,
+        crate::limits::SourceSlot,
     ),
 ) {
     let _ = stream.set_nodelay(true);

@@ -1,9 +1,12 @@
-//! Abuse limits keyed by source address: slowing down password guessing.
+//! Limits on what clients may hold: the client limit ([`client_limit`]), connections per source
+//! address, and the throttle that slows down password guessing.
 //!
-//! Owns a bounded table of recent authentication failures per source IP. Each failure beyond a
+//! The failed-login throttle owns a bounded table of recent authentication failures per source IP. Each failure beyond a
 //! small allowance doubles the delay before that source's next authentication attempt is
 //! processed (up to a cap). The delay is served inside the offending connection's own task, so a
 //! guessing source slows only itself.
+
+pub mod client_limit;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
