@@ -176,19 +176,15 @@ async fn a_bad_reload_keeps_the_running_settings() {
     );
 }
 
+/// A file that changes live and restart settings against `context("max_clients = 7\n")`.
+const CHANGED: &str = "listen = \"127.0.0.1:1\"\nupstream = \"mongodb://v:pw@127.0.0.1:27017\"\n\
+    max_clients = 9\nhandshake_timeout = \"3s\"\npool_size = 20\nsts_timeout = \"1s\"\n\
+    max_connections_per_source = 4\n";
+
 #[tokio::test]
 async fn reload_applies_live_settings_and_reports_restart_ones() {
     let ctx = context("max_clients = 7\n");
-    let change = reload(
-        &ctx,
-        RawConfig::from_toml(
-            "listen = \"127.0.0.1:1\"\nupstream = \"mongodb://v:pw@127.0.0.1:27017\"\n\
-             max_clients = 9\nhandshake_timeout = \"3s\"\npool_size = 20\nsts_timeout = \"1s\"\n\
-             max_connections_per_source = 4\n",
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let change = reload(&ctx, RawConfig::from_toml(CHANGED).unwrap()).unwrap();
     assert_eq!(
         change.applied,
         [
@@ -214,16 +210,7 @@ async fn reload_applies_live_settings_and_reports_restart_ones() {
     assert_eq!(ctx.live.reload_count(), 1);
 
     // The same file again: nothing live differs, the restart ones are still pending.
-    let again = reload(
-        &ctx,
-        RawConfig::from_toml(
-            "listen = \"127.0.0.1:1\"\nupstream = \"mongodb://v:pw@127.0.0.1:27017\"\n\
-         max_clients = 9\nhandshake_timeout = \"3s\"\npool_size = 20\nsts_timeout = \"1s\"\n\
-         max_connections_per_source = 4\n",
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let again = reload(&ctx, RawConfig::from_toml(CHANGED).unwrap()).unwrap();
     assert!(again.applied.is_empty());
     assert_eq!(again.needs_restart, change.needs_restart);
 }
