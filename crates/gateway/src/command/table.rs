@@ -4,8 +4,9 @@
 //! gateways and refused for authenticated users, because a new server command must be reviewed
 //! before clients can reach it through the gateway's shared upstream identity.
 //!
-//! The table is sorted by name (a unit test checks it) and looked up by binary search: it is
-//! consulted once per request.
+//! The table is written sorted by name for readers (a unit test checks it). It is consulted once
+//! per request, so lookups use a copy sorted at compile time by length, and scan only the few
+//! names of the request's length.
 
 /// What the gateway does with a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,9 @@ pub const UNKNOWN: Spec = Spec {
     access: Access::Unreviewed,
 };
 
+/// How many commands the table knows.
+const ROW_COUNT: usize = 129;
+
 const fn row(name: &'static str, kind: Kind, access: Access) -> (&'static str, Spec) {
     (name, Spec { kind, access })
 }
@@ -68,7 +72,9 @@ use Access::{Admin, Open, Read, Session, Write};
 use Kind::{Authenticate, EndSessions, Forward, GetMore, Hello, KillCursors, Ping, Sasl};
 
 /// Every known command, sorted by name (byte order).
-pub static TABLE: &[(&str, Spec)] = &[
+pub static TABLE: &[(&str, Spec)] = &ROWS;
+
+const ROWS: [(&str, Spec); ROW_COUNT] = [
     row("abortTransaction", Forward, Session),
     row("addShard", Forward, Admin),
     row("addShardToZone", Forward, Admin),
@@ -202,12 +208,78 @@ pub static TABLE: &[(&str, Spec)] = &[
     row("whatsmyuri", Forward, Read),
 ];
 
-/// The row for `name`, or [`UNKNOWN`].
-pub fn lookup(name: &str) -> Spec {
-    match TABLE.binary_search_by(|(n, _)| (*n).cmp(name)) {
-        Ok(i) => TABLE[i].1,
-        Err(_) => UNKNOWN,
+/// The rows in lookup order: by length, then by bytes.
+static BY_LENGTH: [(&str, Spec); ROW_COUNT] = sort_by_length(ROWS);
+
+/// Length first, then bytes; usable at compile time.
+const fn shorter_or_before(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return a.len() < b.len();
     }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Insertion sort, run once by the compiler.
+const fn sort_by_length(
+    mut rows: [(&'static str, Spec); ROW_COUNT],
+) -> [(&'static str, Spec); ROW_COUNT] {
+    let mut i = 1;
+    while i < ROW_COUNT {
+        let mut j = i;
+        while j > 0 && shorter_or_before(rows[j].0, rows[j - 1].0) {
+            let t = rows[j];
+            rows[j] = rows[j - 1];
+            rows[j - 1] = t;
+            j -= 1;
+        }
+        i += 1;
+    }
+    rows
+}
+
+/// Longer than any command name the table knows (a unit test checks it).
+const MAX_NAME: usize = 40;
+
+/// For each name length, the range of [`BY_LENGTH`] holding the names of that length.
+static LENGTH_RANGES: [(usize, usize); MAX_NAME] = length_ranges(&BY_LENGTH);
+
+const fn length_ranges(rows: &[(&str, Spec); ROW_COUNT]) -> [(usize, usize); MAX_NAME] {
+    let mut out = [(0, 0); MAX_NAME];
+    let mut i = 0;
+    while i < ROW_COUNT {
+        let len = rows[i].0.len();
+        if out[len].1 == 0 {
+            out[len].0 = i;
+        }
+        out[len].1 = i + 1;
+        i += 1;
+    }
+    out
+}
+
+/// Byte equality of two names of the same length, inline: the names are short, and most
+/// candidates differ in their first byte.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// The row for `name`, or [`UNKNOWN`]: a scan of the few names of the same length.
+pub fn lookup(name: &str) -> Spec {
+    let Some(&(start, end)) = LENGTH_RANGES.get(name.len()) else {
+        return UNKNOWN;
+    };
+    BY_LENGTH[start..end]
+        .iter()
+        .find(|(n, _)| same_bytes(n.as_bytes(), name.as_bytes()))
+        .map_or(UNKNOWN, |(_, spec)| *spec)
 }
 
 #[cfg(test)]
@@ -222,11 +294,25 @@ mod tests {
     }
 
     #[test]
+    fn lookup_order_is_by_length_then_bytes() {
+        for pair in BY_LENGTH.windows(2) {
+            assert!(
+                shorter_or_before(pair[0].0, pair[1].0),
+                "{} before {}",
+                pair[0].0,
+                pair[1].0
+            );
+        }
+    }
+
+    #[test]
     fn every_row_is_found() {
         for (name, spec) in TABLE {
             assert_eq!(lookup(name), *spec, "{name}");
         }
         assert_eq!(lookup("somethingNew"), UNKNOWN);
+        assert_eq!(lookup(&"x".repeat(MAX_NAME + 5)), UNKNOWN);
+        assert!(TABLE.iter().all(|(n, _)| n.len() < MAX_NAME));
         assert_eq!(lookup(""), UNKNOWN);
     }
 

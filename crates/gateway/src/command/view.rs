@@ -64,7 +64,8 @@ pub struct CommandView {
     /// The cursors a `killCursors` names (ids that are not integers are skipped); `None` when
     /// its `cursors` is not an array.
     pub kill_cursor_ids: Option<Vec<i64>>,
-    /// The command's own value when it is a string: the collection of most commands.
+    /// The collection a `killCursors` names (read only where the gateway uses it, so the hot
+    /// path allocates nothing for it).
     pub collection: Option<String>,
     /// Whether the command writes although its table row says read (`aggregate` with `$out` or
     /// `$merge`, `mapReduce` to a collection).
@@ -177,7 +178,9 @@ impl CommandView {
         if self.spec.kind == Kind::GetMore {
             self.cursor_id = first.as_i64();
         }
-        self.collection = first.as_str().map(str::to_string);
+        if self.spec.kind == Kind::KillCursors {
+            self.collection = first.as_str().map(str::to_string);
+        }
         if self.spec.kind == Kind::EndSessions {
             let at = body_at + offset_in(body, first.value);
             self.end_session_uuids = end_session_uuids(first, at)?;

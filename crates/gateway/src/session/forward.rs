@@ -21,9 +21,10 @@ use crate::upstream::{ConnMeta, PooledConn, UpstreamError};
 impl Session {
     /// Forwards a request upstream and relays the reply, keeping the routing tables current.
     pub(super) async fn forward(&mut self, mut frame: BytesMut, view: &CommandView) -> Outcome {
-        let routes = self.shared.routes.clone();
         if let Some(lsid) = &view.lsid {
-            routes.note_session(&mut self.used_sessions, lsid.as_bytes());
+            self.shared
+                .routes
+                .note_session(&mut self.used_sessions, lsid.as_bytes());
         }
         let in_txn = view.in_transaction;
         let mut conn = match self.connection_for(view).await {

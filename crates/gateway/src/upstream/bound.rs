@@ -8,9 +8,12 @@
 //! come back, and never exceeds the larger of the old and new capacity before that.
 //!
 //! # Concurrency note
-//! Resizing and returning a permit both take the same small lock, so a returning permit can
-//! never slip past a shrink that is deciding how much debt to record.
+//! Resizing takes a small lock. A returning permit takes it only while a debt is recorded: the
+//! common case (no shrink being paid) is one atomic load. A permit returned at the very moment
+//! a shrink records its debt may be released instead of retired; the debt is then paid by the
+//! next permits to come back, so the total number of permits still ends at the new capacity.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
@@ -20,6 +23,10 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 pub(crate) struct Bound {
     sem: Arc<Semaphore>,
     state: Mutex<BoundState>,
+    /// `state.capacity`, readable without the lock.
+    capacity: AtomicUsize,
+    /// `state.debt`, readable without the lock: zero means returning permits are released.
+    debt: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -42,6 +49,8 @@ impl Bound {
         Arc::new(Bound {
             sem: Arc::new(Semaphore::new(capacity)),
             state: Mutex::new(BoundState { capacity, debt: 0 }),
+            capacity: AtomicUsize::new(capacity),
+            debt: AtomicUsize::new(0),
         })
     }
 
@@ -56,7 +65,7 @@ impl Bound {
 
     /// The capacity in force (the target, while a shrink is still being paid).
     pub(crate) fn capacity(&self) -> usize {
-        self.state.lock().expect("bound lock").capacity
+        self.capacity.load(Ordering::Acquire)
     }
 
     /// Changes the capacity; see the module docs for when a shrink takes effect.
@@ -73,6 +82,8 @@ impl Bound {
             state.debt += shrink - taken;
         }
         state.capacity = capacity;
+        self.capacity.store(capacity, Ordering::Release);
+        self.debt.store(state.debt, Ordering::Release);
     }
 
     /// Fails every waiting and future [`Bound::acquire`].
@@ -86,9 +97,14 @@ impl Drop for Permit {
         let Some(permit) = self.permit.take() else {
             return;
         };
+        if self.bound.debt.load(Ordering::Acquire) == 0 {
+            drop(permit);
+            return;
+        }
         let mut state = self.bound.state.lock().expect("bound lock");
         if state.debt > 0 {
             state.debt -= 1;
+            self.bound.debt.store(state.debt, Ordering::Release);
             permit.forget();
         } else {
             drop(permit);

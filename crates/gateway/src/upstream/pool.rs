@@ -47,6 +47,52 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
 }
 
+/// [`PoolLimits`] readable on the hot path with one relaxed load each. The three values are
+/// independent, so a reader that sees one new and one old value during a swap is still right.
+#[derive(Debug)]
+struct LiveLimits {
+    checkout_nanos: AtomicU64,
+    connect_nanos: AtomicU64,
+    idle_nanos: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl LiveLimits {
+    fn new(limits: PoolLimits) -> LiveLimits {
+        let live = LiveLimits {
+            checkout_nanos: AtomicU64::new(0),
+            connect_nanos: AtomicU64::new(0),
+            idle_nanos: AtomicU64::new(0),
+        };
+        live.set(limits);
+        live
+    }
+
+    fn set(&self, limits: PoolLimits) {
+        self.checkout_nanos
+            .store(nanos(limits.checkout_timeout), Ordering::Relaxed);
+        self.connect_nanos
+            .store(nanos(limits.connect_timeout), Ordering::Relaxed);
+        self.idle_nanos
+            .store(nanos(limits.idle_timeout), Ordering::Relaxed);
+    }
+
+    fn checkout(&self) -> Duration {
+        Duration::from_nanos(self.checkout_nanos.load(Ordering::Relaxed))
+    }
+
+    fn connect(&self) -> Duration {
+        Duration::from_nanos(self.connect_nanos.load(Ordering::Relaxed))
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_nanos(self.idle_nanos.load(Ordering::Relaxed))
+    }
+}
+
 /// Start-up settings of the production pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -86,7 +132,7 @@ pub type Pooled = PooledConn<TcpConnector>;
 #[derive(Debug)]
 pub struct Pool<C: Connector = TcpConnector> {
     connector: C,
-    limits: ArcSwap<PoolLimits>,
+    limits: LiveLimits,
     slots: Arc<Bound>,
     pins: Arc<Bound>,
     stock: Mutex<Stock<C::Conn>>,
@@ -143,7 +189,7 @@ impl<C: Connector> Pool<C> {
     ) -> Arc<Self> {
         Arc::new(Pool {
             connector,
-            limits: ArcSwap::from_pointee(limits),
+            limits: LiveLimits::new(limits),
             slots: Bound::new(size),
             pins: Bound::new(max_pinned),
             stock: Mutex::new(Stock {
@@ -164,12 +210,16 @@ impl<C: Connector> Pool<C> {
 
     /// The timeouts in force.
     pub fn limits(&self) -> PoolLimits {
-        **self.limits.load()
+        PoolLimits {
+            checkout_timeout: self.limits.checkout(),
+            connect_timeout: self.limits.connect(),
+            idle_timeout: self.limits.idle(),
+        }
     }
 
     /// Replaces the timeouts; each checkout, connect and reap reads the value current then.
     pub fn set_limits(&self, limits: PoolLimits) {
-        self.limits.store(Arc::new(limits));
+        self.limits.set(limits);
     }
 
     /// The most connections the pool may hold once any shrink has been paid.
@@ -210,7 +260,7 @@ impl<C: Connector> Pool<C> {
     /// Checks out a connection, waiting at most the checkout timeout for a slot.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn<C>, UpstreamError> {
         let started = Instant::now();
-        let timeout = self.limits().checkout_timeout;
+        let timeout = self.limits.checkout();
         let slot = match tokio::time::timeout(timeout, self.slots.acquire()).await {
             Ok(Ok(slot)) => slot,
             Ok(Err(_)) => return Err(UpstreamError::PoolClosed),
@@ -234,7 +284,7 @@ impl<C: Connector> Pool<C> {
     /// Checks out a connection to pin for a transaction: first a pin permit (bounded, so slow
     /// transactions cannot hold the whole pool), then a slot.
     pub async fn checkout_pinned(self: &Arc<Self>) -> Result<PooledConn<C>, UpstreamError> {
-        let timeout = self.limits().checkout_timeout;
+        let timeout = self.limits.checkout();
         let pin = match tokio::time::timeout(timeout, self.pins.acquire()).await {
             Ok(Ok(pin)) => pin,
             Ok(Err(_)) => return Err(UpstreamError::PoolClosed),
@@ -251,7 +301,7 @@ impl<C: Connector> Pool<C> {
             return Ok(conn);
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
-        let limit = self.limits().connect_timeout;
+        let limit = self.limits.connect();
         let result = match tokio::time::timeout(limit, self.connector.connect(id)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::ConnectTimeout {
@@ -310,7 +360,7 @@ impl<C: Connector> Pool<C> {
     /// keep-alive), and any that broke while idle.
     pub fn reap_idle(&self) {
         let now = Instant::now();
-        let idle_timeout = self.limits().idle_timeout;
+        let idle_timeout = self.limits.idle();
         let mut stock = self.lock();
         let (keep, expired): (Vec<_>, Vec<_>) = stock.idle.drain(..).partition(|(conn, since)| {
             let limit = if conn.meta().open_cursors.load(Ordering::Relaxed) > 0 {
