@@ -16,8 +16,17 @@ pub enum Kind {
     Ping,
     /// `saslStart` / `saslContinue`: edge authentication, answered by the gateway.
     Sasl,
-    /// `authenticate`: the gateway offers no mechanism that uses it.
+    /// `authenticate`: the gateway offers no mechanism that uses it; refused, never forwarded.
     Authenticate,
+    /// `logout`: answered `ok` at the edge, where it logs the *client connection* out (its
+    /// identity and what it held are dropped), as a mongos does. Forwarded, it would log out a
+    /// pooled upstream connection that every other client then reuses.
+    Logout,
+    /// Commands that read or change the state of the upstream connection itself (nonces for
+    /// removed authentication mechanisms, the per-connection last error). Upstream connections
+    /// are shared, so such state would leak between clients or break the connection for the
+    /// next one: refused, never forwarded.
+    ConnectionState,
     /// Forwarded as it is; a cursor in the reply is recorded for its owner.
     Forward,
     /// `getMore`: forwarded only for the cursor's owner.
@@ -65,7 +74,10 @@ const fn row(name: &'static str, kind: Kind, access: Access) -> (&'static str, S
 }
 
 use Access::{Admin, Open, Read, Session, Write};
-use Kind::{Authenticate, EndSessions, Forward, GetMore, Hello, KillCursors, Ping, Sasl};
+use Kind::{
+    Authenticate, ConnectionState, EndSessions, Forward, GetMore, Hello, KillCursors, Logout, Ping,
+    Sasl,
+};
 
 /// Every known command, sorted by name (byte order).
 pub static TABLE: &[(&str, Spec)] = &[
@@ -74,7 +86,7 @@ pub static TABLE: &[(&str, Spec)] = &[
     row("addShardToZone", Forward, Admin),
     row("aggregate", Forward, Read),
     row("applyOps", Forward, Admin),
-    row("authenticate", Authenticate, Admin),
+    row("authenticate", Authenticate, Open),
     row("balancerStart", Forward, Admin),
     row("balancerStatus", Forward, Admin),
     row("balancerStop", Forward, Admin),
@@ -94,6 +106,8 @@ pub static TABLE: &[(&str, Spec)] = &[
     row("connectionStatus", Forward, Read),
     row("convertToCapped", Forward, Write),
     row("copydb", Forward, Admin),
+    row("copydbgetnonce", ConnectionState, Open),
+    row("copydbsaslstart", ConnectionState, Open),
     row("count", Forward, Read),
     row("create", Forward, Write),
     row("createIndexes", Forward, Write),
@@ -125,12 +139,13 @@ pub static TABLE: &[(&str, Spec)] = &[
     row("fsync", Forward, Admin),
     row("fsyncUnlock", Forward, Admin),
     row("getCmdLineOpts", Forward, Admin),
-    row("getLastError", Forward, Read),
+    row("getLastError", ConnectionState, Open),
     row("getLog", Forward, Admin),
     row("getMore", GetMore, Read),
     row("getMoreSearch", Forward, Read),
     row("getParameter", Forward, Read),
-    row("getnonce", Forward, Open),
+    row("getPrevError", ConnectionState, Open),
+    row("getnonce", ConnectionState, Open),
     row("grantPrivilegesToRole", Forward, Admin),
     row("grantRolesToRole", Forward, Admin),
     row("grantRolesToUser", Forward, Admin),
@@ -152,7 +167,7 @@ pub static TABLE: &[(&str, Spec)] = &[
     row("listIndexes", Forward, Read),
     row("listSearchIndexes", Forward, Read),
     row("logRotate", Forward, Admin),
-    row("logout", Forward, Open),
+    row("logout", Logout, Open),
     row("mapReduce", Forward, Read),
     row("mergeChunks", Forward, Admin),
     row("moveChunk", Forward, Admin),
@@ -173,6 +188,7 @@ pub static TABLE: &[(&str, Spec)] = &[
     row("replSetReconfig", Forward, Admin),
     row("replSetStepDown", Forward, Admin),
     row("replSetSyncFrom", Forward, Admin),
+    row("resetError", ConnectionState, Open),
     row("reshardCollection", Forward, Admin),
     row("resync", Forward, Admin),
     row("revokePrivilegesFromRole", Forward, Admin),
@@ -236,6 +252,35 @@ mod tests {
             if matches!(spec.kind, Kind::Hello | Kind::Ping | Kind::Sasl) {
                 assert_eq!(spec.access, Access::Open, "{name}");
             }
+        }
+    }
+
+    /// Commands that change the upstream connection itself are answered or refused by the
+    /// gateway: none of them may ever be forwarded, whoever sends them.
+    #[test]
+    fn connection_state_commands_are_never_forwarded() {
+        for name in [
+            "logout",
+            "authenticate",
+            "saslStart",
+            "saslContinue",
+            "getnonce",
+            "copydbgetnonce",
+            "copydbsaslstart",
+            "getLastError",
+            "getPrevError",
+            "resetError",
+        ] {
+            let spec = lookup(name);
+            assert!(
+                !matches!(
+                    spec.kind,
+                    Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions
+                ),
+                "{name} would be forwarded"
+            );
+            // Open, so the dispatcher gives its own answer even before authentication.
+            assert_eq!(spec.access, Access::Open, "{name}");
         }
     }
 }
