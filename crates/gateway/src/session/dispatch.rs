@@ -107,8 +107,18 @@ impl Session {
             Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions => {}
         }
         if let Some(user) = &self.auth.identity {
+            // Only a 16-byte id can be namespaced; any other lsid would be the same key for every
+            // identity that sends it, so it is refused rather than shared.
+            if view.lsid.as_ref().is_some_and(|l| !l.has_uuid()) {
+                return self.replier().error(
+                    view.request_id,
+                    GatewayError::BadCommand("lsid.id must be a 16-byte UUID".into()),
+                    view.in_transaction,
+                );
+            }
             if view.has_session_ids() {
-                view.rewrite_session_ids(&mut frame, |uuid| namespaced_session_id(user, uuid));
+                let key = &self.shared.edge.session_key;
+                view.rewrite_session_ids(&mut frame, |uuid| namespaced_session_id(key, user, uuid));
             }
         }
         match view.spec.kind {

@@ -21,6 +21,7 @@ pub use reload::SettingsChange;
 pub use uri::{parse_uri, UpstreamConfig};
 
 use crate::access::AccessList;
+use crate::identity::session_key::SessionKey;
 use crate::identity::sts::StsEndpoint;
 use crate::identity::users::UserStore;
 use crate::tls::TlsMode;
@@ -77,6 +78,8 @@ pub struct Settings {
     pub sts_timeout: Duration,
     /// Gateway users; empty means client authentication is off.
     pub users: Arc<UserStore>,
+    /// The configured key of session namespacing; `None` means one is generated at start.
+    pub session_key: Option<SessionKey>,
 }
 
 impl Settings {
@@ -116,6 +119,11 @@ impl Settings {
             sts_tls,
             sts_max_concurrency: raw.sts_max_concurrency,
             sts_timeout: raw.sts_timeout,
+            session_key: raw
+                .session_key
+                .as_ref()
+                .map(SessionKey::parse)
+                .transpose()?,
         })
     }
 
