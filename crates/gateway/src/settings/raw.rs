@@ -90,6 +90,12 @@ pub struct RawConfig {
     /// unset means a random key per process.
     #[serde(deserialize_with = "de_secret")]
     pub session_key: Option<Secret>,
+    /// Most cursors one client connection may hold open.
+    pub max_cursors_per_client: usize,
+    /// Most cursors one user may hold open over all its connections to this gateway.
+    pub max_cursors_per_user: usize,
+    /// Most logical sessions one client connection may use.
+    pub max_sessions_per_client: usize,
 }
 
 impl Default for RawConfig {
@@ -122,6 +128,9 @@ impl Default for RawConfig {
             tls_client_ca_file: None,
             upstream_tls_ca_file: None,
             session_key: None,
+            max_cursors_per_client: 1000,
+            max_cursors_per_user: 5000,
+            max_sessions_per_client: 1000,
         }
     }
 }
