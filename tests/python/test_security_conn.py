@@ -16,9 +16,10 @@ import uuid
 import pytest
 from bson import Int64
 from bson.binary import Binary, UuidRepresentation
+from pymongo.errors import OperationFailure
 
 from conftest import free_port, start_gateway, wait_until
-from mongowire import RawConn
+from mongowire import RawConn, op_msg
 from security_fixtures import (CURSOR_NOT_FOUND, UNAUTHORIZED, GatewayFactory, make_user, metric, sighup,
                                write_config)
 
@@ -67,6 +68,16 @@ def everyone_still_works(gw, n: int = 12, user=None) -> None:
 
     with cf.ThreadPoolExecutor(n) as pool:
         list(pool.map(one, range(n)))
+
+
+def upstream_cursor_alive(upstream, db: str, coll: str, cid: int) -> bool:
+    """Asks FerretDB itself, bypassing the gateway, whether cursor `cid` is still open."""
+    try:
+        upstream.client()[db].command({"getMore": Int64(cid), "collection": coll, "batchSize": 1})
+        return True
+    except OperationFailure as e:
+        assert e.code == CURSOR_NOT_FOUND, e.details
+        return False
 
 
 # ---------------------------------------------------------------------------
@@ -208,6 +219,27 @@ def test_session_key_is_checked_and_never_logged(gateways, ferretdb, logdir):
 # Item 7: per-client and per-user bounds on cursors and sessions
 
 
+def test_a_refused_cursor_is_killed_upstream(gateways, ferretdb):
+    """FerretDB numbers cursors one after another: the refused cursor is the one between the
+    first and the next one opened, and FerretDB itself must no longer know it."""
+    gw = gateways("--max-cursors-per-client", "1")
+    with RawConn(gw.port) as raw:
+        seed(raw, "sec_conn", "killed", 5)
+        first = open_cursor(raw, "sec_conn", "killed")["cursor"]["id"]
+        assert open_cursor(raw, "sec_conn", "killed").get("code") == TOO_MANY_CURSORS
+        raw.command({"killCursors": "killed", "cursors": [Int64(first)]}, db="sec_conn")
+        last = open_cursor(raw, "sec_conn", "killed")["cursor"]["id"]
+        assert last == first + 2, (first, last)
+        assert upstream_cursor_alive(ferretdb, "sec_conn", "killed", last), "control: a live cursor"
+        assert not upstream_cursor_alive(ferretdb, "sec_conn", "killed", first + 1)
+        # The same for a cursor opened by a find sent with moreToCome (flag 2).
+        raw.sock.sendall(op_msg({"find": "killed", "batchSize": 1, "$db": "sec_conn"}, flags=2))
+        raw.command({"killCursors": "killed", "cursors": [Int64(last)]}, db="sec_conn")
+        after = open_cursor(raw, "sec_conn", "killed")["cursor"]["id"]
+        assert after == last + 2, (last, after)
+        assert not upstream_cursor_alive(ferretdb, "sec_conn", "killed", last + 1)
+
+
 def test_cursors_past_the_client_bound_are_refused_and_killed(gateways, users):
     a = users["a"]
     cfg = write_config(gateways.logdir / f"conn-{secrets.token_hex(3)}.toml", [a],
@@ -268,13 +300,11 @@ def test_sessions_past_the_client_bound_are_refused(gateways):
 def test_unacknowledged_find_leaves_no_cursor(gateways):
     """A find sent with moreToCome opens a cursor whose id the client never learns: the gateway
     kills it instead of leaving it open upstream, uncounted."""
-    import mongowire as w
-
     gw = gateways("--max-cursors-per-client", "2")
     with RawConn(gw.port) as raw:
         seed(raw, "sec_conn", "silent", 5)
         for _ in range(6):
-            raw.sock.sendall(w.op_msg({"find": "silent", "batchSize": 1, "$db": "sec_conn"}, flags=2))
+            raw.sock.sendall(op_msg({"find": "silent", "batchSize": 1, "$db": "sec_conn"}, flags=2))
         assert raw.command({"ping": 1}).get("ok") == 1
         assert metric(gw, "mongomux_open_cursors") == 0
         assert open_cursor(raw, "sec_conn", "silent").get("ok") == 1
