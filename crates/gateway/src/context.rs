@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use bson::oid::ObjectId;
 use tokio::sync::watch;
 
+use crate::identity::session_key::SessionKey;
 use crate::identity::sts::Sts;
 use crate::limits::client_limit::ClientLimit;
 use crate::limits::{AuthLimiter, SourceCounts};
@@ -51,6 +52,8 @@ pub struct Edge {
     pub sts: Sts,
     /// Authentication failures per source.
     pub limiter: AuthLimiter,
+    /// The key of session namespacing in force (configured or generated; restart-only).
+    pub session_key: SessionKey,
 }
 
 /// Identifiers the gateway hands out.
@@ -120,6 +123,7 @@ impl Shared {
                 metrics.clone(),
             ),
             limiter: AuthLimiter::default(),
+            session_key: SessionKey::effective(settings.session_key.as_ref()),
         };
         Shared {
             pool: Pool::new(pool_settings(&settings), metrics.clone()),

@@ -47,6 +47,13 @@ pub enum GatewayError {
     /// The client is not allowed to run this command.
     #[error("{0}")]
     Unauthorized(String),
+    /// A new session would exceed the client's `max_sessions_per_client`.
+    #[error("{0}")]
+    TooManySessions(String),
+    /// A new cursor would exceed the client's `max_cursors_per_client` or the user's
+    /// `max_cursors_per_user`; the cursor was killed upstream.
+    #[error("{0}")]
+    TooManyCursors(String),
     /// Socket errors on the client side.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -68,6 +75,13 @@ impl GatewayError {
             GatewayError::AuthenticationFailed => (18, "AuthenticationFailed"),
             GatewayError::Unauthorized(_) => (13, "Unauthorized"),
             GatewayError::MechanismUnavailable(_) => (334, "MechanismUnavailable"),
+            // What a server answers when its session cache is full.
+            GatewayError::TooManySessions(_) => (261, "TooManyLogicalSessions"),
+            // No server code means "too many cursors": 261 would name sessions, 2 (BadValue)
+            // blames a valid request, and a retryable code would make drivers retry at once,
+            // which cannot succeed until the client closes cursors. OperationFailed is the
+            // server's own generic, non-retryable refusal.
+            GatewayError::TooManyCursors(_) => (96, "OperationFailed"),
         }
     }
 

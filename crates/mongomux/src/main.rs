@@ -141,6 +141,19 @@ struct ServeArgs {
     /// Deadline of one IAM verification, queueing included [default: 10s].
     #[arg(long, env = "MONGOMUX_STS_TIMEOUT", value_parser = humantime::parse_duration)]
     sts_timeout: Option<Duration>,
+    /// Key of session namespacing, hex or base64 (at least 16 bytes); give every gateway of a
+    /// deployment the same one [default: random per process].
+    #[arg(long, env = "MONGOMUX_SESSION_KEY", hide_env_values = true)]
+    session_key: Option<String>,
+    /// Most cursors one client connection may hold open [default: 1000].
+    #[arg(long, env = "MONGOMUX_MAX_CURSORS_PER_CLIENT")]
+    max_cursors_per_client: Option<usize>,
+    /// Most cursors one user may hold open over all its connections [default: 5000].
+    #[arg(long, env = "MONGOMUX_MAX_CURSORS_PER_USER")]
+    max_cursors_per_user: Option<usize>,
+    /// Most logical sessions one client connection may use [default: 1000].
+    #[arg(long, env = "MONGOMUX_MAX_SESSIONS_PER_CLIENT")]
+    max_sessions_per_client: Option<usize>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     log_level: Option<String>,
@@ -179,6 +192,14 @@ impl ServeArgs {
             max_connections_per_source
         );
         set!(tls_mode, aws_sts_host, sts_max_concurrency, sts_timeout);
+        set!(
+            max_cursors_per_client,
+            max_cursors_per_user,
+            max_sessions_per_client
+        );
+        if let Some(v) = self.session_key {
+            cfg.session_key = Some(mongomux_auth::Secret::new(v));
+        }
         if self.sts_endpoint.is_some() {
             cfg.sts_endpoint = self.sts_endpoint;
         }

@@ -17,8 +17,17 @@ pub enum Kind {
     Ping,
     /// `saslStart` / `saslContinue`: edge authentication, answered by the gateway.
     Sasl,
-    /// `authenticate`: the gateway offers no mechanism that uses it.
+    /// `authenticate`: the gateway offers no mechanism that uses it; refused, never forwarded.
     Authenticate,
+    /// `logout`: answered `ok` at the edge, where it logs the *client connection* out (its
+    /// identity and what it held are dropped), as a mongos does. Forwarded, it would log out a
+    /// pooled upstream connection that every other client then reuses.
+    Logout,
+    /// Commands that read or change the state of the upstream connection itself (nonces for
+    /// removed authentication mechanisms, the per-connection last error). Upstream connections
+    /// are shared, so such state would leak between clients or break the connection for the
+    /// next one: refused, never forwarded.
+    ConnectionState,
     /// Forwarded as it is; a cursor in the reply is recorded for its owner.
     Forward,
     /// `getMore`: forwarded only for the cursor's owner.
@@ -61,26 +70,29 @@ pub const UNKNOWN: Spec = Spec {
     access: Access::Unreviewed,
 };
 
-/// How many commands the table knows.
-const ROW_COUNT: usize = 129;
-
 const fn row(name: &'static str, kind: Kind, access: Access) -> (&'static str, Spec) {
     (name, Spec { kind, access })
 }
 
 use Access::{Admin, Open, Read, Session, Write};
-use Kind::{Authenticate, EndSessions, Forward, GetMore, Hello, KillCursors, Ping, Sasl};
+use Kind::{
+    Authenticate, ConnectionState, EndSessions, Forward, GetMore, Hello, KillCursors, Logout, Ping,
+    Sasl,
+};
 
 /// Every known command, sorted by name (byte order).
-pub static TABLE: &[(&str, Spec)] = &ROWS;
+pub static TABLE: &[(&str, Spec)] = ROWS;
 
-const ROWS: [(&str, Spec); ROW_COUNT] = [
+/// How many commands the table knows.
+const ROW_COUNT: usize = ROWS.len();
+
+const ROWS: &[(&str, Spec)] = &[
     row("abortTransaction", Forward, Session),
     row("addShard", Forward, Admin),
     row("addShardToZone", Forward, Admin),
     row("aggregate", Forward, Read),
     row("applyOps", Forward, Admin),
-    row("authenticate", Authenticate, Admin),
+    row("authenticate", Authenticate, Open),
     row("balancerStart", Forward, Admin),
     row("balancerStatus", Forward, Admin),
     row("balancerStop", Forward, Admin),
@@ -100,6 +112,8 @@ const ROWS: [(&str, Spec); ROW_COUNT] = [
     row("connectionStatus", Forward, Read),
     row("convertToCapped", Forward, Write),
     row("copydb", Forward, Admin),
+    row("copydbgetnonce", ConnectionState, Open),
+    row("copydbsaslstart", ConnectionState, Open),
     row("count", Forward, Read),
     row("create", Forward, Write),
     row("createIndexes", Forward, Write),
@@ -131,12 +145,13 @@ const ROWS: [(&str, Spec); ROW_COUNT] = [
     row("fsync", Forward, Admin),
     row("fsyncUnlock", Forward, Admin),
     row("getCmdLineOpts", Forward, Admin),
-    row("getLastError", Forward, Read),
+    row("getLastError", ConnectionState, Open),
     row("getLog", Forward, Admin),
     row("getMore", GetMore, Read),
     row("getMoreSearch", Forward, Read),
     row("getParameter", Forward, Read),
-    row("getnonce", Forward, Open),
+    row("getPrevError", ConnectionState, Open),
+    row("getnonce", ConnectionState, Open),
     row("grantPrivilegesToRole", Forward, Admin),
     row("grantRolesToRole", Forward, Admin),
     row("grantRolesToUser", Forward, Admin),
@@ -158,7 +173,7 @@ const ROWS: [(&str, Spec); ROW_COUNT] = [
     row("listIndexes", Forward, Read),
     row("listSearchIndexes", Forward, Read),
     row("logRotate", Forward, Admin),
-    row("logout", Forward, Open),
+    row("logout", Logout, Open),
     row("mapReduce", Forward, Read),
     row("mergeChunks", Forward, Admin),
     row("moveChunk", Forward, Admin),
@@ -179,6 +194,7 @@ const ROWS: [(&str, Spec); ROW_COUNT] = [
     row("replSetReconfig", Forward, Admin),
     row("replSetStepDown", Forward, Admin),
     row("replSetSyncFrom", Forward, Admin),
+    row("resetError", ConnectionState, Open),
     row("reshardCollection", Forward, Admin),
     row("resync", Forward, Admin),
     row("revokePrivilegesFromRole", Forward, Admin),
@@ -228,9 +244,13 @@ const fn shorter_or_before(a: &str, b: &str) -> bool {
 }
 
 /// Insertion sort, run once by the compiler.
-const fn sort_by_length(
-    mut rows: [(&'static str, Spec); ROW_COUNT],
-) -> [(&'static str, Spec); ROW_COUNT] {
+const fn sort_by_length(table: &[(&'static str, Spec)]) -> [(&'static str, Spec); ROW_COUNT] {
+    let mut rows = [("", UNKNOWN); ROW_COUNT];
+    let mut i = 0;
+    while i < ROW_COUNT {
+        rows[i] = table[i];
+        i += 1;
+    }
     let mut i = 1;
     while i < ROW_COUNT {
         let mut j = i;
@@ -322,6 +342,35 @@ mod tests {
             if matches!(spec.kind, Kind::Hello | Kind::Ping | Kind::Sasl) {
                 assert_eq!(spec.access, Access::Open, "{name}");
             }
+        }
+    }
+
+    /// Commands that change the upstream connection itself are answered or refused by the
+    /// gateway: none of them may ever be forwarded, whoever sends them.
+    #[test]
+    fn connection_state_commands_are_never_forwarded() {
+        for name in [
+            "logout",
+            "authenticate",
+            "saslStart",
+            "saslContinue",
+            "getnonce",
+            "copydbgetnonce",
+            "copydbsaslstart",
+            "getLastError",
+            "getPrevError",
+            "resetError",
+        ] {
+            let spec = lookup(name);
+            assert!(
+                !matches!(
+                    spec.kind,
+                    Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions
+                ),
+                "{name} would be forwarded"
+            );
+            // Open, so the dispatcher gives its own answer even before authentication.
+            assert_eq!(spec.access, Access::Open, "{name}");
         }
     }
 }

@@ -36,6 +36,11 @@ impl Lsid {
     pub fn as_bytes(&self) -> &[u8] {
         &self.doc
     }
+
+    /// Whether `id` is a 16-byte binary, the only form session namespacing can rewrite.
+    pub fn has_uuid(&self) -> bool {
+        self.uuid_at.is_some()
+    }
 }
 
 /// Everything the gateway needs to know about one OP_MSG request.

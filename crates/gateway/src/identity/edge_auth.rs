@@ -9,11 +9,13 @@
 use std::sync::Arc;
 
 use bson::{doc, spec::BinarySubtype, Binary, Document, RawBsonRef, RawDocument};
+use hmac::{Hmac, Mac};
 use mongomux_auth::aws::{principal_arn, server_first, AwsServerFirst, StsRequest};
 use mongomux_auth::{Mechanism, ScramServer};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::error::GatewayError;
+use crate::identity::session_key::SessionKey;
 use crate::identity::users::{User, UserStore};
 
 /// A conversation in progress.
@@ -220,19 +222,82 @@ impl EdgeAuth {
 }
 
 /// Maps a client's session UUID into the namespace of `user`, so that two identities can never
-/// name the same upstream session, even when one guesses or copies the other's lsid. The
-/// mapping is deterministic (the same on every gateway with the same users), which keeps a
-/// retryable write retried through another gateway on the same upstream session.
-pub fn namespaced_session_id(user: &User, uuid: &[u8]) -> [u8; 16] {
-    let mut h = Sha256::new();
-    h.update(b"mongomux lsid v1\0");
-    h.update(user.db.as_bytes());
-    h.update([0]);
-    h.update(user.name.as_bytes());
-    h.update([0]);
-    h.update(uuid);
-    let digest = h.finalize();
+/// name the same upstream session, even when one guesses or copies the other's lsid.
+///
+/// A keyed MAC (HMAC-SHA256 under the deployment's [`SessionKey`]), not a plain hash: with a
+/// plain hash anyone who knew a victim's UUID and name could compute the upstream id and name it
+/// where ids are not rewritten. The mapping is deterministic for one key, so gateways sharing
+/// `session_key` map a retried write to the same upstream session. Every part is
+/// length-prefixed, so no (db, name, uuid) split can collide with another.
+pub fn namespaced_session_id(key: &SessionKey, user: &User, uuid: &[u8]) -> [u8; 16] {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    mac.update(b"mongomux lsid v2\0");
+    for part in [user.db.as_bytes(), user.name.as_bytes(), uuid] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    let digest = mac.finalize().into_bytes();
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::users::{Role, UserConfig};
+    use mongomux_auth::Secret;
+
+    fn user(db: &str, name: &str) -> Arc<User> {
+        let config = UserConfig {
+            name: name.into(),
+            db: db.into(),
+            role: Role::ReadWrite,
+            databases: Vec::new(),
+            scram: vec![mongomux_auth::ScramCredential::derive(
+                Mechanism::ScramSha256,
+                name,
+                &Secret::new("pw"),
+                4096,
+            )],
+            aws: false,
+        };
+        UserStore::from_config(&[config])
+            .unwrap()
+            .get(db, name)
+            .unwrap()
+    }
+
+    #[test]
+    fn namespacing_is_keyed_per_identity_and_stable_per_key() {
+        let shared = SessionKey::parse(&Secret::new("00112233445566778899aabbccddeeff")).unwrap();
+        let same = SessionKey::parse(&Secret::new("ABEiM0RVZneImaq7zN3u/w==")).unwrap();
+        let other = SessionKey::generate();
+        let (a, b) = (user("admin", "a"), user("admin", "b"));
+        let uuid = [7u8; 16];
+        let id = namespaced_session_id(&shared, &a, &uuid);
+        assert_eq!(
+            id,
+            namespaced_session_id(&same, &a, &uuid),
+            "gateways sharing the key agree"
+        );
+        assert_ne!(
+            id,
+            namespaced_session_id(&other, &a, &uuid),
+            "the key matters"
+        );
+        assert_ne!(
+            id,
+            namespaced_session_id(&shared, &b, &uuid),
+            "so does the user"
+        );
+        assert_ne!(id, namespaced_session_id(&shared, &a, &[8u8; 16]));
+        // Moving a byte between the database and the name is another identity.
+        let split = (user("admin.a", "x"), user("admin", "a.x"));
+        assert_ne!(
+            namespaced_session_id(&shared, &split.0, &uuid),
+            namespaced_session_id(&shared, &split.1, &uuid)
+        );
+    }
 }

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::upstream::{ConnMeta, PooledConn};
 
 pub use cleanup::Leftovers;
-pub use cursors::Owner;
+pub use cursors::{CursorLimit, CursorLimits, Opener, Owner};
 pub use sessions::UsedSessions;
 
 use cursors::{Cursor, Cursors};
@@ -73,30 +73,45 @@ impl Routes {
             .may_use(id, lsid, connection, used.keys())
     }
 
-    /// Records a cursor the upstream opened on `conn`.
-    pub fn add_cursor(&self, id: i64, ns: &str, owner: Owner, conn: &Arc<ConnMeta>) {
+    /// Records a cursor the upstream opened on `conn` for `opener`, unless that would exceed
+    /// `limits`: then nothing is recorded, and the caller must kill the cursor upstream, since
+    /// a cursor the gateway does not track can never be released.
+    pub fn add_cursor(
+        &self,
+        id: i64,
+        ns: &str,
+        owner: Owner,
+        opener: Opener,
+        conn: &Arc<ConnMeta>,
+        limits: CursorLimits,
+    ) -> Result<(), CursorLimit> {
         if id == 0 {
-            return;
+            return Ok(());
         }
+        let replaced = {
+            let mut tables = self.lock();
+            tables.cursors.admit(&opener, limits)?;
+            let cursor = Cursor {
+                owner,
+                opener,
+                ns: ns.to_string(),
+                conn: conn.clone(),
+            };
+            tables.cursors.insert(id, cursor)
+        };
         conn.open_cursors.fetch_add(1, Ordering::Relaxed);
         self.metrics.open_cursors.inc();
-        let cursor = Cursor {
-            owner,
-            ns: ns.to_string(),
-            conn: conn.clone(),
-        };
-        let replaced = self.lock().cursors.insert(id, cursor);
         if let Some(old) = replaced {
             self.forget(&old);
         }
+        Ok(())
     }
 
-    /// Forgets a cursor that is exhausted or killed.
-    pub fn remove_cursor(&self, id: i64) {
-        let removed = self.lock().cursors.remove(id);
-        if let Some(old) = removed {
-            self.forget(&old);
-        }
+    /// Forgets a cursor that is exhausted or killed; returns its namespace if it was known.
+    pub fn remove_cursor(&self, id: i64) -> Option<String> {
+        let removed = self.lock().cursors.remove(id)?;
+        self.forget(&removed);
+        Some(removed.ns)
     }
 
     fn forget(&self, c: &Cursor) {
@@ -149,6 +164,42 @@ impl Routes {
 mod tests {
     use super::*;
 
+    const LIMITS: CursorLimits = CursorLimits {
+        per_client: 1000,
+        per_user: 5000,
+    };
+
+    fn opener(connection: i64) -> Opener {
+        Opener {
+            connection,
+            user: None,
+        }
+    }
+
+    #[test]
+    fn a_cursor_over_the_bound_is_not_recorded() {
+        let metrics = Arc::new(Metrics::default());
+        let routes = Routes::new(metrics.clone());
+        let conn = Arc::new(ConnMeta::default());
+        let limits = CursorLimits {
+            per_client: 1,
+            per_user: 10,
+        };
+        routes
+            .add_cursor(1, "db.a", Owner::Connection(7), opener(7), &conn, limits)
+            .unwrap();
+        let refused = routes.add_cursor(2, "db.a", Owner::Connection(7), opener(7), &conn, limits);
+        assert_eq!(refused, Err(CursorLimit::Client(1)));
+        assert!(!routes.may_use_cursor(2, None, 7, &UsedSessions::default()));
+        assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.open_cursors.get(), 1);
+        routes.remove_cursor(1);
+        assert_eq!(metrics.open_cursors.get(), 0);
+        routes
+            .add_cursor(2, "db.a", Owner::Connection(7), opener(7), &conn, limits)
+            .unwrap();
+    }
+
     /// A real lsid document: leftovers keep only sessions whose key parses as one.
     fn lsid(n: u8) -> Vec<u8> {
         bson::rawdoc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![n; 16] } }
@@ -163,9 +214,22 @@ mod tests {
         let mut used = UsedSessions::default();
         let s = lsid(1);
         routes.note_session(&mut used, &s);
-        routes.add_cursor(1, "db.a", Owner::Session(s.clone()), &conn);
-        routes.add_cursor(2, "db.b", Owner::Connection(7), &conn);
-        routes.add_cursor(0, "db.c", Owner::Connection(7), &conn);
+        routes
+            .add_cursor(
+                1,
+                "db.a",
+                Owner::Session(s.clone()),
+                opener(7),
+                &conn,
+                LIMITS,
+            )
+            .unwrap();
+        routes
+            .add_cursor(2, "db.b", Owner::Connection(7), opener(7), &conn, LIMITS)
+            .unwrap();
+        routes
+            .add_cursor(0, "db.c", Owner::Connection(7), opener(7), &conn, LIMITS)
+            .unwrap();
         assert_eq!(
             conn.open_cursors.load(Ordering::Relaxed),
             2,
@@ -188,11 +252,21 @@ mod tests {
         let (mut a, mut b) = (UsedSessions::default(), UsedSessions::default());
         routes.note_session(&mut a, b"S");
         routes.note_session(&mut b, b"S");
-        routes.add_cursor(1, "db.a", Owner::Session(b"S".to_vec()), &conn);
+        routes
+            .add_cursor(
+                1,
+                "db.a",
+                Owner::Session(b"S".to_vec()),
+                opener(1),
+                &conn,
+                LIMITS,
+            )
+            .unwrap();
         let left = routes.leave(1, &a);
         assert!(left.cursors.is_empty() && left.ended_sessions() == 0);
         assert!(routes.may_use_cursor(1, None, 2, &b));
-        routes.remove_cursor(1);
+        assert_eq!(routes.remove_cursor(1).as_deref(), Some("db.a"));
+        assert_eq!(routes.remove_cursor(1), None);
         assert!(!routes.may_use_cursor(1, None, 2, &b));
         assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);
     }

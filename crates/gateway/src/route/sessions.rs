@@ -7,9 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// Most distinct sessions one client connection registers; drivers reuse a handful.
-pub const MAX_SESSIONS_PER_CONNECTION: usize = 1000;
-
 #[derive(Debug)]
 struct Entry<P> {
     live_connections: usize,
@@ -98,21 +95,28 @@ impl<P> Sessions<P> {
     }
 }
 
-/// The sessions one client connection has used, registered once each, up to
-/// [`MAX_SESSIONS_PER_CONNECTION`].
+/// The sessions one client connection has used, registered once each. Bounded by the setting
+/// `max_sessions_per_client`: a request that would exceed it is refused before it is
+/// forwarded ([`UsedSessions::admits`]), so every session a client reaches upstream is recorded
+/// here, and ended (with its cursors killed) when the client leaves.
 #[derive(Debug, Default)]
 pub struct UsedSessions {
     keys: HashSet<Vec<u8>>,
 }
 
 impl UsedSessions {
+    /// Whether a request with `lsid` stays within `limit` sessions for this connection.
+    pub fn admits(&self, lsid: &[u8], limit: usize) -> bool {
+        self.keys.len() < limit || self.keys.contains(lsid)
+    }
+
     /// Records `lsid`; true when it is new for this connection and must be joined.
     pub fn first_use(&mut self, lsid: &[u8]) -> bool {
-        if self.keys.len() < MAX_SESSIONS_PER_CONNECTION && !self.keys.contains(lsid) {
-            self.keys.insert(lsid.to_vec());
-            return true;
+        if self.keys.contains(lsid) {
+            return false;
         }
-        false
+        self.keys.insert(lsid.to_vec());
+        true
     }
 
     /// The registered keys.
@@ -158,11 +162,13 @@ mod tests {
     #[test]
     fn used_sessions_are_bounded_and_registered_once() {
         let mut u = UsedSessions::default();
+        assert!(u.admits(b"A", 2));
         assert!(u.first_use(b"A"));
         assert!(!u.first_use(b"A"));
-        for i in 0..MAX_SESSIONS_PER_CONNECTION * 2 {
-            u.first_use(&i.to_le_bytes());
-        }
-        assert_eq!(u.keys().len(), MAX_SESSIONS_PER_CONNECTION);
+        assert!(u.first_use(b"B"));
+        assert!(!u.admits(b"C", 2), "a third session is over the bound");
+        assert!(u.admits(b"A", 2), "a known session always is within it");
+        assert!(u.admits(b"C", 3), "a raised bound admits it (live reload)");
+        assert_eq!(u.keys().len(), 2);
     }
 }

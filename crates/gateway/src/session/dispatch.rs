@@ -1,6 +1,8 @@
 //! The dispatcher: each message is decoded once into a [`CommandView`], authorized, and handled
 //! according to its row of the command table: answered by the gateway (`hello`, `ping`, SASL),
 //! refused, or forwarded (with cursor ownership checks for `getMore` and `killCursors`).
+//! Commands that act on the upstream connection itself (`logout`, `authenticate`, SASL, nonces,
+//! the last error) are never forwarded, whoever sends them: upstream connections are shared.
 
 use bytes::BytesMut;
 use mongomux_wire::{peek_msg_flags, Header, OpCode, OpCompressed, OpMsg};
@@ -9,7 +11,7 @@ use super::reply::Outcome;
 use super::Session;
 use crate::command::{authz, CommandView, Kind};
 use crate::error::GatewayError;
-use crate::identity::edge_auth::namespaced_session_id;
+use crate::identity::edge_auth::{namespaced_session_id, EdgeAuth};
 
 impl Session {
     /// Handles one whole message.
@@ -72,7 +74,7 @@ impl Session {
                 let body = msg.body.to_raw_document_buf();
                 return Box::pin(self.sasl(&users, &view, &body)).await;
             }
-            Kind::Sasl | Kind::Authenticate => {
+            Kind::Sasl | Kind::Authenticate if !users.auth_required() => {
                 return self.replier().error(
                     view.request_id,
                     GatewayError::NotSupported(
@@ -81,11 +83,42 @@ impl Session {
                     false,
                 )
             }
+            // With users configured only `authenticate` gets here (SASL is answered above).
+            Kind::Authenticate | Kind::Sasl => {
+                return self.replier().error(
+                    view.request_id,
+                    GatewayError::MechanismUnavailable(
+                        "the authenticate command is not supported by this gateway; use SCRAM-SHA-256, SCRAM-SHA-1 or MONGODB-AWS (saslStart)".into(),
+                    ),
+                    false,
+                )
+            }
+            Kind::Logout => return Box::pin(self.logout(&view)).await,
+            Kind::ConnectionState => {
+                return self.replier().error(
+                    view.request_id,
+                    GatewayError::NotSupported(format!(
+                        "{} acts on one server connection; mongomux shares its upstream connections and does not support it",
+                        view.name.escape_debug()
+                    )),
+                    false,
+                )
+            }
             Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions => {}
         }
         if let Some(user) = &self.auth.identity {
+            // Only a 16-byte id can be namespaced; any other lsid would be the same key for every
+            // identity that sends it, so it is refused rather than shared.
+            if view.lsid.as_ref().is_some_and(|l| !l.has_uuid()) {
+                return self.replier().error(
+                    view.request_id,
+                    GatewayError::BadCommand("lsid.id must be a 16-byte UUID".into()),
+                    view.in_transaction,
+                );
+            }
             if view.has_session_ids() {
-                view.rewrite_session_ids(&mut frame, |uuid| namespaced_session_id(user, uuid));
+                let key = &self.shared.edge.session_key;
+                view.rewrite_session_ids(&mut frame, |uuid| namespaced_session_id(key, user, uuid));
             }
         }
         match view.spec.kind {
@@ -105,6 +138,26 @@ impl Session {
             Kind::EndSessions => Box::pin(self.end_sessions(frame, &view)).await,
             _ => self.forward(frame, &view).await,
         }
+    }
+
+    /// `logout`, answered at the edge as a mongos answers it: the *client connection* is logged
+    /// out. Its identity is dropped, and what it held under that identity (cursors, sessions,
+    /// an open transaction) is released upstream, so that a later login on the same connection,
+    /// as anyone, starts from nothing. Nothing reaches the upstream connection's own login.
+    async fn logout(&mut self, view: &CommandView) -> Outcome {
+        let had_identity = self.auth.identity.is_some();
+        self.auth = EdgeAuth::default();
+        if had_identity {
+            tracing::info!(peer = %self.peer, "client logged out");
+            let used = std::mem::take(&mut self.used_sessions);
+            let left = self.shared.routes.leave(self.connection_id, &used);
+            Box::pin(left.release(&self.shared.pool)).await;
+        }
+        if view.more_to_come {
+            return Outcome::Silent;
+        }
+        self.replier()
+            .reply(view.request_id, &bson::doc! { "ok": 1.0 })
     }
 
     /// A message that frames but does not decode: an error reply, or nothing when the client

@@ -1,7 +1,9 @@
 //! Forwarding: the exchange with the upstream for one request, and the bookkeeping it needs —
-//! the session is registered for the client, a transaction's statements go to the connection
-//! pinned for it, cursors in replies are recorded for their owner, and `getMore`/`killCursors`
-//! reach the upstream only for cursors the client owns.
+//! the session is registered for the client once the upstream has answered, a transaction's
+//! statements go to the connection pinned for it, cursors in replies are recorded for their
+//! owner within the per-client and per-user bounds, and `getMore`/`killCursors` reach the
+//! upstream only for cursors the client owns. A cursor the gateway stops tracking is killed
+//! upstream before its connection is reused, so nothing is left open that no one can close.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,18 +17,16 @@ use super::{client_gone, Session};
 use crate::command::reply::{reply_cursor, reply_error_code};
 use crate::command::CommandView;
 use crate::error::GatewayError;
-use crate::route::{Owner, Pinned};
+use crate::route::{CursorLimit, Opener, Owner, Pinned};
 use crate::upstream::{ConnMeta, PooledConn, UpstreamError};
 
 impl Session {
     /// Forwards a request upstream and relays the reply, keeping the routing tables current.
     pub(super) async fn forward(&mut self, mut frame: BytesMut, view: &CommandView) -> Outcome {
-        if let Some(lsid) = &view.lsid {
-            self.shared
-                .routes
-                .note_session(&mut self.used_sessions, lsid.as_bytes());
-        }
         let in_txn = view.in_transaction;
+        if let Err(e) = self.check_session_bound(view) {
+            return self.replier().error(view.request_id, e, in_txn);
+        }
         let mut conn = match self.connection_for(view).await {
             Ok(c) => c,
             Err(e) => return self.replier().error(view.request_id, e.into(), in_txn),
@@ -57,7 +57,7 @@ impl Session {
             .metrics
             .upstream_latency
             .observe(started.elapsed());
-        let mut reply = match result {
+        let reply = match result {
             // Dropping `conn` here closes it: its state is unknown.
             Ok(r) => r,
             Err(e) if view.more_to_come => {
@@ -69,13 +69,33 @@ impl Session {
                 return self.replier().error(view.request_id, e.into(), in_txn);
             }
         };
-        if view.more_to_come {
-            self.keep_or_release(conn, view);
-            return Outcome::Silent;
-        }
+        self.settle(conn, reply, view).await
+    }
+
+    /// After a completed exchange: records the session and the reply's cursor, kills a cursor
+    /// the gateway will not track, puts the connection back (or closes it when its state is in
+    /// doubt), and answers the client.
+    async fn settle(
+        &mut self,
+        mut conn: PooledConn,
+        reply: BytesMut,
+        view: &CommandView,
+    ) -> Outcome {
+        let in_txn = view.in_transaction;
         let meta = conn.conn().meta.clone();
-        match OpMsg::parse(&reply) {
-            Ok(msg) => self.track_reply(msg.body, view, &meta),
+        let (logged_out, release) = match OpMsg::parse(&reply) {
+            Ok(msg) => {
+                // Only now has the upstream seen the session: a request that never got an
+                // answer leaves nothing behind to end or to own.
+                if let Some(lsid) = &view.lsid {
+                    self.shared
+                        .routes
+                        .note_session(&mut self.used_sessions, lsid.as_bytes());
+                }
+                let release = self.track_reply(msg.body, view, &meta);
+                (upstream_logged_out(msg.body), release)
+            }
+            Err(_) if view.more_to_come => return Outcome::Silent,
             Err(e) => {
                 // The upstream's byte stream is suspect: close that connection (drop) and tell
                 // the client in a reply it can parse.
@@ -83,12 +103,50 @@ impl Session {
                 let e = UpstreamError::BadReply(e);
                 return self.replier().error(view.request_id, e.into(), in_txn);
             }
+        };
+        if logged_out {
+            // However it happened, this connection is no longer the gateway's user: its state
+            // is in doubt, so it is closed rather than handed to the next client.
+            tracing::warn!(peer = %self.peer, "upstream connection lost its login; closing it");
         }
-        self.keep_or_release(conn, view);
+        let mut reuse = !logged_out;
+        let mut refusal = None;
+        if let Some(r) = release {
+            // A cursor the gateway stops tracking is killed on the connection it lives on,
+            // before that connection serves anyone else; if that fails, the connection closes.
+            reuse &= kill_cursor(&mut conn, &r.ns, r.id, view).await;
+            refusal = r.refusal;
+        }
+        if reuse {
+            self.keep_or_release(conn, view);
+        }
+        match (refusal, view.more_to_come) {
+            (_, true) => Outcome::Silent,
+            (Some(e), false) => self.replier().error(view.request_id, e, in_txn),
+            (None, false) => self.relay(reply, view),
+        }
+    }
+
+    /// The upstream's reply as the client's reply to `view`.
+    fn relay(&self, mut reply: BytesMut, view: &CommandView) -> Outcome {
         let (_, len) = strip_checksum(&mut reply, 0);
         reply.truncate(len);
         rewrite_ids(&mut reply, self.shared.ids.next_reply_id(), view.request_id);
         Outcome::Reply(reply.freeze())
+    }
+
+    /// Refuses a request whose session would be one more than `max_sessions_per_client`.
+    fn check_session_bound(&self, view: &CommandView) -> Result<(), GatewayError> {
+        let Some(lsid) = &view.lsid else {
+            return Ok(());
+        };
+        let limit = self.shared.live.settings.load().max_sessions_per_client;
+        if self.used_sessions.admits(lsid.as_bytes(), limit) {
+            return Ok(());
+        }
+        Err(GatewayError::TooManySessions(format!(
+            "this connection already uses {limit} logical sessions (max_sessions_per_client); end some or open a new connection"
+        )))
     }
 
     /// The connection a request goes out on: its transaction's pinned one, a newly pinned one
@@ -131,25 +189,67 @@ impl Session {
             .may_use_cursor(id, lsid, self.connection_id, &self.used_sessions)
     }
 
-    /// Records cursors opened, exhausted or lost according to a reply.
-    fn track_reply(&mut self, body: &bson::RawDocument, view: &CommandView, meta: &Arc<ConnMeta>) {
+    /// Records cursors opened, exhausted or lost according to a reply. Returns a cursor the
+    /// gateway will not track, which the caller must kill upstream: one a failed `getMore`
+    /// leaves (the table forgets it, and the server may still hold it), one opened by an
+    /// unacknowledged request (its client never learns the id), or one over the client's or the
+    /// user's bound (then with the error the client gets instead of the cursor).
+    fn track_reply(
+        &mut self,
+        body: &bson::RawDocument,
+        view: &CommandView,
+        meta: &Arc<ConnMeta>,
+    ) -> Option<Release> {
+        let routes = &self.shared.routes;
         if let Some(id) = view.cursor_id {
-            let gone = match reply_cursor(body) {
-                Some((next, _)) => next == 0,
-                None => reply_error_code(body).is_some(),
+            return match reply_cursor(body) {
+                Some((0, _)) => {
+                    routes.remove_cursor(id);
+                    None
+                }
+                Some(_) => None,
+                None if reply_error_code(body).is_some() => {
+                    let ns = routes.remove_cursor(id)?;
+                    Some(Release::quietly(id, ns))
+                }
+                None => None,
             };
-            if gone {
-                self.shared.routes.remove_cursor(id);
-            }
-            return;
         }
-        if let Some((id, ns)) = reply_cursor(body) {
-            let owner = match &view.lsid {
-                Some(lsid) => Owner::Session(lsid.as_bytes().to_vec()),
-                None => Owner::Connection(self.connection_id),
-            };
-            self.shared.routes.add_cursor(id, ns, owner, meta);
+        let (id, ns) = reply_cursor(body).filter(|(id, _)| *id != 0)?;
+        if view.more_to_come {
+            return Some(Release::quietly(id, ns.to_string()));
         }
+        let owner = match &view.lsid {
+            Some(lsid) => Owner::Session(lsid.as_bytes().to_vec()),
+            None => Owner::Connection(self.connection_id),
+        };
+        let opener = Opener {
+            connection: self.connection_id,
+            // Length-prefixed: "a.b" + "c" and "a" + "b.c" are two users.
+            user: self
+                .auth
+                .identity
+                .as_ref()
+                .map(|u| format!("{}:{}.{}", u.db.len(), u.db, u.name)),
+        };
+        let limits = self.shared.live.settings.load().cursor_limits();
+        let refused = routes
+            .add_cursor(id, ns, owner, opener, meta, limits)
+            .err()?;
+        let why = match refused {
+            CursorLimit::Client(n) => format!(
+                "this connection already has {n} open cursors (max_cursors_per_client); close some before opening more"
+            ),
+            CursorLimit::User(n) => format!(
+                "this user already has {n} open cursors (max_cursors_per_user); close some before opening more"
+            ),
+        };
+        tracing::debug!(peer = %self.peer, "cursor over its bound killed");
+        Some(Release {
+            id,
+            ns: ns.to_string(),
+            refusal: Some(GatewayError::TooManyCursors(why)),
+        })
     }
 
     /// killCursors: only the client's own cursors reach the upstream; the others are reported
@@ -210,5 +310,50 @@ impl Session {
             return Outcome::Silent;
         }
         self.replier().reply(view.request_id, &doc! { "ok": 1.0 })
+    }
+}
+
+/// Whether a reply says the upstream connection itself is not logged in (code 13, "requires
+/// authentication"), which no request of a client can cause once connection-state commands are
+/// never forwarded; should it happen anyway, the connection must not be reused.
+fn upstream_logged_out(body: &bson::RawDocument) -> bool {
+    reply_error_code(body) == Some(13)
+        && body
+            .get_str("errmsg")
+            .is_ok_and(|m| m.contains("requires authentication"))
+}
+
+/// A cursor the gateway stops tracking, to be killed upstream.
+struct Release {
+    id: i64,
+    ns: String,
+    /// The error the client gets instead of the reply, if any.
+    refusal: Option<GatewayError>,
+}
+
+impl Release {
+    fn quietly(id: i64, ns: String) -> Release {
+        Release {
+            id,
+            ns,
+            refusal: None,
+        }
+    }
+}
+
+/// Kills cursor `id` of `ns` on `conn` (in the request's session, which may own it). Returns
+/// whether the connection is still clean: an `{ok: 0}` answer is (the cursor is gone either
+/// way); a transport failure is not, and the caller drops the connection.
+async fn kill_cursor(conn: &mut PooledConn, ns: &str, id: i64, view: &CommandView) -> bool {
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let mut kill = doc! { "killCursors": coll, "cursors": [id], "$db": db };
+    if let Some(lsid) = &view.lsid {
+        if let Ok(lsid) = bson::Document::from_reader(lsid.as_bytes()) {
+            kill.insert("lsid", lsid);
+        }
+    }
+    match conn.conn().command(&kill).await {
+        Ok(_) => true,
+        Err(e) => e.connection_is_clean(),
     }
 }

@@ -21,6 +21,7 @@ pub use reload::SettingsChange;
 pub use uri::{parse_uri, UpstreamConfig};
 
 use crate::access::AccessList;
+use crate::identity::session_key::SessionKey;
 use crate::identity::sts::StsEndpoint;
 use crate::identity::users::UserStore;
 use crate::tls::TlsMode;
@@ -77,6 +78,14 @@ pub struct Settings {
     pub sts_timeout: Duration,
     /// Gateway users; empty means client authentication is off.
     pub users: Arc<UserStore>,
+    /// The configured key of session namespacing; `None` means one is generated at start.
+    pub session_key: Option<SessionKey>,
+    /// Most cursors one client connection may hold open.
+    pub max_cursors_per_client: usize,
+    /// Most cursors one user may hold open over all its connections.
+    pub max_cursors_per_user: usize,
+    /// Most logical sessions one client connection may use.
+    pub max_sessions_per_client: usize,
 }
 
 impl Settings {
@@ -116,7 +125,23 @@ impl Settings {
             sts_tls,
             sts_max_concurrency: raw.sts_max_concurrency,
             sts_timeout: raw.sts_timeout,
+            session_key: raw
+                .session_key
+                .as_ref()
+                .map(SessionKey::parse)
+                .transpose()?,
+            max_cursors_per_client: raw.max_cursors_per_client,
+            max_cursors_per_user: raw.max_cursors_per_user,
+            max_sessions_per_client: raw.max_sessions_per_client,
         })
+    }
+
+    /// The bounds on open cursors in force.
+    pub fn cursor_limits(&self) -> crate::route::CursorLimits {
+        crate::route::CursorLimits {
+            per_client: self.max_cursors_per_client,
+            per_user: self.max_cursors_per_user,
+        }
     }
 
     /// Parses and checks a TOML document with no other layer (tests, embedding).
@@ -140,6 +165,15 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
     if let Some(p) = raw.max_pinned {
         if p == 0 || p > raw.pool_size {
             return Err(invalid("max_pinned must be between 1 and pool_size"));
+        }
+    }
+    for (name, n) in [
+        ("max_cursors_per_client", raw.max_cursors_per_client),
+        ("max_cursors_per_user", raw.max_cursors_per_user),
+        ("max_sessions_per_client", raw.max_sessions_per_client),
+    ] {
+        if n == 0 {
+            return Err(invalid(format!("{name} must be at least 1")));
         }
     }
     if raw.sts_max_concurrency == 0 {

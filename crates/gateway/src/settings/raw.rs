@@ -2,7 +2,8 @@
 //!
 //! The binary layers command-line flags and environment variables over a file by writing into
 //! one [`RawConfig`]; nothing else reads settings from the environment. Secrets (the upstream
-//! password) are held as [`Secret`] so that printing a `RawConfig` never shows them.
+//! password, the session key) are held as [`Secret`] so that printing a `RawConfig` never shows
+//! them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,6 +86,16 @@ pub struct RawConfig {
     pub sts_timeout: Duration,
     /// Gateway users; none means client authentication is off.
     pub users: Vec<UserConfig>,
+    /// Key of session namespacing (hex or base64), shared by the gateways of one deployment;
+    /// unset means a random key per process.
+    #[serde(deserialize_with = "de_secret")]
+    pub session_key: Option<Secret>,
+    /// Most cursors one client connection may hold open.
+    pub max_cursors_per_client: usize,
+    /// Most cursors one user may hold open over all its connections to this gateway.
+    pub max_cursors_per_user: usize,
+    /// Most logical sessions one client connection may use.
+    pub max_sessions_per_client: usize,
 }
 
 impl Default for RawConfig {
@@ -116,6 +127,10 @@ impl Default for RawConfig {
             tls_key_file: None,
             tls_client_ca_file: None,
             upstream_tls_ca_file: None,
+            session_key: None,
+            max_cursors_per_client: 1000,
+            max_cursors_per_user: 5000,
+            max_sessions_per_client: 1000,
         }
     }
 }

@@ -60,6 +60,21 @@ const FIELDS: &[Field] = &[
     live!("tls_mode", tls_mode),
     live!("aws_sts_host", aws_sts_host),
     live!("sts_timeout", sts_timeout),
+    // Read on every cursor reply and every new session of a client.
+    live!("max_cursors_per_client", max_cursors_per_client),
+    live!("max_cursors_per_user", max_cursors_per_user),
+    live!("max_sessions_per_client", max_sessions_per_client),
+    // The key in force is fixed at start (`Edge::session_key`): changing it would move every
+    // open session to another upstream id.
+    Field {
+        name: "session_key",
+        differs: |a, b| match (&a.session_key, &b.session_key) {
+            (Some(x), Some(y)) => !x.same_as(y),
+            (None, None) => false,
+            _ => true,
+        },
+        restart: Some(|new, old| new.session_key = old.session_key.clone()),
+    },
     restart!("listen", listen),
     restart!("metrics_listen", metrics_listen),
     Field {

@@ -239,3 +239,47 @@ async fn apply_swaps_users_and_access_whole() {
         .access
         .allows("127.0.0.1".parse().unwrap(), std::time::SystemTime::now()));
 }
+
+#[test]
+fn bounds_are_live_and_the_session_key_needs_a_restart() {
+    for bound in [
+        "max_cursors_per_client",
+        "max_cursors_per_user",
+        "max_sessions_per_client",
+    ] {
+        assert!(error_of(&format!("{bound} = 0\n")).contains(bound));
+    }
+    let key = "session_key = \"00112233445566778899aabbccddeeff\"\n";
+    let old = Settings::from_raw(raw(key)).unwrap();
+    assert_eq!(old.max_cursors_per_client, 1000);
+    let mut new = Settings::from_raw(raw(&format!(
+        "{key}max_cursors_per_client = 5\nmax_sessions_per_client = 7\n"
+    )))
+    .unwrap();
+    let change = SettingsChange::reconcile(&old, &mut new);
+    assert_eq!(
+        change.applied,
+        vec!["max_cursors_per_client", "max_sessions_per_client"]
+    );
+    assert!(change.needs_restart.is_empty(), "the same key is no change");
+    let mut rekeyed =
+        Settings::from_raw(raw("session_key = \"ffeeddccbbaa99887766554433221100\"\n")).unwrap();
+    let change = SettingsChange::reconcile(&old, &mut rekeyed);
+    assert_eq!(change.needs_restart, vec!["session_key"]);
+    assert!(rekeyed
+        .session_key
+        .as_ref()
+        .is_some_and(|k| k.same_as(old.session_key.as_ref().unwrap())));
+    // Unset on both sides (a random key each process) is no change either.
+    let (a, mut b) = (
+        Settings::from_raw(raw("")).unwrap(),
+        Settings::from_raw(raw("")).unwrap(),
+    );
+    assert!(SettingsChange::reconcile(&a, &mut b)
+        .needs_restart
+        .is_empty());
+    // The key is never shown, and a bad one is refused without being repeated.
+    assert!(!format!("{old:?}").contains("00112233"));
+    let e = error_of("session_key = \"c0ffee\"\n");
+    assert!(e.contains("session_key") && !e.contains("c0ffee"), "{e}");
+}
