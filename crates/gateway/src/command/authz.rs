@@ -68,6 +68,13 @@ pub fn authorize(user: &User, view: &CommandView) -> Result<(), GatewayError> {
                     stage.escape_debug()
                 ));
             }
+            // Fail closed: a data command whose namespaces could not be found is not judged
+            // as touching nothing.
+            if view.namespaces.is_empty() && view.spec.ns != Ns::Server {
+                return deny(format!(
+                    "not authorized to execute command {{ {command}: ... }}: it names no namespace mongomux can check"
+                ));
+            }
             for ns in &view.namespaces {
                 namespace_allowed(user, ns, access)?;
             }

@@ -275,6 +275,8 @@ fn unknown_and_admin_commands_refused() {
         cmd("somethingNew", "c", doc! {}, "a"),
         cmd("createUser", "x", doc! {}, "admin"),
         cmd("applyOps", Bson::Array(vec![]), doc! {}, "a"),
+        // A bulkWrite without nsInfo names nothing to check: refused, not waved through.
+        cmd("bulkWrite", 1, doc! { "ops": [] }, "admin"),
     ] {
         assert!(is_unauthorized(judge(&all, &body)), "{body}");
     }
