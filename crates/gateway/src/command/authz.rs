@@ -2,10 +2,13 @@
 //!
 //! Every upstream connection is authenticated as the gateway's own (usually powerful) user, so
 //! the gateway refuses, for every client, the commands that would act on that user or on the
-//! deployment itself, and enforces each client's own scope. It judges only the typed view of a
-//! request and the command table; it never reads request bytes itself.
+//! deployment itself, and enforces each client's own scope on every namespace the request names
+//! (not only `$db`), on system collections, on the server's own databases (`local`, `config`) and
+//! on server-wide information. It judges only the typed view of a request and the command
+//! table; it never reads request bytes itself. The policy is described in docs/security.md.
 
-use super::table::Access;
+use super::namespaces::Namespace;
+use super::table::{Access, Ns};
 use super::view::CommandView;
 use crate::error::GatewayError;
 use crate::identity::users::{Role, User, UserStore};
@@ -29,11 +32,19 @@ pub fn check(
     }
 }
 
+/// `system.*` collections a user may read (never write) in a database of its scope: view
+/// definitions and stored functions belong to the database's own data. Every other `system.*`
+/// collection (`admin.system.users`, `system.roles`, `system.version`, `system.profile`, ...)
+/// holds the server's own state or other clients' traces and is refused to every gateway user.
+const READABLE_SYSTEM: &[&str] = &["system.views", "system.js"];
+
+/// The server's own databases: refused unless the user's scope names them explicitly.
+const SERVER_DATABASES: &[&str] = &["local", "config"];
+
 /// Checks that `user` may run `view`.
 pub fn authorize(user: &User, view: &CommandView) -> Result<(), GatewayError> {
     let deny = |why: String| Err(GatewayError::Unauthorized(why));
     let command = view.name.escape_debug();
-    let db = view.db.escape_debug();
     let access = view.access();
     match access {
         Access::Open | Access::Session => Ok(()),
@@ -44,30 +55,76 @@ pub fn authorize(user: &User, view: &CommandView) -> Result<(), GatewayError> {
             "command {command} is not on mongomux's list of reviewed commands and is refused"
         )),
         Access::Read | Access::Write => {
-            // listDatabases runs on admin but reveals only names; the reply is not filtered,
-            // so it needs access to every database.
-            let scope_ok = if view.name == "listDatabases" {
-                user.databases.is_empty()
-            } else {
-                user.may_use(&view.db)
-            };
-            if !scope_ok {
+            // Server-wide information (serverStatus, listDatabases, ...) is not filtered by
+            // database, so only a user not restricted to some databases may see it.
+            if view.spec.ns == Ns::Server && !user.databases.is_empty() {
                 return deny(format!(
-                    "not authorized on {db} to execute command {{ {command}: ... }}"
+                    "not authorized to execute command {{ {command}: ... }}: it shows the whole server and this user is limited to some databases"
                 ));
             }
-            if let Some(other) = view.other_databases.iter().find(|d| !user.may_use(d)) {
+            if let Some(stage) = &view.server_stage {
                 return deny(format!(
-                    "not authorized on {}: the pipeline reads or writes that database",
-                    other.escape_debug()
+                    "not authorized: the pipeline stage {} shows server-wide state",
+                    stage.escape_debug()
                 ));
+            }
+            // Fail closed: a data command whose namespaces could not be found is not judged
+            // as touching nothing.
+            if view.namespaces.is_empty() && view.spec.ns != Ns::Server {
+                return deny(format!(
+                    "not authorized to execute command {{ {command}: ... }}: it names no namespace mongomux can check"
+                ));
+            }
+            for ns in &view.namespaces {
+                namespace_allowed(user, ns, access)?;
             }
             if access == Access::Write && user.role == Role::Read {
                 return deny(format!(
-                    "user is read-only: not authorized on {db} to execute command {{ {command}: ... }}"
+                    "user is read-only: not authorized on {} to execute command {{ {command}: ... }}",
+                    view.db.escape_debug()
                 ));
             }
             Ok(())
         }
     }
 }
+
+/// Whether `user` may touch `ns` with `access`.
+fn namespace_allowed(user: &User, ns: &Namespace, access: Access) -> Result<(), GatewayError> {
+    let name = match &ns.coll {
+        Some(coll) => format!("{}.{}", ns.db, coll),
+        None => ns.db.clone(),
+    };
+    let deny = |why: &str| {
+        Err(GatewayError::Unauthorized(format!(
+            "not authorized on {}: {why}",
+            name.escape_debug()
+        )))
+    };
+    let db = ns.db.as_str();
+    if SERVER_DATABASES.contains(&db) && !user.databases.iter().any(|d| d == db) {
+        return deny("the server's own database is not reachable through mongomux");
+    }
+    if !user.may_use(db) {
+        return deny("outside this user's databases");
+    }
+    match ns.coll.as_deref() {
+        // Only reads of the few system collections that are the database's own data pass.
+        Some(coll)
+            if coll.starts_with("system.")
+                && (access == Access::Write || !READABLE_SYSTEM.contains(&coll)) =>
+        {
+            return deny("system collections are not reachable through mongomux");
+        }
+        // Writing the admin database as a whole (dropDatabase) would drop the server's users.
+        None if access == Access::Write && db == "admin" => {
+            return deny("the admin database cannot be changed as a whole");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "authz_tests.rs"]
+mod tests;

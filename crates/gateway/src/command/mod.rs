@@ -1,9 +1,12 @@
 //! A request, decoded once: the typed view of a command ([`view`]), the table that says what the
-//! gateway does with each command and what access it needs ([`table`]), the authorization that
-//! judges a view against an identity ([`authz`]), and the facts read back from replies
-//! ([`reply`]).
+//! gateway does with each command, what access it needs and where its namespaces come from
+//! ([`table`]), every namespace a request names ([`namespaces`]), the authorization that judges
+//! a view against an identity ([`authz`]), the replies the gateway composes itself ([`answer`]),
+//! and the facts read back from replies ([`reply`]).
 
+pub mod answer;
 pub mod authz;
+pub mod namespaces;
 pub mod reply;
 pub mod table;
 pub mod view;

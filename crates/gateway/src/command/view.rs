@@ -14,6 +14,7 @@ use bson::RawDocument;
 use mongomux_wire::scan::{self, Element};
 use mongomux_wire::OpMsg;
 
+use super::namespaces::{self, Namespace};
 use super::table::{self, Access, Kind, Spec};
 use crate::error::GatewayError;
 
@@ -75,8 +76,11 @@ pub struct CommandView {
     /// Whether the command writes although its table row says read (`aggregate` with `$out` or
     /// `$merge`, `mapReduce` to a collection).
     pub writes: bool,
-    /// Databases other than `$db` that an `aggregate` pipeline reads or writes.
-    pub other_databases: Vec<String>,
+    /// Every namespace the request names, from the places its table row says
+    /// ([`super::namespaces`]); collected for commands that read or write data.
+    pub namespaces: Vec<Namespace>,
+    /// An aggregation stage that shows server-wide state, if the pipeline has one.
+    pub server_stage: Option<String>,
     /// Whether a `$readPreference` was given.
     pub has_read_preference: bool,
     /// Offsets in the message of the 16-byte UUIDs of `endSessions`.
@@ -100,8 +104,8 @@ fn bad_bson(e: impl std::fmt::Display) -> GatewayError {
 }
 
 impl CommandView {
-    /// Builds the view of a parsed message. `message` is the whole message `msg` was parsed
-    /// from; offsets are recorded relative to it.
+    /// Builds the view of a parsed message, its document sequences included. `message` is the
+    /// whole message `msg` was parsed from; offsets are recorded relative to it.
     pub fn parse(message: &[u8], msg: &OpMsg<'_>) -> Result<CommandView, GatewayError> {
         let body = msg.body.as_bytes();
         let body_at = offset_in(message, body);
@@ -119,7 +123,8 @@ impl CommandView {
             kill_cursor_ids: None,
             collection: None,
             writes: false,
-            other_databases: Vec::new(),
+            namespaces: Vec::new(),
+            server_stage: None,
             has_read_preference: false,
             end_session_uuids: Vec::new(),
             lsid_at: 0,
@@ -166,6 +171,12 @@ impl CommandView {
             ));
         }
         view.command_details(msg.body)?;
+        if matches!(view.spec.access, Access::Read | Access::Write) {
+            let found = namespaces::collect(view.spec.ns, msg.body, &view.db, &msg.sequences)?;
+            view.namespaces = found.namespaces;
+            view.writes = found.writes;
+            view.server_stage = found.server_stage;
+        }
         Ok(view)
     }
 
@@ -220,18 +231,6 @@ impl CommandView {
 
     /// Fields that only some commands have, read with keyed lookups since they are rare.
     fn command_details(&mut self, body: &RawDocument) -> Result<(), GatewayError> {
-        match self.name.as_str() {
-            "aggregate" => {
-                let stages = pipeline_stages(body);
-                self.writes = stages.iter().any(|(name, _)| is_output_stage(name));
-                self.other_databases = stages
-                    .iter()
-                    .filter_map(|(name, spec)| stage_database(name, (*spec)?))
-                    .collect();
-            }
-            "mapReduce" => self.writes = !map_reduce_inline(body),
-            _ => {}
-        }
         if self.spec.kind == Kind::KillCursors {
             if let Ok(ids) = body.get_array("cursors") {
                 self.kill_cursor_ids = Some(
@@ -328,43 +327,6 @@ fn end_session_uuids(array: &Element<'_>, at: usize) -> Result<Vec<usize>, Gatew
         }
     }
     Ok(out)
-}
-
-/// The stages of an `aggregate` pipeline as (stage name, stage document if it is one).
-fn pipeline_stages(body: &RawDocument) -> Vec<(&str, Option<&RawDocument>)> {
-    let Ok(stages) = body.get_array("pipeline") else {
-        return Vec::new();
-    };
-    stages
-        .into_iter()
-        .flatten()
-        .filter_map(|stage| stage.as_document())
-        .flat_map(|stage| stage.iter().flatten())
-        .map(|(name, spec)| (name, spec.as_document()))
-        .collect()
-}
-
-fn is_output_stage(name: &str) -> bool {
-    name == "$out" || name == "$merge"
-}
-
-/// The database a stage names, when it names one as `{db, coll}`.
-fn stage_database(name: &str, spec: &RawDocument) -> Option<String> {
-    let target = match name {
-        "$out" => Some(spec),
-        "$merge" => spec.get_document("into").ok(),
-        "$lookup" => spec.get_document("from").ok(),
-        "$unionWith" => spec.get_document("coll").ok(),
-        _ => None,
-    }?;
-    target.get_str("db").ok().map(str::to_string)
-}
-
-fn map_reduce_inline(body: &RawDocument) -> bool {
-    match body.get_document("out") {
-        Ok(out) => out.get("inline").ok().flatten().is_some(),
-        Err(_) => false,
-    }
 }
 
 #[cfg(test)]

@@ -77,14 +77,18 @@ fn pipelines_that_write_or_cross_databases() {
     let plain = rawdoc! { "aggregate": "c", "pipeline": [ { "$match": {} } ], "$db": "a" };
     assert_eq!(view_of(&plain).unwrap().1.access(), Access::Read);
     let cross = rawdoc! { "aggregate": "c", "pipeline": [ { "$merge": { "into": { "db": "b", "coll": "x" } } } ], "$db": "a" };
+    let ns = |db: &str, coll: &str| super::namespaces::Namespace {
+        db: db.into(),
+        coll: Some(coll.into()),
+    };
     assert_eq!(
-        view_of(&cross).unwrap().1.other_databases,
-        vec!["b".to_string()]
+        view_of(&cross).unwrap().1.namespaces,
+        vec![ns("a", "c"), ns("b", "x")]
     );
     let out_db = rawdoc! { "aggregate": "c", "pipeline": [ { "$out": { "db": "z", "coll": "x" } } ], "$db": "a" };
     assert_eq!(
-        view_of(&out_db).unwrap().1.other_databases,
-        vec!["z".to_string()]
+        view_of(&out_db).unwrap().1.namespaces,
+        vec![ns("a", "c"), ns("z", "x")]
     );
     let inline = rawdoc! { "mapReduce": "c", "out": { "inline": 1 }, "$db": "a" };
     assert_eq!(view_of(&inline).unwrap().1.access(), Access::Read);

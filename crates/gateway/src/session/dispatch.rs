@@ -9,7 +9,7 @@ use mongomux_wire::{peek_msg_flags, Header, OpCode, OpCompressed, OpMsg};
 
 use super::reply::Outcome;
 use super::Session;
-use crate::command::{authz, CommandView, Kind};
+use crate::command::{answer, authz, CommandView, Kind};
 use crate::error::GatewayError;
 use crate::identity::edge_auth::{namespaced_session_id, EdgeAuth};
 
@@ -70,6 +70,10 @@ impl Session {
         match view.spec.kind {
             Kind::Hello => return Box::pin(self.hello(&users, &view, msg.body)).await,
             Kind::Ping => return self.replier().reply(view.request_id, &bson::doc! { "ok": 1.0 }),
+            Kind::ConnectionStatus => {
+                let status = answer::connection_status(self.auth.identity.as_deref());
+                return self.replier().reply(view.request_id, &status);
+            }
             Kind::Sasl if users.auth_required() => {
                 let body = msg.body.to_raw_document_buf();
                 return Box::pin(self.sasl(&users, &view, &body)).await;
