@@ -47,6 +47,9 @@ pub struct StsRequest {
     pub headers: Vec<(String, String)>,
     /// Always [`STS_BODY`].
     pub body: &'static str,
+    /// The SigV4 signature (64 lower-case hex digits), unique to one signed request: what a
+    /// replay of the same request would repeat.
+    pub signature: String,
 }
 
 impl std::fmt::Debug for StsRequest {
@@ -152,6 +155,7 @@ impl AwsServerFirst {
         Ok(StsRequest {
             headers,
             body: STS_BODY,
+            signature: parsed.signature.to_string(),
         })
     }
 
@@ -314,7 +318,10 @@ mod tests {
         let fin = rawdoc! { "a": GOOD_AUTH, "d": "garbage", "t": "x" }.into_bytes();
         assert!(s.sts_request(&fin, now()).is_err());
         let fin = rawdoc! { "a": GOOD_AUTH, "d": "20261130T000000Z", "t": "x" }.into_bytes();
-        assert!(s.sts_request(&fin, now()).is_err(), "scope day differs from X-Amz-Date");
+        assert!(
+            s.sts_request(&fin, now()).is_err(),
+            "scope day differs from X-Amz-Date"
+        );
     }
 
     #[test]

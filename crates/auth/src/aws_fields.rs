@@ -49,6 +49,8 @@ pub struct Authorization<'a> {
     pub scope_date: &'a str,
     /// The headers the signature covers, in the order given (sorted, no duplicates).
     pub signed_headers: Vec<&'a str>,
+    /// The signature, 64 lower-case hex digits.
+    pub signature: &'a str,
 }
 
 fn refuse(_why: &'static str) -> AuthError {
@@ -93,6 +95,7 @@ pub fn parse_authorization(a: &str, has_token: bool) -> Result<Authorization<'_>
     Ok(Authorization {
         scope_date,
         signed_headers,
+        signature,
     })
 }
 
@@ -184,7 +187,12 @@ mod tests {
 
     #[test]
     fn refuses_headers_outside_the_set() {
-        for extra in ["x-forwarded-for", "authorization", "x-amz-content-sha256", "HOST"] {
+        for extra in [
+            "x-forwarded-for",
+            "authorization",
+            "x-amz-content-sha256",
+            "HOST",
+        ] {
             let s = GOOD.replace("host;", &format!("host;{extra};"));
             assert!(parse_authorization(&s, false).is_err(), "{extra}");
         }
@@ -200,9 +208,15 @@ mod tests {
         assert!(parse_authorization(&no_nonce, false).is_err());
         let no_flag = GOOD.replace("x-mongodb-gs2-cb-flag;", "");
         assert!(parse_authorization(&no_flag, false).is_err());
-        assert!(parse_authorization(GOOD, true).is_err(), "token sent but not signed");
+        assert!(
+            parse_authorization(GOOD, true).is_err(),
+            "token sent but not signed"
+        );
         let signed_token = GOOD.replace("x-amz-date;", "x-amz-date;x-amz-security-token;");
-        assert!(parse_authorization(&signed_token, false).is_err(), "token signed but not sent");
+        assert!(
+            parse_authorization(&signed_token, false).is_err(),
+            "token signed but not sent"
+        );
     }
 
     #[test]
@@ -228,7 +242,12 @@ mod tests {
     #[test]
     fn dates_and_tokens() {
         assert!(check_date_shape("20261129T100000Z").is_ok());
-        for bad in ["20261129T10000Z", "2026+129T100000Z", "20261129T1000\r\nZ", "20261129 100000Z"] {
+        for bad in [
+            "20261129T10000Z",
+            "2026+129T100000Z",
+            "20261129T1000\r\nZ",
+            "20261129 100000Z",
+        ] {
             assert!(check_date_shape(bad).is_err(), "{bad:?}");
         }
         assert!(check_token("FQoGZXIvYXdzEJr//////////wEaDG+b/x=").is_ok());
