@@ -252,3 +252,26 @@ async fn apply_swaps_users_and_access_whole() {
         .access
         .allows("127.0.0.1".parse().unwrap(), std::time::SystemTime::now()));
 }
+
+#[test]
+fn anonymous_mode_beyond_loopback_must_be_asked_for() {
+    let upstream = "upstream = \"mongodb://u:pw@127.0.0.1:27017\"\n";
+    let anon = |listen: &str, extra: &str| {
+        Settings::from_raw(
+            RawConfig::from_toml(&format!("listen = \"{listen}\"\n{upstream}{extra}")).unwrap(),
+        )
+    };
+    for listen in ["0.0.0.0:27018", "[::]:27018", "10.1.2.3:27018"] {
+        let e = anon(listen, "").unwrap_err().to_string();
+        assert!(e.contains("allow_anonymous_non_loopback"), "{e}");
+        let s = anon(listen, "allow_anonymous_non_loopback = true\n").unwrap();
+        assert!(anonymous_beyond_loopback(&s));
+    }
+    for listen in ["127.0.0.1:27018", "[::1]:27018"] {
+        assert!(!anonymous_beyond_loopback(&anon(listen, "").unwrap()));
+    }
+    let user = "[[users]]\nname = \"arn:aws:iam::1:role/r\"\ndb = \"$external\"\naws = true\n";
+    assert!(!anonymous_beyond_loopback(
+        &anon("0.0.0.0:27018", user).unwrap()
+    ));
+}
