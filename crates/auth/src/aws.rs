@@ -133,6 +133,11 @@ impl AwsServerFirst {
         if parsed.scope_date != &date[..8] {
             return Err(AuthError::Malformed("a"));
         }
+        // The host is signed; a scope for another region means it was signed for another host
+        // (an endpoint in the same region is caught by STS, which sees our host header).
+        if parsed.region != aws_fields::region_of_host(&self.host) {
+            return Err(AuthError::AuthenticationFailed);
+        }
         check_date(date, now)?;
         let mut headers = vec![
             (

@@ -47,6 +47,8 @@ const MAX_TOKEN: usize = 8192;
 pub struct Authorization<'a> {
     /// `yyyymmdd` of the credential scope.
     pub scope_date: &'a str,
+    /// The region of the credential scope.
+    pub region: &'a str,
     /// The headers the signature covers, in the order given (sorted, no duplicates).
     pub signed_headers: Vec<&'a str>,
     /// The signature, 64 lower-case hex digits.
@@ -83,7 +85,7 @@ pub fn parse_authorization(a: &str, has_token: bool) -> Result<Authorization<'_>
     if parts.next().is_some() {
         return Err(refuse("extra parts"));
     }
-    let scope_date = check_credential(credential)?;
+    let (scope_date, region) = check_credential(credential)?;
     if signature.len() != 64
         || !signature
             .bytes()
@@ -94,13 +96,14 @@ pub fn parse_authorization(a: &str, has_token: bool) -> Result<Authorization<'_>
     let signed_headers = check_signed_headers(signed, has_token)?;
     Ok(Authorization {
         scope_date,
+        region,
         signed_headers,
         signature,
     })
 }
 
-/// `<key id>/<yyyymmdd>/<region>/sts/aws4_request`; returns the date.
-fn check_credential(c: &str) -> Result<&str, AuthError> {
+/// `<key id>/<yyyymmdd>/<region>/sts/aws4_request`; returns the date and region.
+fn check_credential(c: &str) -> Result<(&str, &str), AuthError> {
     let parts: Vec<&str> = c.split('/').collect();
     let [key, date, region, "sts", "aws4_request"] = parts[..] else {
         return Err(refuse("credential scope"));
@@ -112,7 +115,7 @@ fn check_credential(c: &str) -> Result<&str, AuthError> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if key_ok && date_ok && region_ok {
-        Ok(date)
+        Ok((date, region))
     } else {
         Err(refuse("credential scope"))
     }
@@ -134,6 +137,19 @@ fn check_signed_headers(s: &str, has_token: bool) -> Result<Vec<&str>, AuthError
         return Err(AuthError::AuthenticationFailed);
     }
     Ok(names)
+}
+
+/// The region a driver signs for when it is handed `host` (auth.md, MONGODB-AWS: the global
+/// endpoint is us-east-1, otherwise the host's second label, as in `sts.eu-west-1.amazonaws.com`).
+/// A scope for any other region was signed for another host.
+pub fn region_of_host(host: &str) -> &str {
+    if host == "sts.amazonaws.com" {
+        return "us-east-1";
+    }
+    match host.split('.').nth(1) {
+        Some(region) if !region.is_empty() => region,
+        _ => "us-east-1",
+    }
 }
 
 /// `X-Amz-Date`: exactly `yyyymmddThhmmssZ`, digits where digits belong.
@@ -165,6 +181,10 @@ mod tests {
     fn accepts_what_signers_produce() {
         let a = parse_authorization(GOOD, false).unwrap();
         assert_eq!(a.scope_date, "20261129");
+        assert_eq!(a.region, "us-east-1");
+        assert_eq!(region_of_host("sts.amazonaws.com"), "us-east-1");
+        assert_eq!(region_of_host("sts.eu-west-1.amazonaws.com"), "eu-west-1");
+        assert_eq!(region_of_host("localhost"), "us-east-1");
         assert_eq!(a.signed_headers.len(), 6);
         let with_token = GOOD.replace("x-amz-date;", "x-amz-date;x-amz-security-token;");
         assert!(parse_authorization(&with_token, true).is_ok());
