@@ -190,3 +190,18 @@ def test_anonymous_mode_beyond_loopback_needs_the_flag(ferretdb, logdir):
         assert "ANONYMOUS MODE ON A NON-LOOPBACK LISTENER" in g.proc.log.read_text(errors="replace")
     finally:
         g.proc.stop()
+
+
+@pytest.mark.parametrize("cidrs", [("0.0.0.0/1", "128.0.0.0/1"), ("::/1", "8000::/1")])
+def test_access_list_union_that_admits_everyone_needs_the_flag(ferretdb, logdir, cidrs):
+    args = [a for c in cidrs for a in ("--access", c)]
+    r = subprocess.run([gateway_bin(), "serve", "--upstream", "mongodb://127.0.0.1:1", *args],
+                       capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode != 0 and "together admit every address" in r.stderr + r.stdout, (r.returncode, r.stderr)
+    # A list that stays short of everyone starts (loopback clients are inside 0.0.0.0/1).
+    g = start_gateway(ferretdb, logdir, name=f"mongomux-acl-{cidrs[0][0]}", extra_args=("--access", "0.0.0.0/1"))
+    try:
+        with w.RawConn(g.port) as conn:
+            assert conn.command({"ping": 1}, db="admin").get("ok") == 1
+    finally:
+        g.proc.stop()
