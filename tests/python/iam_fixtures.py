@@ -50,7 +50,9 @@ OTHER_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/{OTHER_ROLE_NAME}"
 STS_HOST = "sts.amazonaws.com"  # the gateway's default aws_sts_host; clients sign for it
 REGION = "us-east-1"
 STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
-STS_RESULTS = ("ok", "denied", "throttled", "timeout", "error")
+STS_RESULTS = ("ok", "denied", "throttled", "timeout", "error", "refused")
+# The results that are calls to STS; `refused` counts requests the gateway refused itself.
+STS_CALL_RESULTS = ("ok", "denied", "throttled", "timeout", "error")
 
 # The unauthenticated set-up calls provision() makes; moto checks every request after these.
 SETUP_CALLS = 6
@@ -242,7 +244,7 @@ def _forget_cached_aws_credentials() -> None:
 
 
 def sign(creds: AwsCreds, server_nonce: bytes, host: str = STS_HOST, *, skew: dt.timedelta = dt.timedelta(0),
-         omit_signed: tuple = ()) -> dict:
+         omit_signed: tuple = (), region: str = REGION) -> dict:
     """The client-final payload `{a, d, t?}` a driver sends, signed with botocore's SigV4Auth.
 
     `skew` moves the signing clock (X-Amz-Date and the signature agree: only the date is off);
@@ -263,7 +265,7 @@ def sign(creds: AwsCreds, server_nonce: bytes, host: str = STS_HOST, *, skew: dt
     for h in omit_signed:
         headers.pop(h, None)
     request = AWSRequest(method="POST", url="/", data=STS_BODY, headers=headers)
-    signer = bauth.SigV4Auth(Credentials(creds.access_key, creds.secret_key, token=creds.token), "sts", REGION)
+    signer = bauth.SigV4Auth(Credentials(creds.access_key, creds.secret_key, token=creds.token), "sts", region)
     if skew:
         real = bauth.get_current_datetime
         with mock.patch.object(bauth, "get_current_datetime", lambda *a, **k: real(*a, **k) + skew):
@@ -348,6 +350,11 @@ def sts_counts(gw: Gateway) -> dict:
 
 def sts_delta(before: dict, after: dict) -> dict:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if k != "in_flight"}
+
+
+def sts_calls(d: dict) -> float:
+    """How many STS calls a delta holds (refusals by the gateway itself are not calls)."""
+    return sum(d[r] for r in STS_CALL_RESULTS) + d.get("count", 0)
 
 
 class InFlightSampler:

@@ -198,6 +198,25 @@ def test_op_compressed_without_negotiation(gateway, healthy):
     sock.close()
 
 
+@pytest.mark.parametrize("compressor", [1, 2, 3, 77])
+def test_unsupported_compressor_is_not_supported(gateway, healthy, compressor):
+    """snappy, zlib, zstd (never negotiated) and unknown ids: CommandNotSupported (115), not a
+    parse error; the connection carries on and a noop-compressed message still works."""
+    inner = w.op_msg_body({"ping": 1, "$db": "admin"})
+    sock = w.connect(gateway.port)
+    rid = w.next_request_id()
+    body = struct.pack("<iiB", w.OP_MSG, len(inner), compressor) + inner
+    sock.sendall(w.frame(w.OP_COMPRESSED, body, rid))
+    doc = assert_error_doc(reply_or_close(sock, "OP_COMPRESSED") or pytest.fail("closed"), rid)
+    assert doc["code"] == 115 and doc["codeName"] == "CommandNotSupported", doc
+    rid = w.next_request_id()
+    body = struct.pack("<iiB", w.OP_MSG, len(inner), 0) + inner
+    sock.sendall(w.frame(w.OP_COMPRESSED, body, rid))
+    msg = reply_or_close(sock, "noop OP_COMPRESSED")
+    assert msg is not None and msg.doc.get("ok") == 1, msg and msg.doc
+    sock.close()
+
+
 # --- OP_QUERY that is not a handshake --------------------------------------------
 
 NON_HANDSHAKE_QUERIES = {

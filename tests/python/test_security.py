@@ -645,7 +645,9 @@ def test_failed_auth_rate_limit_per_source(gateways, users):
     """Wrong passwords from 127.0.0.1 slow 127.0.0.1 only. Prints the attempt rates."""
     u = users["rw"]
     cfg = write_config(gateways.logdir / "ratelimit.toml", [u])
-    gw = gateways("--config", cfg, "--access", "127.0.0.0/8")
+    # The guessing connection stays unauthenticated for longer than the default handshake
+    # deadline (which now lasts until authentication completes); this test is about the delays.
+    gw = gateways("--config", cfg, "--access", "127.0.0.0/8", "--handshake-timeout", "120s")
 
     def attempt(conn, password):
         took, reply = timed(conn.auth, u.name, password)
@@ -696,6 +698,28 @@ def test_failed_auth_rate_limit_per_source(gateways, users):
     assert other_wrong < 0.5 and other_right < 0.5, \
         f"127.0.0.3 was slowed by 127.0.0.1's failures: {other_wrong:.3f}, {other_right:.3f}"
     assert reset < 0.5, f"a success should reset the source's failures: {reset:.3f}"
+
+
+def test_failed_auth_throttle_not_reset_by_another_accounts_success(gateways, users):
+    """Issue 12: guesses at one account from a source stay throttled when the guesser logs in to
+    an account of their own from the same source; the victim's own login still works."""
+    victim, own = users["rw"], users["rw2"]
+    cfg = write_config(gateways.logdir / "throttle-keys.toml", [victim, own])
+    gw = gateways("--config", cfg, "--handshake-timeout", "120s")
+    with RawConn(gw.port) as guesser:
+        for _ in range(7):
+            assert guesser.auth(victim.name, "guess").get("code") == AUTHENTICATION_FAILED
+        with RawConn(gw.port) as mine:
+            assert mine.auth(own.name, own.password).get("ok") == 1
+        took, reply = timed(guesser.auth, victim.name, "guess")
+        assert reply.get("code") == AUTHENTICATION_FAILED, reply
+        assert took >= 0.35, f"the attacker's own login reset the throttle on the victim: {took:.3f}s"
+        # The attacker's own account is not slowed by the guesses at the victim.
+        with RawConn(gw.port) as mine:
+            own_took, r = timed(mine.auth, own.name, own.password)
+            assert r.get("ok") == 1 and own_took < 0.5, (own_took, r)
+    with RawConn(gw.port) as owner:
+        assert owner.auth(victim.name, victim.password).get("ok") == 1
 
 
 @pytest.mark.timeout(90)

@@ -5,7 +5,10 @@
 //! Owns every check that can be made without STS: the client nonce is 32 bytes and prefixes the
 //! server nonce; the channel-binding flag is `n`; the signature covers the MongoDB nonce and
 //! flag headers (without them a request signed for one conversation could be replayed in
-//! another); the request date is within the allowed clock skew. It does no I/O: sending the
+//! another) and nothing outside the MONGODB-AWS request's headers; every client value copied
+//! into the STS request has exactly the shape a signer produces, so no CR/LF or other byte can
+//! add or override a header (`aws_fields`); the request date is within the allowed
+//! clock skew. The host and body are never the client's: the host is configured, the body fixed. It does no I/O: sending the
 //! request to STS is the gateway's job. A signature can only be verified by STS, so nothing
 //! here caches or short-cuts that step.
 
@@ -14,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use bson::{doc, spec::BinarySubtype, Binary, Document, RawBsonRef, RawDocument};
 use rand::RngCore;
 
-use crate::AuthError;
+use crate::{aws_fields, AuthError};
 
 /// The fixed body of every GetCallerIdentity request (auth.md, MONGODB-AWS step 4).
 pub const STS_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
@@ -44,6 +47,9 @@ pub struct StsRequest {
     pub headers: Vec<(String, String)>,
     /// Always [`STS_BODY`].
     pub body: &'static str,
+    /// The SigV4 signature (64 lower-case hex digits), unique to one signed request: what a
+    /// replay of the same request would repeat.
+    pub signature: String,
 }
 
 impl std::fmt::Debug for StsRequest {
@@ -116,7 +122,22 @@ impl AwsServerFirst {
         let authorization = string_field(doc, "a")?.ok_or(AuthError::Malformed("a"))?;
         let date = string_field(doc, "d")?.ok_or(AuthError::Malformed("d"))?;
         let token = string_field(doc, "t")?;
-        check_signed_headers(authorization, token.is_some())?;
+        // Every value below is copied into the HTTP request sent to STS: each is checked
+        // against the exact shape a SigV4 signer produces before anything else happens.
+        let parsed = aws_fields::parse_authorization(authorization, token.is_some())?;
+        aws_fields::check_date_shape(date)?;
+        if let Some(t) = token {
+            aws_fields::check_token(t)?;
+        }
+        // The credential scope's day is the request's day; a mismatch is not a signer's output.
+        if parsed.scope_date != &date[..8] {
+            return Err(AuthError::Malformed("a"));
+        }
+        // The host is signed; a scope for another region means it was signed for another host
+        // (an endpoint in the same region is caught by STS, which sees our host header).
+        if parsed.region != aws_fields::region_of_host(&self.host) {
+            return Err(AuthError::AuthenticationFailed);
+        }
         check_date(date, now)?;
         let mut headers = vec![
             (
@@ -139,39 +160,13 @@ impl AwsServerFirst {
         Ok(StsRequest {
             headers,
             body: STS_BODY,
+            signature: parsed.signature.to_string(),
         })
     }
 
     /// The host handed to the client.
     pub fn host(&self) -> &str {
         &self.host
-    }
-}
-
-/// The SignedHeaders of the Authorization header must cover the MongoDB nonce and flag (and
-/// the session token when one is sent), or the signature would not bind this conversation.
-fn check_signed_headers(authorization: &str, has_token: bool) -> Result<(), AuthError> {
-    if !authorization.starts_with("AWS4-HMAC-SHA256 ") {
-        return Err(AuthError::Malformed("a"));
-    }
-    let signed = authorization
-        .split([',', ' '])
-        .find_map(|part| part.trim().strip_prefix("SignedHeaders="))
-        .ok_or(AuthError::Malformed("a"))?;
-    let signed: Vec<&str> = signed.split(';').collect();
-    let mut required = vec![
-        "host",
-        "x-amz-date",
-        "x-mongodb-server-nonce",
-        "x-mongodb-gs2-cb-flag",
-    ];
-    if has_token {
-        required.push("x-amz-security-token");
-    }
-    if required.iter().all(|h| signed.contains(h)) {
-        Ok(())
-    } else {
-        Err(AuthError::AuthenticationFailed)
     }
 }
 
@@ -287,7 +282,7 @@ mod tests {
         s
     }
 
-    const GOOD_AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261129/us-east-1/sts/aws4_request, SignedHeaders=content-length;content-type;host;x-amz-date;x-amz-security-token;x-mongodb-gs2-cb-flag;x-mongodb-server-nonce, Signature=abc";
+    const GOOD_AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE12345/20261129/us-east-1/sts/aws4_request, SignedHeaders=content-length;content-type;host;x-amz-date;x-amz-security-token;x-mongodb-gs2-cb-flag;x-mongodb-server-nonce, Signature=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn now() -> SystemTime {
         humantime_rfc3339("2026-11-29T10:00:00Z").unwrap()
@@ -327,6 +322,28 @@ mod tests {
         assert!(s.sts_request(&fin, now()).is_err(), "30 minutes of skew");
         let fin = rawdoc! { "a": GOOD_AUTH, "d": "garbage", "t": "x" }.into_bytes();
         assert!(s.sts_request(&fin, now()).is_err());
+        let fin = rawdoc! { "a": GOOD_AUTH, "d": "20261130T000000Z", "t": "x" }.into_bytes();
+        assert!(
+            s.sts_request(&fin, now()).is_err(),
+            "scope day differs from X-Amz-Date"
+        );
+    }
+
+    #[test]
+    fn refuses_injection_in_every_client_value() {
+        let s = server();
+        let inject = "\r\nx-mongodb-server-nonce: AAAA";
+        let cases = [
+            rawdoc! { "a": format!("{GOOD_AUTH}{inject}"), "d": "20261129T100000Z", "t": "tok" },
+            rawdoc! { "a": GOOD_AUTH, "d": format!("20261129T100000Z{inject}"), "t": "tok" },
+            rawdoc! { "a": GOOD_AUTH, "d": "20261129T100000Z", "t": format!("tok{inject}") },
+            rawdoc! { "a": GOOD_AUTH, "d": "20261129T100000Z", "t": 7 },
+        ];
+        for fin in cases {
+            assert!(s.sts_request(fin.as_bytes(), now()).is_err(), "{fin:?}");
+        }
+        let fin = rawdoc! { "a": GOOD_AUTH, "d": "20261129T100000Z", "t": "tok" };
+        assert!(s.sts_request(fin.as_bytes(), now()).is_ok());
         let short = rawdoc! { "r": Binary { subtype: BinarySubtype::Generic, bytes: vec![1; 31] }, "p": 110 };
         assert!(server_first(short.as_bytes(), "h").is_err());
         let bound = rawdoc! { "r": Binary { subtype: BinarySubtype::Generic, bytes: vec![1; 32] }, "p": 121 };

@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
+mod aws_fields;
 mod error;
 mod scram;
 mod secret;

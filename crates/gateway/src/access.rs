@@ -2,7 +2,8 @@
 //!
 //! Owns address and CIDR parsing, optional expiry (like Atlas's temporary access entries) and
 //! the check made on every accepted socket before a single byte of it is read. The default is
-//! loopback only; a rule that admits every address (`0.0.0.0/0`, `::/0`) must be allowed
+//! loopback only; a list that admits every address of a family (`0.0.0.0/0`, `::/0`, or
+//! entries whose union is that, such as `0.0.0.0/1` plus `128.0.0.0/1`) must be allowed
 //! explicitly, because that is exactly the "open to the world" setup this gateway exists to
 //! avoid.
 
@@ -69,6 +70,50 @@ impl IpBlock {
     pub fn is_any(&self) -> bool {
         self.prefix == 0
     }
+
+    /// The block as an inclusive range of addresses of its family (IPv4 as the low 32 bits).
+    fn range(&self) -> (u128, u128) {
+        let (bits, value) = match self.addr {
+            IpAddr::V4(a) => (32u32, u128::from(u32::from(a))),
+            IpAddr::V6(a) => (128u32, u128::from(a)),
+        };
+        let host_bits = bits - u32::from(self.prefix);
+        let span = if host_bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        let start = value & !span;
+        (start, start | span)
+    }
+}
+
+/// Whether `blocks` together admit every address of one family: `0.0.0.0/1` plus
+/// `128.0.0.0/1` is as open as `0.0.0.0/0`, so the guard judges the union, not single entries.
+fn union_admits_any(blocks: &[IpBlock]) -> bool {
+    [(true, u128::from(u32::MAX)), (false, u128::MAX)]
+        .into_iter()
+        .any(|(v4, last)| {
+            let mut ranges: Vec<(u128, u128)> = blocks
+                .iter()
+                .filter(|b| b.addr.is_ipv4() == v4)
+                .map(IpBlock::range)
+                .collect();
+            ranges.sort_unstable();
+            // `next` is the first address not yet covered; None once everything is.
+            let mut next = Some(0u128);
+            for (start, end) in ranges {
+                match next {
+                    Some(n) if start > n => return false,
+                    Some(n) if end >= n => next = end.checked_add(1).filter(|_| end < last),
+                    _ => {}
+                }
+                if next.is_none() {
+                    return true;
+                }
+            }
+            next.is_none()
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -111,12 +156,6 @@ impl AccessList {
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let block = IpBlock::parse(&e.cidr)?;
-            if block.is_any() && !allow_any {
-                return Err(ConfigError::Invalid(format!(
-                    "access-list entry {:?} admits every address; set allow_any_address = true (or --allow-any-address) if that is really intended",
-                    e.cidr
-                )));
-            }
             let expires = e
                 .expires
                 .as_deref()
@@ -131,7 +170,20 @@ impl AccessList {
                 .transpose()?;
             out.push(Entry { block, expires });
         }
-        Ok(AccessList { entries: out })
+        let list = AccessList { entries: out };
+        if list.admits_any() && !allow_any {
+            let what = match list.entries.iter().position(|e| e.block.is_any()) {
+                Some(i) => format!("access-list entry {:?} admits", entries[i].cidr),
+                None => {
+                    let cidrs: Vec<&str> = entries.iter().map(|e| e.cidr.as_str()).collect();
+                    format!("access-list entries {cidrs:?} together admit")
+                }
+            };
+            return Err(ConfigError::Invalid(format!(
+                "{what} every address; set allow_any_address = true (or --allow-any-address) if that is really intended"
+            )));
+        }
+        Ok(list)
     }
 
     /// Whether `ip` may connect at `now`.
@@ -141,9 +193,10 @@ impl AccessList {
             .any(|e| e.expires.is_none_or(|t| now < t) && e.block.contains(ip))
     }
 
-    /// Whether any entry admits every address.
+    /// Whether the entries together admit every address of a family.
     pub fn admits_any(&self) -> bool {
-        self.entries.iter().any(|e| e.block.is_any())
+        let blocks: Vec<IpBlock> = self.entries.iter().map(|e| e.block).collect();
+        union_admits_any(&blocks)
     }
 }
 
@@ -193,6 +246,35 @@ mod tests {
         assert!(AccessList::from_config(&[entry("::/0", None)], false).is_err());
         let l = AccessList::from_config(&[entry("0.0.0.0/0", None)], true).unwrap();
         assert!(l.admits_any());
+    }
+
+    #[test]
+    fn the_union_of_entries_is_judged() {
+        let list = |cidrs: &[&str]| {
+            let e: Vec<_> = cidrs.iter().map(|c| entry(c, None)).collect();
+            AccessList::from_config(&e, false)
+        };
+        for open in [
+            &["0.0.0.0/1", "128.0.0.0/1"][..],
+            &["128.0.0.0/1", "10.0.0.0/8", "0.0.0.0/1"],
+            &["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"],
+            &["::/1", "8000::/1"],
+            &["0.0.0.0/1", "0.0.0.0/2", "128.0.0.0/1"],
+        ] {
+            assert!(list(open).is_err(), "{open:?}");
+        }
+        for closed in [
+            &["0.0.0.0/1", "128.0.0.0/2"][..],
+            &["0.0.0.0/1", "::/1", "8000::/2"],
+            &["0.0.0.0/1"],
+            &["10.0.0.0/8", "192.168.0.0/16"],
+            &["0.0.0.0/1", "128.0.0.1/32"],
+            &["255.255.255.255/32", "0.0.0.0/1"],
+        ] {
+            assert!(!list(closed).unwrap().admits_any(), "{closed:?}");
+        }
+        let e = [entry("0.0.0.0/1", None), entry("128.0.0.0/1", None)];
+        assert!(AccessList::from_config(&e, true).unwrap().admits_any());
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl GatewayError {
             GatewayError::Draining => (91, "ShutdownInProgress"),
             GatewayError::CursorNotFound(_) => (43, "CursorNotFound"),
             GatewayError::UnsupportedOpQuery(_) => (352, "UnsupportedOpQueryCommand"),
+            // A well-formed message asking for something this gateway does not offer is not a
+            // parse failure: drivers read 115 as "not supported here".
+            GatewayError::Protocol(mongomux_wire::WireError::UnsupportedCompressor(_)) => {
+                (115, "CommandNotSupported")
+            }
             GatewayError::Protocol(_) => (9, "FailedToParse"),
             GatewayError::InvalidBson(_) => (22, "InvalidBSON"),
             GatewayError::BadCommand(_) => (9, "FailedToParse"),
@@ -197,6 +202,14 @@ mod tests {
         let r = GatewayError::CursorNotFound(7).to_reply(false);
         assert_eq!(r.get_str("codeName").unwrap(), "CursorNotFound");
         assert!(r.get("errorLabels").is_none());
+    }
+
+    #[test]
+    fn an_unsupported_compressor_is_not_supported_not_a_parse_error() {
+        let e = GatewayError::from(mongomux_wire::WireError::UnsupportedCompressor(1));
+        assert_eq!(e.code(), (115, "CommandNotSupported"));
+        let e = GatewayError::from(mongomux_wire::WireError::CompressedSizeMismatch);
+        assert_eq!(e.code().0, 9);
     }
 
     #[test]

@@ -111,6 +111,9 @@ struct ServeArgs {
     /// Permit an access entry that admits every address (0.0.0.0/0 or ::/0).
     #[arg(long, env = "MONGOMUX_ALLOW_ANY_ADDRESS")]
     allow_any_address: bool,
+    /// Permit anonymous mode (no users) on a listener that is not loopback.
+    #[arg(long, env = "MONGOMUX_ALLOW_ANONYMOUS_NON_LOOPBACK")]
+    allow_anonymous_non_loopback: bool,
     /// Most concurrent connections from one source address; 0 = no limit [default: 0].
     #[arg(long, env = "MONGOMUX_MAX_CONNECTIONS_PER_SOURCE")]
     max_connections_per_source: Option<usize>,
@@ -228,6 +231,7 @@ impl ServeArgs {
                 .collect();
         }
         cfg.allow_any_address |= self.allow_any_address;
+        cfg.allow_anonymous_non_loopback |= self.allow_anonymous_non_loopback;
         if self.max_pinned.is_some() {
             cfg.max_pinned = self.max_pinned;
         }
@@ -291,6 +295,12 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(listen = %gateway.local_addr(), "mongomux started");
+    if mongomux_gateway::settings::anonymous_beyond_loopback(&gateway.shared().live.settings.load())
+    {
+        tracing::warn!(
+            "ANONYMOUS MODE ON A NON-LOOPBACK LISTENER: no users are configured, so every client that passes the access list acts as the upstream account with no authorization (allowed by allow_anonymous_non_loopback)"
+        );
+    }
     if gateway.shared().live.settings.load().access.admits_any() {
         tracing::warn!(
             "the access list admits every address: anyone who can reach this port may connect"

@@ -101,6 +101,9 @@ impl EdgeAuth {
             }
         }
         self.next_id += 1;
+        // A new conversation replaces any unfinished one, of either mechanism: a client that
+        // gave up on MONGODB-AWS may fall back to SCRAM on the same connection.
+        self.aws = None;
         self.conversation = Some(Conversation {
             id: self.next_id,
             db: db.to_string(),
@@ -215,6 +218,12 @@ impl EdgeAuth {
         Ok(doc! { "conversationId": id, "done": true, "payload": binary(Vec::new()) })
     }
 
+    /// Drops any conversation in progress (the throttle refused it).
+    pub fn abandon(&mut self) {
+        self.conversation = None;
+        self.aws = None;
+    }
+
     /// The user name being authenticated, for logs (never the payload).
     pub fn pending_user(&self) -> Option<&str> {
         self.conversation.as_ref().map(|c| c.server.username())
@@ -247,7 +256,8 @@ pub fn namespaced_session_id(key: &SessionKey, user: &User, uuid: &[u8]) -> [u8;
 mod tests {
     use super::*;
     use crate::identity::users::{Role, UserConfig};
-    use mongomux_auth::Secret;
+    use bson::rawdoc;
+    use mongomux_auth::{ScramClient, ScramCredential, Secret};
 
     fn user(db: &str, name: &str) -> Arc<User> {
         let config = UserConfig {
@@ -255,7 +265,7 @@ mod tests {
             db: db.into(),
             role: Role::ReadWrite,
             databases: Vec::new(),
-            scram: vec![mongomux_auth::ScramCredential::derive(
+            scram: vec![ScramCredential::derive(
                 Mechanism::ScramSha256,
                 name,
                 &Secret::new("pw"),
@@ -299,5 +309,53 @@ mod tests {
             namespaced_session_id(&shared, &split.0, &uuid),
             namespaced_session_id(&shared, &split.1, &uuid)
         );
+    }
+
+    fn store() -> UserStore {
+        let cred = ScramCredential::derive(Mechanism::ScramSha256, "u", &Secret::new("pw"), 4096);
+        UserStore::from_config(&[UserConfig {
+            name: "u".into(),
+            db: "admin".into(),
+            role: Role::Read,
+            databases: vec!["a".into()],
+            scram: vec![cred],
+            aws: false,
+        }])
+        .unwrap()
+    }
+
+    fn payload_field(reply: &Document) -> Vec<u8> {
+        reply.get_binary_generic("payload").unwrap().clone()
+    }
+
+    #[test]
+    fn scram_after_an_abandoned_aws_conversation() {
+        let users = store();
+        let mut auth = EdgeAuth::default();
+        let r = Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: vec![1; 32],
+        };
+        let aws_first = rawdoc! { "r": r, "p": 110 }.into_bytes();
+        let aws_start =
+            rawdoc! { "saslStart": 1, "mechanism": "MONGODB-AWS", "payload": binary(aws_first) };
+        auth.start(&users, &aws_start, "$external", "sts.amazonaws.com")
+            .unwrap();
+        // The client gives up on MONGODB-AWS and logs in with SCRAM on the same connection.
+        let mut client = ScramClient::new(Mechanism::ScramSha256, "u", &Secret::new("pw"));
+        let start = rawdoc! { "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(client.client_first()) };
+        let first = auth
+            .start(&users, &start, "admin", "sts.amazonaws.com")
+            .unwrap();
+        let id = first.get_i32("conversationId").unwrap();
+        let fin = client.client_final(&payload_field(&first)).unwrap();
+        let cont = rawdoc! { "saslContinue": 1, "conversationId": id, "payload": binary(fin) };
+        assert!(
+            auth.aws_request(&cont).is_none(),
+            "the AWS conversation is gone"
+        );
+        let done = auth.next(&users, &cont).unwrap();
+        client.verify_server_final(&payload_field(&done)).unwrap();
+        assert_eq!(auth.identity.as_ref().unwrap().name, "u");
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::config_error::ConfigError;
 use crate::error::GatewayError;
+use crate::identity::replay::ReplayGuard;
 use crate::metrics::Metrics;
 
 /// Largest STS response read.
@@ -72,6 +73,8 @@ pub struct Sts {
     /// Nanoseconds; a reload may change it while logins are running.
     timeout: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Signatures already sent: a replay is refused without a call.
+    replays: ReplayGuard,
 }
 
 impl Sts {
@@ -90,6 +93,7 @@ impl Sts {
             permits: Semaphore::new(concurrency.max(1)),
             timeout: AtomicU64::new(nanos(timeout)),
             metrics,
+            replays: ReplayGuard::default(),
         }
     }
 
@@ -101,6 +105,13 @@ impl Sts {
     /// Sends the rebuilt request and returns the caller's ARN, or AuthenticationFailed for any
     /// refusal, error or timeout (the reason goes to the debug log, never to the client).
     pub async fn verify(&self, request: &StsRequest) -> Result<String, GatewayError> {
+        if !self.replays.first_use(&request.signature) {
+            tracing::debug!(
+                "a MONGODB-AWS signed request was replayed; refused without an STS call"
+            );
+            self.refused();
+            return Err(GatewayError::AuthenticationFailed);
+        }
         let started = Instant::now();
         let deadline = Duration::from_nanos(self.timeout.load(Ordering::Relaxed));
         let outcome = tokio::time::timeout(deadline, async {
@@ -142,6 +153,11 @@ impl Sts {
                 Err(GatewayError::AuthenticationFailed)
             }
         }
+    }
+
+    /// Counts a login refused by the gateway's own checks, before any STS call.
+    pub fn refused(&self) {
+        self.metrics.count_sts("refused");
     }
 
     async fn exchange(&self, request: &StsRequest) -> Result<(u16, String), String> {

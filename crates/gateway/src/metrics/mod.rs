@@ -71,8 +71,9 @@ const COMMANDS: &[&str] = &[
 ];
 const OTHER: usize = COMMANDS.len();
 
-/// STS call results, the `result` label of `mongomux_sts_requests_total`.
-const STS_RESULTS: &[&str] = &["ok", "denied", "throttled", "timeout", "error"];
+/// STS call results, the `result` label of `mongomux_sts_requests_total`; `refused` counts
+/// signed requests the gateway refused itself (malformed, injected, replayed), with no call.
+const STS_RESULTS: &[&str] = &["ok", "denied", "throttled", "timeout", "error", "refused"];
 
 /// Error codes the gateway generates itself, the `code` label of
 /// `mongomux_gateway_errors_total`. Other codes are not counted, so the label set stays closed.
@@ -227,7 +228,7 @@ impl Default for Metrics {
             ),
             sts_results: r.counter_family(
                 "mongomux_sts_requests_total",
-                "STS GetCallerIdentity calls by result (ok, denied, throttled, timeout, error).",
+                "STS GetCallerIdentity calls by result (ok, denied, throttled, timeout, error), and requests refused before any call (refused).",
                 "result",
                 STS_RESULTS.iter().copied(),
             ),

@@ -108,14 +108,9 @@ impl Session {
         }
         if let Ok(spec) = body.get_document("speculativeAuthenticate") {
             let db = spec.get_str("db").unwrap_or("admin").to_string();
-            let Some(wait) = self.shared.edge.limiter.reserve(self.peer.ip()) else {
-                return;
-            };
-            tokio::time::sleep(wait).await;
             // A failed speculative attempt is simply not answered; the driver then runs the
             // normal conversation, which fails with the proper error.
-            let host = self.shared.live.settings.load().aws_sts_host.clone();
-            if let Ok(first) = self.auth.start(users, spec, &db, &host) {
+            if let Ok(first) = Box::pin(self.start_throttled(users, spec, &db)).await {
                 reply.insert("speculativeAuthenticate", first);
             }
         }

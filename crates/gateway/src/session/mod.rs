@@ -40,7 +40,8 @@ struct Session {
     framed: Framed<ClientStream>,
     peer: SocketAddr,
     connection_id: i64,
-    /// Whether any message arrived: the handshake deadline only guards silent sockets.
+    /// Whether any message arrived: without users configured, the handshake deadline only
+    /// guards silent sockets.
     greeted: bool,
     /// The logical sessions this connection has used, for cursor ownership and clean-up.
     used_sessions: UsedSessions,
@@ -124,8 +125,8 @@ impl Session {
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(handshake_deadline), if !self.greeted => {
-                    tracing::debug!(peer = %self.peer, "no handshake before the deadline; closing");
+                _ = tokio::time::sleep_until(handshake_deadline), if self.awaiting_handshake() => {
+                    tracing::debug!(peer = %self.peer, "no handshake or authentication before the deadline; closing");
                     return;
                 }
             };
@@ -152,6 +153,15 @@ impl Session {
                 Outcome::Close => return,
             }
         }
+    }
+
+    /// Whether the handshake deadline still applies: until the first message, and, when users
+    /// are configured, until authentication completes, so an unauthenticated client cannot
+    /// hold a connection slot for longer than the deadline.
+    fn awaiting_handshake(&self) -> bool {
+        !self.greeted
+            || (self.auth.identity.is_none()
+                && self.shared.live.settings.load().users.auth_required())
     }
 
     /// Whether the authenticated user no longer exists as it was when it logged in.

@@ -93,6 +93,7 @@ impl Settings {
     /// key files are read here and nowhere else.
     pub fn from_raw(raw: RawConfig) -> Result<Settings, ConfigError> {
         check_numbers(&raw)?;
+        check_anonymous(&raw)?;
         let (upstream, upstream_tls) = upstream(&raw)?;
         let sts_endpoint = match &raw.sts_endpoint {
             Some(url) => StsEndpoint::parse(url)?,
@@ -152,6 +153,25 @@ impl Settings {
 
 fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
+}
+
+/// Without users every client is served as the upstream account, with no authorization: that
+/// mode is for a gateway reachable only from its own host. On any other listener it must be
+/// asked for explicitly, or a configuration that lost its users would open the database.
+fn check_anonymous(raw: &RawConfig) -> Result<(), ConfigError> {
+    if raw.users.is_empty() && !raw.listen.ip().is_loopback() && !raw.allow_anonymous_non_loopback {
+        return Err(invalid(format!(
+            "no users are configured (anonymous mode: every client acts as the upstream account) and listen = {} is not a loopback address; configure users, listen on loopback, or set allow_anonymous_non_loopback = true (--allow-anonymous-non-loopback) if that is really intended",
+            raw.listen
+        )));
+    }
+    Ok(())
+}
+
+/// Whether these settings serve anonymous clients on a listener other than loopback (allowed
+/// only with `allow_anonymous_non_loopback`; the binary warns about it at start).
+pub fn anonymous_beyond_loopback(settings: &Settings) -> bool {
+    !settings.users.auth_required() && !settings.listen.ip().is_loopback()
 }
 
 /// Bounds on counts and durations.

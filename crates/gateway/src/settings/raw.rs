@@ -61,6 +61,8 @@ pub struct RawConfig {
     pub access: Vec<AccessEntryConfig>,
     /// Permits an access entry that admits every address.
     pub allow_any_address: bool,
+    /// Permits anonymous mode (no users configured) on a listener that is not loopback.
+    pub allow_anonymous_non_loopback: bool,
     /// Most concurrent client connections from one source address; 0 means no limit (the
     /// default, because a whole Lambda fleet behind one NAT gateway shares one address).
     pub max_connections_per_source: usize,
@@ -116,6 +118,7 @@ impl Default for RawConfig {
             connect_timeout: Duration::from_secs(10),
             access: Vec::new(),
             allow_any_address: false,
+            allow_anonymous_non_loopback: false,
             users: Vec::new(),
             max_connections_per_source: 0,
             aws_sts_host: "sts.amazonaws.com".to_string(),

@@ -283,3 +283,26 @@ fn bounds_are_live_and_the_session_key_needs_a_restart() {
     let e = error_of("session_key = \"c0ffee\"\n");
     assert!(e.contains("session_key") && !e.contains("c0ffee"), "{e}");
 }
+
+#[test]
+fn anonymous_mode_beyond_loopback_must_be_asked_for() {
+    let upstream = "upstream = \"mongodb://u:pw@127.0.0.1:27017\"\n";
+    let anon = |listen: &str, extra: &str| {
+        Settings::from_raw(
+            RawConfig::from_toml(&format!("listen = \"{listen}\"\n{upstream}{extra}")).unwrap(),
+        )
+    };
+    for listen in ["0.0.0.0:27018", "[::]:27018", "10.1.2.3:27018"] {
+        let e = anon(listen, "").unwrap_err().to_string();
+        assert!(e.contains("allow_anonymous_non_loopback"), "{e}");
+        let s = anon(listen, "allow_anonymous_non_loopback = true\n").unwrap();
+        assert!(anonymous_beyond_loopback(&s));
+    }
+    for listen in ["127.0.0.1:27018", "[::1]:27018"] {
+        assert!(!anonymous_beyond_loopback(&anon(listen, "").unwrap()));
+    }
+    let user = "[[users]]\nname = \"arn:aws:iam::1:role/r\"\ndb = \"$external\"\naws = true\n";
+    assert!(!anonymous_beyond_loopback(
+        &anon("0.0.0.0:27018", user).unwrap()
+    ));
+}
