@@ -35,20 +35,33 @@ pub fn reply_cursor(body: &RawDocument) -> Option<(i64, &str)> {
     Some((id?, ns))
 }
 
-/// The error code of a `{ok: 0}` reply body.
+/// The error code of a `{ok: 0}` reply body. Read on every forwarded reply, so it walks the
+/// top-level elements as bytes and decodes only `ok` and `code`.
 pub fn reply_error_code(body: &RawDocument) -> Option<i32> {
-    let ok = body.get("ok").ok()??;
-    let failed = match ok {
-        RawBsonRef::Double(f) => f == 0.0,
-        RawBsonRef::Int32(n) => n == 0,
-        RawBsonRef::Int64(n) => n == 0,
-        RawBsonRef::Boolean(b) => !b,
-        _ => false,
-    };
-    if !failed {
-        return None;
+    let (mut failed, mut code) = (false, None);
+    for element in scan::elements(body.as_bytes()).ok()? {
+        let element = element.ok()?;
+        match element.key {
+            b"ok" => {
+                failed = match element.kind {
+                    scan::kind::DOUBLE | scan::kind::INT32 | scan::kind::INT64 => {
+                        element.as_i64() == Some(0)
+                            || (element.kind == scan::kind::DOUBLE
+                                && element.value == 0f64.to_le_bytes())
+                    }
+                    scan::kind::BOOLEAN => element.as_bool() == Some(false),
+                    _ => false,
+                }
+            }
+            b"code" => code = element.as_i64().map(|c| c as i32),
+            _ => {}
+        }
     }
-    body.get("code").ok()?.and_then(as_i64).map(|c| c as i32)
+    if failed {
+        code
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +76,21 @@ mod tests {
         assert_eq!(reply_error_code(&r), None);
         let e = rawdoc! { "ok": 0.0, "code": 43, "errmsg": "x" };
         assert_eq!(reply_error_code(&e), Some(43));
+        for ok in [
+            rawdoc! { "ok": 0, "code": 13 },
+            rawdoc! { "code": 13, "ok": false },
+            rawdoc! { "ok": 0i64, "code": 13.0 },
+        ] {
+            assert_eq!(reply_error_code(&ok), Some(13), "{ok:?}");
+        }
+        for ok in [
+            rawdoc! { "ok": 1, "code": 13 },
+            rawdoc! { "ok": 0.5, "code": 13 },
+            rawdoc! { "ok": "0", "code": 13 },
+            rawdoc! { "code": 13 },
+        ] {
+            assert_eq!(reply_error_code(&ok), None, "{ok:?}");
+        }
         assert_eq!(reply_cursor(&e), None);
     }
 }

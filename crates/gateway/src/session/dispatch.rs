@@ -55,10 +55,15 @@ impl Session {
             Ok(msg) => msg,
             Err(e) => return self.undecodable(&frame, e.into()),
         };
-        let mut view = match CommandView::parse(&frame, &msg) {
+        let mut view = match CommandView::decode(&frame, &msg) {
             Ok(view) => view,
             Err(e) => return self.undecodable(&frame, e),
         };
+        if users.auth_required() {
+            if let Err(e) = view.collect_namespaces(&msg) {
+                return self.undecodable(&frame, e);
+            }
+        }
         self.shared.metrics.count_op(&view.name);
         if users.auth_required() {
             if let Err(e) = authz::check(&users, self.auth.identity.as_deref(), &view) {
