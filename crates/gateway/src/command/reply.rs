@@ -16,13 +16,47 @@ pub fn as_i64(v: RawBsonRef<'_>) -> Option<i64> {
     }
 }
 
-/// `cursor.id` and `cursor.ns` of a reply body, when it carries a cursor.
-pub fn reply_cursor(body: &RawDocument) -> Option<(i64, &str)> {
-    let cursor = scan::elements(body.as_bytes())
-        .ok()?
-        .map_while(Result::ok)
-        .find(|e| e.key == b"cursor")?
-        .as_document()?;
+/// What the gateway reads from every forwarded reply, in one walk of its top-level elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyFacts<'a> {
+    /// `cursor.id` and `cursor.ns`, when the reply carries a cursor.
+    pub cursor: Option<(i64, &'a str)>,
+    /// The error code of an `{ok: 0}` reply.
+    pub error_code: Option<i32>,
+}
+
+impl<'a> ReplyFacts<'a> {
+    /// Reads a reply body.
+    pub fn read(body: &'a RawDocument) -> ReplyFacts<'a> {
+        let (mut failed, mut code, mut cursor) = (false, None, None);
+        if let Ok(elements) = scan::elements(body.as_bytes()) {
+            for element in elements.map_while(Result::ok) {
+                match element.key {
+                    b"ok" => failed = is_zero(&element),
+                    b"code" => code = element.as_i64().map(|c| c as i32),
+                    b"cursor" => cursor = element.as_document().and_then(cursor_of),
+                    _ => {}
+                }
+            }
+        }
+        ReplyFacts {
+            cursor,
+            error_code: if failed { code } else { None },
+        }
+    }
+}
+
+/// Whether an `ok` field says the command failed.
+fn is_zero(element: &scan::Element<'_>) -> bool {
+    match element.kind {
+        scan::kind::DOUBLE | scan::kind::INT32 | scan::kind::INT64 => element.as_i64() == Some(0),
+        scan::kind::BOOLEAN => element.as_bool() == Some(false),
+        _ => false,
+    }
+}
+
+/// `id` and `ns` of a cursor document.
+fn cursor_of(cursor: &[u8]) -> Option<(i64, &str)> {
     let (mut id, mut ns) = (None, "");
     for element in scan::elements(cursor).ok()? {
         let element = element.ok()?;
@@ -35,33 +69,14 @@ pub fn reply_cursor(body: &RawDocument) -> Option<(i64, &str)> {
     Some((id?, ns))
 }
 
-/// The error code of a `{ok: 0}` reply body. Read on every forwarded reply, so it walks the
-/// top-level elements as bytes and decodes only `ok` and `code`.
+/// `cursor.id` and `cursor.ns` of a reply body, when it carries a cursor.
+pub fn reply_cursor(body: &RawDocument) -> Option<(i64, &str)> {
+    ReplyFacts::read(body).cursor
+}
+
+/// The error code of a `{ok: 0}` reply body.
 pub fn reply_error_code(body: &RawDocument) -> Option<i32> {
-    let (mut failed, mut code) = (false, None);
-    for element in scan::elements(body.as_bytes()).ok()? {
-        let element = element.ok()?;
-        match element.key {
-            b"ok" => {
-                failed = match element.kind {
-                    scan::kind::DOUBLE | scan::kind::INT32 | scan::kind::INT64 => {
-                        element.as_i64() == Some(0)
-                            || (element.kind == scan::kind::DOUBLE
-                                && element.value == 0f64.to_le_bytes())
-                    }
-                    scan::kind::BOOLEAN => element.as_bool() == Some(false),
-                    _ => false,
-                }
-            }
-            b"code" => code = element.as_i64().map(|c| c as i32),
-            _ => {}
-        }
-    }
-    if failed {
-        code
-    } else {
-        None
-    }
+    ReplyFacts::read(body).error_code
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use mongomux_wire::{rewrite_ids, strip_checksum, MsgFlags, OpMsg};
 
 use super::reply::Outcome;
 use super::{client_gone, Session};
-use crate::command::reply::{reply_cursor, reply_error_code};
+use crate::command::reply::ReplyFacts;
 use crate::command::CommandView;
 use crate::error::GatewayError;
 use crate::route::{CursorLimit, Opener, Owner, Pinned};
@@ -92,8 +92,9 @@ impl Session {
                         .routes
                         .note_session(&mut self.used_sessions, lsid.as_bytes());
                 }
-                let release = self.track_reply(msg.body, view, &meta);
-                (upstream_logged_out(msg.body), release)
+                let facts = ReplyFacts::read(msg.body);
+                let release = self.track_reply(facts, view, &meta);
+                (upstream_logged_out(facts, msg.body), release)
             }
             Err(_) if view.more_to_come => return Outcome::Silent,
             Err(e) => {
@@ -196,26 +197,26 @@ impl Session {
     /// user's bound (then with the error the client gets instead of the cursor).
     fn track_reply(
         &mut self,
-        body: &bson::RawDocument,
+        facts: ReplyFacts<'_>,
         view: &CommandView,
         meta: &Arc<ConnMeta>,
     ) -> Option<Release> {
         let routes = &self.shared.routes;
         if let Some(id) = view.cursor_id {
-            return match reply_cursor(body) {
+            return match facts.cursor {
                 Some((0, _)) => {
                     routes.remove_cursor(id);
                     None
                 }
                 Some(_) => None,
-                None if reply_error_code(body).is_some() => {
+                None if facts.error_code.is_some() => {
                     let ns = routes.remove_cursor(id)?;
                     Some(Release::quietly(id, ns))
                 }
                 None => None,
             };
         }
-        let (id, ns) = reply_cursor(body).filter(|(id, _)| *id != 0)?;
+        let (id, ns) = facts.cursor.filter(|(id, _)| *id != 0)?;
         if view.more_to_come {
             return Some(Release::quietly(id, ns.to_string()));
         }
@@ -316,8 +317,8 @@ impl Session {
 /// Whether a reply says the upstream connection itself is not logged in (code 13, "requires
 /// authentication"), which no request of a client can cause once connection-state commands are
 /// never forwarded; should it happen anyway, the connection must not be reused.
-fn upstream_logged_out(body: &bson::RawDocument) -> bool {
-    reply_error_code(body) == Some(13)
+fn upstream_logged_out(facts: ReplyFacts<'_>, body: &bson::RawDocument) -> bool {
+    facts.error_code == Some(13)
         && body
             .get_str("errmsg")
             .is_ok_and(|m| m.contains("requires authentication"))
