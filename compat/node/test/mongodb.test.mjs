@@ -384,7 +384,7 @@ const ADMIN_COMMANDS = [
   ['db', { insert: 'c', documents: [{ _id: 2 }], writeConcern: { w: 'majority', wtimeout: 1000 } }],
   ['db', { getLastError: 1 }],
 ];
-const EXPECTED_ADMIN_DIFFERENCES = ['atlasVersion', 'endSessions', 'getCmdLineOpts', 'getFreeMonitoringStatus', 'getLog'];
+const EXPECTED_ADMIN_DIFFERENCES = ['atlasVersion', 'endSessions', 'getCmdLineOpts', 'getFreeMonitoringStatus', 'getLastError', 'getLog'];
 
 test('admin-commands', async () => {
   const res = await differential({
