@@ -51,8 +51,16 @@ SEED = int(os.environ.get("MONGOMUX_CANARY_SEED") or secrets.randbits(32))
 
 # Generator cases with a known hole: (predicate on the command's name, reason). A command the
 # predicate matches that leaks is recorded as an expected failure instead of failing the run, so
-# the run stays green and the hole stays visible. Empty: no leak is known.
+# the run stays green and the hole stays visible. Empty: no leak of the token is known.
 KNOWN_LEAKS: list[tuple] = []
+
+# Found by this canary (not a leak: another user's data is lost, not read). A forwarded command
+# carrying a BSON type FerretDB does not take (JavaScript code, MinKey, MaxKey) makes FerretDB
+# close the pooled upstream connection; every cursor on that connection dies with it, another
+# user's included (its getMore then answers 43, CursorNotFound). The gateway does not refuse such
+# types before forwarding. test_unsupported_type_kills_another_users_cursor shows it alone.
+CURSOR_LOSS = ("a forwarded command with a BSON type FerretDB rejects (Code, MinKey, MaxKey) closes "
+               "the shared upstream connection and kills other users' cursors on it")
 
 ROW = re.compile(r'row\("([^"]+)",\s*(\w+),\s*(\w+),\s*(\w+)\)')
 
@@ -87,9 +95,13 @@ COLLS = ["secret", "other", "system.users", "system.version", "system.views", "s
 
 
 class Gen:
-    def __init__(self, rng: random.Random, rows):
+    def __init__(self, rng: random.Random, rows, foreign_cursors: list[int] = ()):
         self.r = rng
         self.rows = rows
+        self.ns_of = {name: ns for name, _kind, _access, ns in rows}
+        self.queue: list = []
+        # Ids of cursors another user opened on `canary`: getMore and killCursors name them.
+        self.foreign_cursors = list(foreign_cursors)
 
     def db(self) -> str:
         return self.r.choice(FOREIGN_DBS + [CANARY, CANARY, APP])
@@ -167,14 +179,51 @@ class Gen:
         ]
         return [(k, f()) for k, f in r.sample(pool, r.randint(0, 4))]
 
+    def cursor_id(self):
+        r = self.r
+        if self.foreign_cursors and r.random() < 0.6:
+            return Int64(r.choice(self.foreign_cursors))
+        return r.choice([Int64(r.getrandbits(62)), Int64(0), self.odd()])
+
+    def own_fields(self, ns: str) -> list[tuple[str, object]]:
+        """The fields the row's namespace source reads (command/table.rs, `Ns`), filled with
+        foreign namespaces most of the time."""
+        r = self.r
+        fields = {
+            "Rename": lambda: [("to", self.full() if r.random() < 0.8 else self.ns_value())],
+            "NsInfo": lambda: [("ops", [{"insert": 0, "document": {"_id": "x"}}]),
+                               ("nsInfo", [{"ns": self.full() if r.random() < 0.8 else self.odd()}
+                                           for _ in range(r.randint(1, 3))])],
+            "MapReduce": lambda: [("map", Code("function(){emit(1,this)}")),
+                                  ("reduce", Code("function(k,v){return v[0]}")),
+                                  ("out", r.choice([lambda: {"replace": self.coll(), "db": self.db()},
+                                                    lambda: {"inline": 1}, self.ns_value])())],
+            "View": lambda: [("viewOn", self.ns_value()), ("pipeline", self.pipeline())],
+            "CloneCapped": lambda: [("toCollection", self.ns_value()), ("size", 4096)],
+            "CursorCollection": lambda: [("collection", self.ns_value())],
+            "Pipeline": lambda: [("pipeline", self.pipeline()), ("cursor", {})],
+        }.get(ns)
+        return fields() if fields else []
+
     def body(self, name: str) -> list[tuple[str, object]]:
         r = self.r
-        value = r.choice([self.ns_value, lambda: 1, self.odd, self.coll])()
+        ns = self.ns_of.get(name, "Nothing")
+        if ns in ("Rename", "FullName") and r.random() < 0.8:
+            value = self.full()
+        elif name in ("getMore", "killCursors") and r.random() < 0.7:
+            value = self.cursor_id() if name == "getMore" else self.coll()
+        else:
+            value = r.choice([self.ns_value, lambda: 1, self.odd, self.coll])()
         if name == "explain":
-            inner = self.body(r.choice(["find", "aggregate", "count", "distinct", "delete", "update"]))
+            inner_name = r.choice([n for n, k in self.ns_of.items()
+                                   if k in ("Collection", "Pipeline", "MapReduce", "Db")])
+            inner = self.body(inner_name)
             value = dict(p for p in inner if not p[0].startswith("$"))
-        pairs = [(name, value)] + self.extras()
-        if name in ("aggregate", "explain") or r.random() < 0.3:
+        pairs = [(name, value)] + self.own_fields(ns)
+        pairs += [(k, v) for k, v in self.extras() if all(k != p[0] for p in pairs)]
+        if name == "killCursors":
+            pairs.append(("cursors", [self.cursor_id() for _ in range(r.randint(1, 2))]))
+        if r.random() < 0.1 and all(p[0] != "pipeline" for p in pairs):
             pairs.append(("pipeline", self.pipeline()))
         if r.random() < 0.15:  # duplicate a key: the command's own, or a namespace field
             dup = r.choice(pairs)[0]
@@ -212,7 +261,10 @@ class Gen:
 
     def message(self) -> tuple[str, bytes]:
         """(the command's name, an OP_MSG body)."""
-        name = self.r.choice(self.rows)[0]
+        if not self.queue:  # every row once per round, in a random order
+            self.queue = [row[0] for row in self.rows]
+            self.r.shuffle(self.queue)
+        name = self.queue.pop()
         pairs = self.dollar_db(self.body(name))
         payload = struct.pack("<I", 0) + b"\x00" + document(pairs)
         if self.r.random() < 0.2:
@@ -244,8 +296,14 @@ def scoped():
 
 
 @pytest.fixture(scope="module")
-def canary_gw(canary_ferret, canary_dir, scoped):
-    cfg = write_config(canary_dir / "canary.toml", [scoped])
+def everyone():
+    """A user of every database: it holds cursors on `canary` open during the run."""
+    return make_user("canary-all")
+
+
+@pytest.fixture(scope="module")
+def canary_gw(canary_ferret, canary_dir, scoped, everyone):
+    cfg = write_config(canary_dir / "canary.toml", [scoped, everyone])
     g = start_gateway(canary_ferret, canary_dir, name="mongomux-canary", extra_args=("--config", str(cfg)))
     yield g
     g.proc.stop()
@@ -323,7 +381,7 @@ def known_leak(name: str) -> str | None:
 
 
 @pytest.mark.timeout(3600 * 24)
-def test_canary_never_leaks(canary_gw, canary_ferret, scoped):
+def test_canary_never_leaks(canary_gw, canary_ferret, scoped, everyone):
     with canary_ferret.client() as admin:
         admin.drop_database(CANARY)
         admin[CANARY].secret.insert_one({"_id": "canary", "token": TOKEN})
@@ -333,7 +391,16 @@ def test_canary_never_leaks(canary_gw, canary_ferret, scoped):
     before = upstream_state(canary_ferret)
     print(f"canary: seed {SEED}, {COMMANDS} commands" + (f", at most {SECONDS:.0f} s" if SECONDS else ""))
 
-    gen = Gen(random.Random(SEED), table_rows())
+    # Another user's open cursors on `canary`, their token still unread (batchSize 0).
+    holder = login(canary_gw, everyone)
+    foreign = []
+    for cmd in ({"find": "secret", "batchSize": 0},
+                {"aggregate": "other", "pipeline": [], "cursor": {"batchSize": 0}}):
+        reply = holder.command(cmd, db=CANARY)
+        assert reply.get("ok") == 1 and reply["cursor"]["id"], reply
+        foreign.append(int(reply["cursor"]["id"]))
+
+    gen = Gen(random.Random(SEED), table_rows(), foreign)
     token = TOKEN.encode()
     start = time.monotonic()
     raw = login(canary_gw, scoped)
@@ -368,6 +435,13 @@ def test_canary_never_leaks(canary_gw, canary_ferret, scoped):
                     raw = login(canary_gw, scoped)
     finally:
         raw.close()
+    # The other user's cursors were not read by the scoped user: their owner still reads the
+    # token (or, through the CURSOR_LOSS hole, the cursor is gone: lost, not read; the strict
+    # xfail test_unsupported_type_kills_another_users_cursor keeps that hole visible).
+    reply = holder.command({"getMore": Int64(foreign[0]), "collection": "secret"}, db=CANARY)
+    holder.close()
+    cursor_lost = reply.get("code") == 43
+    assert cursor_lost or TOKEN in str(reply), f"seed {SEED}: another user's cursor was consumed: {reply}"
     elapsed = time.monotonic() - start
     print(f"canary: {sent} commands in {elapsed:.1f} s, {closed} connections closed by the gateway; "
           f"outcomes {dict(outcomes.most_common())}")
@@ -381,6 +455,29 @@ def test_canary_never_leaks(canary_gw, canary_ferret, scoped):
         reply = exchange(raw, w.op_msg_body({"find": "marker", "$db": APP}))
         assert reply is not None and MARKER.encode() in reply, reply
     assert upstream_state(canary_ferret) == before, f"seed {SEED}: the canary database or the upstream's users changed"
+    if cursor_lost:  # the known hole, its own strict xfail below; when that passes, drop this
+        print(f"canary: another user's cursor was lost (known hole): {CURSOR_LOSS}")
     if expected_leaks:
         pytest.xfail(f"seed {SEED}: {expected_leaks} replies leaked through known holes: "
                      + "; ".join(reason for _, reason in KNOWN_LEAKS))
+
+
+@pytest.mark.xfail(strict=True, reason=CURSOR_LOSS)
+@pytest.mark.parametrize("cmd", [
+    {"find": "docs", "filter": {"a": Code("x")}, "$db": APP},
+    {"insert": "docs", "documents": [{"a": bson.MinKey()}], "$db": APP},
+    {"endSessions": [], "x": Code("x"), "$db": "admin"},
+], ids=["find-code", "insert-minkey", "endSessions-code"])
+def test_unsupported_type_kills_another_users_cursor(canary_gw, canary_ferret, scoped, everyone, cmd):
+    """The hole the canary found, alone: the scoped user's command in its own database (or one
+    that names no database) ends another user's open cursor on `canary`."""
+    with canary_ferret.client() as admin:
+        if not admin[CANARY].secret.find_one({"_id": "canary"}):
+            admin[CANARY].secret.insert_one({"_id": "canary", "token": TOKEN})
+    with login(canary_gw, everyone) as holder, login(canary_gw, scoped) as attacker:
+        opened = holder.command({"find": "secret", "batchSize": 0}, db=CANARY)
+        assert opened.get("ok") == 1 and opened["cursor"]["id"], opened
+        reply = exchange(attacker, w.op_msg_body(cmd))
+        assert reply is None or TOKEN.encode() not in reply
+        after = holder.command({"getMore": Int64(opened["cursor"]["id"]), "collection": "secret"}, db=CANARY)
+        assert after.get("ok") == 1 and TOKEN in str(after), after
