@@ -38,7 +38,9 @@ def element(key, value):
 
 
 def doc(d):
-    body = b"".join(element(k, v) for k, v in d.items())
+    """A document from a dict, or from (key, value) pairs when keys repeat."""
+    pairs = d.items() if isinstance(d, dict) else d
+    body = b"".join(element(k, v) for k, v in pairs)
     return struct.pack("<i", len(body) + 5) + body + b"\x00"
 
 
@@ -136,6 +138,78 @@ def scram_seeds():
     write("scram_server", "username_escapes", bytes([0b0111]) + "a,b=c\u00fc".encode() + b"\x00" + b"pencil")
 
 
+def command_view_seeds():
+    # Control byte (see the target's docs): bit 0 clear, a whole message follows; bit 0 set, a
+    # BSON body follows and the target builds the OP_MSG; bit 1 adds a kind-1 section of the
+    # rest, its identifier picked by bits 2-4 (0 documents, 1 updates, 2 deletes, 3 ops,
+    # 4 nsInfo).
+    def body(name, d, ident=None, docs=()):
+        control = 1 if ident is None else 1 | 2 | (ident << 2)
+        write("command_view", name, bytes([control]) + doc(d) + b"".join(doc(x) for x in docs))
+
+    lsid = {"id": bytes(range(16))}
+    write("command_view", "raw_find_app",
+          b"\x00" + op_msg(1, {"find": "c", "filter": {"a": 1}, "lsid": lsid, "$db": "app"}))
+    write("command_view", "raw_hello", b"\x00" + op_msg(2, {"hello": 1, "$db": "admin"}))
+    body("insert_kind1", {"insert": "c", "$db": "app"}, 0, [{"_id": 1}, {"_id": 2}])
+    body("update_kind1", {"update": "c", "$db": "app"}, 1, [{"q": {}, "u": {"$set": {"a": 1}}}])
+    body("bulkwrite_nsinfo", {"bulkWrite": 1, "$db": "admin"}, 4, [{"ns": "other.c"}, {"ns": "app.c"}])
+    body("aggregate_lookup_facet", {
+        "aggregate": "c", "cursor": {}, "$db": "app",
+        "pipeline": [
+            {"$lookup": {"from": {"db": "other", "coll": "s"}, "as": "x",
+                         "pipeline": [{"$unionWith": {"coll": "u", "pipeline": []}}]}},
+            {"$facet": {"f": [{"$graphLookup": {"from": "g", "startWith": "$a",
+                                                 "connectFromField": "a", "connectToField": "b",
+                                                 "as": "y"}}]}},
+            {"$merge": {"into": {"db": "app", "coll": "m"}}},
+        ]})
+    body("aggregate_out_other_db", {"aggregate": "c", "cursor": {}, "$db": "app",
+                                    "pipeline": [{"$out": {"db": "other", "coll": "o"}}]})
+    body("rename_collection", {"renameCollection": "app.a", "to": "other.b", "$db": "admin"})
+    body("data_size", {"dataSize": "app.system.users", "$db": "app"})
+    body("map_reduce_out_db", {"mapReduce": "c", "map": "m", "reduce": "r",
+                               "out": {"replace": "o", "db": "other"}, "$db": "app"})
+    body("find_system_users", {"find": "system.users", "$db": "admin"})
+    body("find_system_views", {"find": "system.views", "$db": "app"})
+    body("drop_database_admin", {"dropDatabase": 1, "$db": "admin"})
+    body("duplicate_lsid", [("find", "c"), ("lsid", lsid), ("lsid", {"id": bytes(16)}), ("$db", "app")])
+    body("getmore_txn", {"getMore": 2**40, "collection": "c", "lsid": lsid, "txnNumber": 3,
+                         "autocommit": False, "$db": "app"})
+    body("kill_cursors", {"killCursors": "c", "cursors": [2**40, 5], "$db": "app"})
+    body("end_sessions", {"endSessions": [lsid], "$db": "admin"})
+    body("server_status", {"serverStatus": 1, "$db": "admin"})
+    body("logout", {"logout": 1, "$db": "app"})
+    body("odd_types", {"find": 5, "$db": "app", "collection": [1, {"a": 1.5}]})
+
+
+def sts_request_seeds():
+    # Control byte: bit 0 set, NUL-separated a, d, t strings (clear: a raw BSON final
+    # message); bit 1 the regional host (eu-west-1); bit 2 a channel-binding flag other than n.
+    sig = "0123456789abcdef" * 4
+    signed = "content-length;content-type;host;x-amz-date;x-mongodb-gs2-cb-flag;x-mongodb-server-nonce"
+    signed_token = ("content-length;content-type;host;x-amz-date;x-amz-security-token;"
+                    "x-mongodb-gs2-cb-flag;x-mongodb-server-nonce")
+
+    def auth(region, headers=signed):
+        return (f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE12345/20261129/{region}/sts/aws4_request, "
+                f"SignedHeaders={headers}, Signature={sig}")
+
+    date = "20261129T120000Z"
+    write("sts_request", "global", b"\x01" + auth("us-east-1").encode() + b"\x00" + date.encode())
+    write("sts_request", "regional", b"\x03" + auth("eu-west-1").encode() + b"\x00" + date.encode())
+    write("sts_request", "with_token", b"\x01" + auth("us-east-1", signed_token).encode()
+          + b"\x00" + date.encode() + b"\x00" + b"FQoGZXIvYXdzEJr//////////wEaDM+token==")
+    write("sts_request", "raw_bson", b"\x00" + doc({"a": auth("us-east-1"), "d": date}))
+    write("sts_request", "crlf_injection", b"\x01" + auth("us-east-1").encode()
+          + b"\r\nX-MongoDB-Server-Nonce: AAAA" + b"\x00" + date.encode())
+    write("sts_request", "stale_date", b"\x01" + auth("us-east-1").encode() + b"\x00"
+          + b"20261129T090000Z")
+    write("sts_request", "channel_binding", b"\x05" + auth("us-east-1").encode() + b"\x00" + date.encode())
+
+
 if __name__ == "__main__":
     wire_seeds()
     scram_seeds()
+    command_view_seeds()
+    sts_request_seeds()
