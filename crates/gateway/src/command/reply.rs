@@ -1,7 +1,7 @@
 //! The few facts the gateway reads from an upstream reply: the cursor it opened (`cursor.id`,
-//! `cursor.ns`) and the error code of an `{ok: 0}` answer. Read on every forwarded reply, so the
-//! cursor lookup walks elements once and decodes only `cursor`, `id` and `ns`; the batch is never
-//! decoded.
+//! `cursor.ns`) and the error code of an `{ok: 0}` answer. Read on every forwarded reply, so
+//! [`ReplyFacts::read`] walks the top-level elements once, as bytes, and decodes only `ok`,
+//! `code` and the cursor's `id` and `ns`; the batch is never decoded.
 
 use bson::{RawBsonRef, RawDocument};
 use mongomux_wire::scan;
@@ -69,16 +69,6 @@ fn cursor_of(cursor: &[u8]) -> Option<(i64, &str)> {
     Some((id?, ns))
 }
 
-/// `cursor.id` and `cursor.ns` of a reply body, when it carries a cursor.
-pub fn reply_cursor(body: &RawDocument) -> Option<(i64, &str)> {
-    ReplyFacts::read(body).cursor
-}
-
-/// The error code of a `{ok: 0}` reply body.
-pub fn reply_error_code(body: &RawDocument) -> Option<i32> {
-    ReplyFacts::read(body).error_code
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,16 +77,16 @@ mod tests {
     #[test]
     fn cursor_and_error_of_replies() {
         let r = rawdoc! { "cursor": { "id": 5i64, "ns": "a.b", "firstBatch": [] }, "ok": 1.0 };
-        assert_eq!(reply_cursor(&r), Some((5, "a.b")));
-        assert_eq!(reply_error_code(&r), None);
+        assert_eq!(ReplyFacts::read(&r).cursor, Some((5, "a.b")));
+        assert_eq!(ReplyFacts::read(&r).error_code, None);
         let e = rawdoc! { "ok": 0.0, "code": 43, "errmsg": "x" };
-        assert_eq!(reply_error_code(&e), Some(43));
+        assert_eq!(ReplyFacts::read(&e).error_code, Some(43));
         for ok in [
             rawdoc! { "ok": 0, "code": 13 },
             rawdoc! { "code": 13, "ok": false },
             rawdoc! { "ok": 0i64, "code": 13.0 },
         ] {
-            assert_eq!(reply_error_code(&ok), Some(13), "{ok:?}");
+            assert_eq!(ReplyFacts::read(&ok).error_code, Some(13), "{ok:?}");
         }
         for ok in [
             rawdoc! { "ok": 1, "code": 13 },
@@ -104,8 +94,8 @@ mod tests {
             rawdoc! { "ok": "0", "code": 13 },
             rawdoc! { "code": 13 },
         ] {
-            assert_eq!(reply_error_code(&ok), None, "{ok:?}");
+            assert_eq!(ReplyFacts::read(&ok).error_code, None, "{ok:?}");
         }
-        assert_eq!(reply_cursor(&e), None);
+        assert_eq!(ReplyFacts::read(&e).cursor, None);
     }
 }
