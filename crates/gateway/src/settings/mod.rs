@@ -220,35 +220,78 @@ fn upstream(raw: &RawConfig) -> Result<UpstreamParts, ConfigError> {
         .upstream
         .clone()
         .ok_or_else(|| invalid("an upstream URI is required"))?;
-    if let Some(user) = &raw.upstream_username {
-        upstream.username = Some(user.clone());
-    }
-    if let Some(pass) = &raw.upstream_password {
-        upstream.password = Some(pass.clone());
-    }
+    apply_credential_overrides(&mut upstream, raw)?;
     if let Some(ca) = &raw.upstream_tls_ca_file {
         upstream.tls_ca_file = Some(ca.clone());
         upstream.tls = true;
     }
-    if upstream.password.is_some() && upstream.username.is_none() {
-        return Err(invalid(
-            "an upstream password was given without a user name",
-        ));
-    }
     let tls = match upstream.tls {
         true => {
             // Checked here so that connecting later cannot fail on configuration.
-            rustls::pki_types::ServerName::try_from(upstream.host().to_string()).map_err(|_| {
-                invalid(format!(
-                    "upstream host {:?} is not a valid TLS server name",
-                    upstream.host()
-                ))
-            })?;
+            for host in seed_hosts(&upstream) {
+                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+                    invalid(format!(
+                        "upstream host {host:?} is not a valid TLS server name"
+                    ))
+                })?;
+            }
             Some(crate::tls::client_config(upstream.tls_ca_file.as_ref())?)
         }
         false => None,
     };
     Ok((upstream, tls))
+}
+
+/// The host names of the seeds (for SRV, the name looked up).
+fn seed_hosts(upstream: &UpstreamConfig) -> Vec<&str> {
+    match &upstream.seeds {
+        crate::upstream::Seeds::Hosts(hosts) => {
+            hosts.iter().map(|h| crate::upstream::host_of(h)).collect()
+        }
+        crate::upstream::Seeds::Srv { host, .. } => vec![host.as_str()],
+    }
+}
+
+/// `upstream_username` / `upstream_password` (files and environment keep the password out of
+/// the URI) override the URI's credential.
+fn apply_credential_overrides(
+    upstream: &mut UpstreamConfig,
+    raw: &RawConfig,
+) -> Result<(), ConfigError> {
+    use crate::upstream::UpstreamAuth;
+    if raw.upstream_username.is_none() && raw.upstream_password.is_none() {
+        return Ok(());
+    }
+    match &mut upstream.auth {
+        UpstreamAuth::Aws { .. } => Err(invalid(
+            "upstream_username/upstream_password do not apply to MONGODB-AWS; use AWS credentials",
+        )),
+        UpstreamAuth::Scram {
+            username, password, ..
+        } => {
+            if let Some(user) = &raw.upstream_username {
+                *username = user.clone();
+            }
+            if let Some(pass) = &raw.upstream_password {
+                *password = pass.clone();
+            }
+            Ok(())
+        }
+        UpstreamAuth::None => {
+            let Some(user) = &raw.upstream_username else {
+                return Err(invalid(
+                    "an upstream password was given without a user name",
+                ));
+            };
+            upstream.auth = UpstreamAuth::Scram {
+                username: user.clone(),
+                password: raw.upstream_password.clone().unwrap_or_else(|| "".into()),
+                source: "admin".into(),
+                mechanism: None,
+            };
+            Ok(())
+        }
+    }
 }
 
 /// The listener's TLS configuration, when TLS is enabled.

@@ -25,7 +25,7 @@ fn toml_and_derived_values() {
     assert_eq!(s.pool_size, 4);
     assert_eq!(s.checkout_timeout, Duration::from_millis(250));
     assert_eq!(s.max_pinned, 2);
-    assert_eq!(s.upstream.username.as_deref(), Some("u"));
+    assert_eq!(s.upstream.scram_user().map(|u| u.0), Some("u"));
     assert!(s.tls_server.is_none());
     assert!(s.upstream_tls.is_none());
     assert_eq!(s.sts_endpoint.host, "sts.amazonaws.com");
@@ -101,8 +101,8 @@ fn overrides_fold_into_the_upstream() {
         "upstream_username = \"other\"\nupstream_password = \"x\"\nmax_pinned = 3\n",
     ))
     .unwrap();
-    assert_eq!(s.upstream.username.as_deref(), Some("other"));
-    assert_eq!(s.upstream.password.as_ref().unwrap().expose(), "x");
+    assert_eq!(s.upstream.scram_user().map(|u| u.0), Some("other"));
+    assert_eq!(scram_password(&s.upstream), "x");
     assert_eq!(s.max_pinned, 3);
 }
 
@@ -206,7 +206,7 @@ async fn reload_applies_live_settings_and_reports_restart_ones() {
     assert_eq!(now.pool_size, 20, "the pool is resized live");
     assert_eq!(now.max_pinned, 10);
     assert_eq!(ctx.pool.size(), 20);
-    assert_eq!(now.upstream.username.as_deref(), Some("u"));
+    assert_eq!(now.upstream.scram_user().map(|u| u.0), Some("u"));
     assert_eq!(ctx.live.reload_count(), 1);
 
     // The same file again: nothing live differs, the restart ones are still pending.
@@ -221,7 +221,7 @@ fn an_upstream_password_change_needs_a_restart() {
     let mut new = Settings::from_raw(raw("upstream_password = \"other\"\n")).unwrap();
     let change = SettingsChange::reconcile(&old, &mut new);
     assert_eq!(change.needs_restart, ["upstream"]);
-    assert_eq!(new.upstream.password.as_ref().unwrap().expose(), "pw");
+    assert_eq!(scram_password(&new.upstream), "pw");
 }
 
 #[tokio::test]
@@ -305,4 +305,11 @@ fn anonymous_mode_beyond_loopback_must_be_asked_for() {
     assert!(!anonymous_beyond_loopback(
         &anon("0.0.0.0:27018", user).unwrap()
     ));
+}
+
+fn scram_password(u: &crate::upstream::UpstreamConfig) -> &str {
+    match &u.auth {
+        crate::upstream::UpstreamAuth::Scram { password, .. } => password.expose(),
+        other => panic!("not SCRAM: {other:?}"),
+    }
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use mongomux_auth::{Mechanism, Secret};
 
 use super::ConfigError;
+use crate::upstream::UpstreamAuth;
 pub use crate::upstream::UpstreamConfig;
 
 /// Parses `mongodb://[user[:pass]@]host[:port][/db][?options]` (connection-string spec).
@@ -101,15 +102,19 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
             default_db.to_string()
         }
     });
-    Ok(UpstreamConfig {
-        address,
-        username,
-        password,
-        auth_source,
-        mechanism,
-        tls: tls || tls_ca_file.is_some(),
-        tls_ca_file,
-    })
+    let mut cfg = UpstreamConfig::single(address);
+    cfg.auth = match (username, password) {
+        (Some(username), password) => UpstreamAuth::Scram {
+            username,
+            password: password.unwrap_or_else(|| Secret::new("")),
+            source: auth_source,
+            mechanism,
+        },
+        (None, _) => UpstreamAuth::None,
+    };
+    cfg.tls = tls || tls_ca_file.is_some();
+    cfg.tls_ca_file = tls_ca_file;
+    Ok(cfg)
 }
 
 fn percent_decode(s: &str) -> Result<String, ConfigError> {
@@ -141,21 +146,36 @@ mod tests {
     #[test]
     fn uri_with_credentials() {
         let u = parse_uri("mongodb://us%40er:p%3Ass@127.0.0.1:27017/app?authSource=admin&authMechanism=SCRAM-SHA-1").unwrap();
-        assert_eq!(u.address, "127.0.0.1:27017");
-        assert_eq!(u.username.as_deref(), Some("us@er"));
-        assert_eq!(u.password.as_ref().unwrap().expose(), "p:ss");
-        assert_eq!(u.auth_source, "admin");
-        assert_eq!(u.mechanism, Some(Mechanism::ScramSha1));
+        assert_eq!(
+            u.seeds,
+            crate::upstream::Seeds::Hosts(vec!["127.0.0.1:27017".into()])
+        );
+        let UpstreamAuth::Scram {
+            username,
+            password,
+            source,
+            mechanism,
+        } = &u.auth
+        else {
+            panic!("{u:?}")
+        };
+        assert_eq!(username, "us@er");
+        assert_eq!(password.expose(), "p:ss");
+        assert_eq!(source, "admin");
+        assert_eq!(*mechanism, Some(Mechanism::ScramSha1));
         assert!(!format!("{u:?}").contains("p:ss"));
     }
 
     #[test]
     fn uri_defaults_and_errors() {
         let u = parse_uri("mongodb://db.example").unwrap();
-        assert_eq!(u.address, "db.example:27017");
-        assert_eq!(u.auth_source, "admin");
-        let u = parse_uri("mongodb://h:1/app").unwrap();
-        assert_eq!(u.auth_source, "app");
+        assert_eq!(
+            u.seeds,
+            crate::upstream::Seeds::Hosts(vec!["db.example:27017".into()])
+        );
+        assert!(matches!(u.auth, UpstreamAuth::None));
+        let u = parse_uri("mongodb://u:p@h:1/app").unwrap();
+        assert!(matches!(&u.auth, UpstreamAuth::Scram { source, .. } if source == "app"));
         assert!(parse_uri("http://h").is_err());
         assert!(parse_uri("mongodb://a,b").is_err());
         let err = parse_uri("mongodb://u:secretpw@h/?bogus=1").unwrap_err();

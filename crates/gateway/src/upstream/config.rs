@@ -1,50 +1,223 @@
 //! Where and as whom the gateway connects upstream: the upstream's own settings, owned here so
 //! that the connection code does not depend on the settings as a whole (the settings build this
 //! value from the URI, [`crate::settings::parse_uri`]).
+//!
+//! The value describes a deployment, not one server: a seed list or an SRV name, the options
+//! that steer discovery and server selection, and one credential every member's connections
+//! authenticate with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use mongomux_auth::{Mechanism, Secret};
+
+use super::read_pref::ReadPreference;
+
+/// Where the members of the upstream deployment are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seeds {
+    /// `mongodb://h1:p1,h2:p2`: addresses as `host:port` (IPv6 in brackets), port defaulted.
+    Hosts(Vec<String>),
+    /// `mongodb+srv://host`: looked up as `_{service_name}._tcp.{host}` (SRV) and `host` (TXT).
+    Srv {
+        /// The name in the URI (no port).
+        host: String,
+        /// `srvServiceName`, `mongodb` unless set.
+        service_name: String,
+        /// `srvMaxHosts`: at most this many of the SRV hosts are used (0 or unset: all).
+        max_hosts: Option<u32>,
+    },
+}
+
+/// How the gateway authenticates its upstream connections.
+#[derive(Debug, Clone, Default)]
+pub enum UpstreamAuth {
+    /// No credential: the upstream runs without authentication.
+    #[default]
+    None,
+    /// SCRAM with a user name and password; the mechanism is negotiated unless forced.
+    Scram {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: Secret,
+        /// Database the user is defined in (`authSource`, default `admin` or the URI's db).
+        source: String,
+        /// Mechanism forced by the URI (`authMechanism`); otherwise negotiated.
+        mechanism: Option<Mechanism>,
+    },
+    /// MONGODB-AWS: signs an STS `GetCallerIdentity` request with AWS credentials. Credentials
+    /// named in the URI (user name = access key id, password = secret key,
+    /// `authMechanismProperties=AWS_SESSION_TOKEN:...`) are used as they are; otherwise the
+    /// standard AWS provider chain supplies and refreshes them.
+    Aws {
+        /// Static credentials from the URI, if any.
+        static_credentials: Option<AwsStatic>,
+    },
+}
+
+impl UpstreamAuth {
+    /// Whether two credentials are the same (secrets compared in plain text: this decides
+    /// whether pools must reconnect, not whether a login succeeds).
+    pub fn same_as(&self, other: &UpstreamAuth) -> bool {
+        fn same(a: Option<&Secret>, b: Option<&Secret>) -> bool {
+            a.map(Secret::expose) == b.map(Secret::expose)
+        }
+        match (self, other) {
+            (UpstreamAuth::None, UpstreamAuth::None) => true,
+            (
+                UpstreamAuth::Scram {
+                    username: u1,
+                    password: p1,
+                    source: s1,
+                    mechanism: m1,
+                },
+                UpstreamAuth::Scram {
+                    username: u2,
+                    password: p2,
+                    source: s2,
+                    mechanism: m2,
+                },
+            ) => u1 == u2 && same(Some(p1), Some(p2)) && s1 == s2 && m1 == m2,
+            (
+                UpstreamAuth::Aws {
+                    static_credentials: a,
+                },
+                UpstreamAuth::Aws {
+                    static_credentials: b,
+                },
+            ) => match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => {
+                    a.access_key_id == b.access_key_id
+                        && same(Some(&a.secret_access_key), Some(&b.secret_access_key))
+                        && same(a.session_token.as_ref(), b.session_token.as_ref())
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// AWS credentials written into the upstream URI.
+#[derive(Debug, Clone)]
+pub struct AwsStatic {
+    /// Access key id (the URI's user name).
+    pub access_key_id: String,
+    /// Secret access key (the URI's password).
+    pub secret_access_key: Secret,
+    /// `AWS_SESSION_TOKEN` from `authMechanismProperties`.
+    pub session_token: Option<Secret>,
+}
+
+/// Options that steer discovery, monitoring and server selection (the SDAM and server
+/// selection specifications' knobs, as the URI sets them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopologyOptions {
+    /// `replicaSet`: the set name every member must report.
+    pub replica_set: Option<String>,
+    /// `directConnection`: talk to the one seed only, whatever it is.
+    pub direct_connection: Option<bool>,
+    /// `loadBalanced`: the one seed is a load balancer in front of mongos.
+    pub load_balanced: bool,
+    /// `heartbeatFrequencyMS` (default 10 s).
+    pub heartbeat_frequency: Duration,
+    /// `localThresholdMS` (default 15 ms).
+    pub local_threshold: Duration,
+    /// `serverSelectionTimeoutMS` (default 30 s).
+    pub server_selection_timeout: Duration,
+    /// `connectTimeoutMS` (default 10 s).
+    pub connect_timeout: Duration,
+    /// `readPreference`, `readPreferenceTags`, `maxStalenessSeconds`: the default for requests
+    /// that carry no `$readPreference` of their own.
+    pub read_preference: ReadPreference,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        TopologyOptions {
+            replica_set: None,
+            direct_connection: None,
+            load_balanced: false,
+            heartbeat_frequency: Duration::from_secs(10),
+            local_threshold: Duration::from_millis(15),
+            server_selection_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            read_preference: ReadPreference::default(),
+        }
+    }
+}
 
 /// Where and as whom the gateway connects upstream.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// `host:port`.
-    pub address: String,
-    /// User name for SCRAM, if any.
-    pub username: Option<String>,
-    /// Password for SCRAM, if any.
-    pub password: Option<Secret>,
-    /// Database the user is defined in.
-    pub auth_source: String,
-    /// Mechanism forced by the URI; otherwise negotiated.
-    pub mechanism: Option<Mechanism>,
-    /// Connect with TLS (`tls=true` / `ssl=true`).
+    /// The seed list or SRV name.
+    pub seeds: Seeds,
+    /// Discovery and selection options.
+    pub topology: TopologyOptions,
+    /// The credential.
+    pub auth: UpstreamAuth,
+    /// Connect with TLS (`tls=true` / `ssl=true`; on by default for `mongodb+srv`).
     pub tls: bool,
-    /// CA file for the upstream's certificate (`tlsCAFile`).
+    /// CA file for the upstream's certificates (`tlsCAFile`).
     pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (`tlsCertificateKeyFile`).
+    pub tls_certificate_key_file: Option<PathBuf>,
+    /// `tlsAllowInvalidHostnames` (tests and private CAs only).
+    pub tls_allow_invalid_hostnames: bool,
+    /// `compressors` the URI names, in order of preference.
+    pub compressors: Vec<String>,
+    /// `appName` the gateway reports in its own `hello`.
+    pub app_name: Option<String>,
 }
 
 impl UpstreamConfig {
-    /// Whether `other` connects to the same place, as the same user, the same way. A password
-    /// change counts: the pool authenticates with it.
-    pub fn same_as(&self, other: &UpstreamConfig) -> bool {
-        self.address == other.address
-            && self.username == other.username
-            && self.password.as_ref().map(Secret::expose)
-                == other.password.as_ref().map(Secret::expose)
-            && self.auth_source == other.auth_source
-            && self.mechanism == other.mechanism
-            && self.tls == other.tls
-            && self.tls_ca_file == other.tls_ca_file
+    /// A plain config for one `host:port`, no credential, no TLS (tests and defaults).
+    pub fn single(address: impl Into<String>) -> Self {
+        UpstreamConfig {
+            seeds: Seeds::Hosts(vec![address.into()]),
+            topology: TopologyOptions::default(),
+            auth: UpstreamAuth::None,
+            tls: false,
+            tls_ca_file: None,
+            tls_certificate_key_file: None,
+            tls_allow_invalid_hostnames: false,
+            compressors: Vec::new(),
+            app_name: None,
+        }
     }
 
-    /// The host part of the address, as a TLS server name is checked against.
-    pub fn host(&self) -> &str {
-        self.address
-            .rsplit_once(':')
-            .map_or(self.address.as_str(), |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
+    /// Whether `other` connects to the same place, as the same user, the same way. A password
+    /// change counts: the pools authenticate with it.
+    pub fn same_as(&self, other: &UpstreamConfig) -> bool {
+        self.seeds == other.seeds
+            && self.topology == other.topology
+            && self.auth.same_as(&other.auth)
+            && self.tls == other.tls
+            && self.tls_ca_file == other.tls_ca_file
+            && self.tls_certificate_key_file == other.tls_certificate_key_file
+            && self.tls_allow_invalid_hostnames == other.tls_allow_invalid_hostnames
+            && self.compressors == other.compressors
+            && self.app_name == other.app_name
     }
+
+    /// The SCRAM user name, if the credential is SCRAM.
+    pub fn scram_user(&self) -> Option<(&str, &str)> {
+        match &self.auth {
+            UpstreamAuth::Scram {
+                username, source, ..
+            } => Some((username, source)),
+            _ => None,
+        }
+    }
+}
+
+/// The host part of `host:port`, as a TLS server name is checked against.
+pub fn host_of(address: &str) -> &str {
+    address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }

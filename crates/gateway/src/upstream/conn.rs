@@ -14,7 +14,15 @@ use mongomux_auth::{Mechanism, ScramClient};
 use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
-use super::config::UpstreamConfig;
+use super::config::{UpstreamAuth, UpstreamConfig};
+
+/// One SCRAM login's parts, borrowed from [`UpstreamAuth::Scram`].
+struct ScramLogin<'a> {
+    username: &'a str,
+    password: &'a mongomux_auth::Secret,
+    source: &'a str,
+    mechanism: Option<Mechanism>,
+}
 use super::error::UpstreamError;
 use crate::framed::Framed;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
@@ -64,26 +72,21 @@ impl UpstreamConn {
     /// Connects, says hello and authenticates. The caller bounds the whole with a deadline.
     pub async fn connect(
         cfg: &UpstreamConfig,
+        address: &str,
         tls: Option<&Arc<rustls::ClientConfig>>,
         id: u64,
     ) -> Result<(UpstreamConn, UpstreamInfo), UpstreamError> {
-        let tcp =
-            TcpStream::connect(&cfg.address)
-                .await
-                .map_err(|source| UpstreamError::Connect {
-                    address: cfg.address.clone(),
-                    source,
-                })?;
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                address: address.to_string(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let stream = match tls {
             None => MaybeTls::Plain(tcp),
             Some(tls) => {
-                let host = cfg
-                    .address
-                    .rsplit_once(':')
-                    .map_or(cfg.address.as_str(), |(h, _)| h)
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
+                let host = super::config::host_of(address);
                 let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(
                     |source| UpstreamError::TlsServerName {
                         host: host.to_string(),
@@ -94,7 +97,7 @@ impl UpstreamConn {
                     .connect(name, tcp)
                     .await
                     .map_err(|source| UpstreamError::Tls {
-                        address: cfg.address.clone(),
+                        address: address.to_string(),
                         source,
                     })?;
                 MaybeTls::Tls(Box::new(tls))
@@ -117,11 +120,8 @@ impl UpstreamConn {
                 "application": { "name": "mongomux" },
             },
         };
-        if let Some(user) = &cfg.username {
-            hello.insert(
-                "saslSupportedMechs",
-                format!("{}.{}", cfg.auth_source, user),
-            );
+        if let Some((user, source)) = cfg.scram_user() {
+            hello.insert("saslSupportedMechs", format!("{source}.{user}"));
         }
         let reply = conn.command(&hello).await?;
         let info = UpstreamInfo {
@@ -129,7 +129,13 @@ impl UpstreamConn {
             max_wire_version: int_field(&reply, "maxWireVersion").unwrap_or(17),
             session_timeout_minutes: int_field(&reply, "logicalSessionTimeoutMinutes"),
         };
-        if cfg.username.is_some() {
+        if let UpstreamAuth::Scram {
+            username,
+            password,
+            source,
+            mechanism,
+        } = &cfg.auth
+        {
             let offered: Vec<String> = reply
                 .get_array("saslSupportedMechs")
                 .map(|a| {
@@ -138,7 +144,13 @@ impl UpstreamConn {
                         .collect()
                 })
                 .unwrap_or_default();
-            conn.authenticate(cfg, &offered).await?;
+            let scram = ScramLogin {
+                username,
+                password,
+                source,
+                mechanism: *mechanism,
+            };
+            conn.authenticate(&scram, &offered).await?;
         }
         Ok((conn, info))
     }
@@ -147,7 +159,7 @@ impl UpstreamConn {
     /// forces a mechanism.
     async fn authenticate(
         &mut self,
-        cfg: &UpstreamConfig,
+        cfg: &ScramLogin<'_>,
         offered: &[String],
     ) -> Result<(), UpstreamError> {
         let mechanism = cfg.mechanism.unwrap_or_else(|| {
@@ -159,17 +171,14 @@ impl UpstreamConn {
                 Mechanism::ScramSha256
             }
         });
-        let user = cfg.username.as_deref().unwrap_or_default();
-        let empty = mongomux_auth::Secret::new("");
-        let password = cfg.password.as_ref().unwrap_or(&empty);
-        let mut scram = ScramClient::new(mechanism, user, password);
+        let mut scram = ScramClient::new(mechanism, cfg.username, cfg.password);
         let start = doc! {
             "saslStart": 1,
             "mechanism": mechanism.name(),
             "payload": binary(scram.client_first()),
             "autoAuthorize": 1,
             "options": { "skipEmptyExchange": true },
-            "$db": &cfg.auth_source,
+            "$db": cfg.source,
         };
         let reply = self.command(&start).await?;
         let first = sasl_reply(&reply)?;
@@ -180,7 +189,7 @@ impl UpstreamConn {
             "saslContinue": 1,
             "conversationId": first.0,
             "payload": binary(final_msg),
-            "$db": &cfg.auth_source,
+            "$db": cfg.source,
         };
         let reply = self.command(&cont).await?;
         let (conv, payload, done) = sasl_reply(&reply)?;
@@ -193,7 +202,7 @@ impl UpstreamConn {
                 "saslContinue": 1,
                 "conversationId": conv,
                 "payload": binary(Vec::new()),
-                "$db": &cfg.auth_source,
+                "$db": cfg.source,
             };
             let reply = self.command(&cont).await?;
             if !reply.get_bool("done").unwrap_or(false) {

@@ -43,14 +43,24 @@ pub trait Connector: Send + Sync + Debug + 'static {
 /// The production connector: TCP (and TLS when the upstream URI asks for it), `hello`, SCRAM.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
-    upstream: UpstreamConfig,
+    upstream: Arc<UpstreamConfig>,
+    address: String,
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl TcpConnector {
-    /// A connector for `upstream`, with TLS settings when its URI asks for TLS.
-    pub fn new(upstream: UpstreamConfig, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
-        TcpConnector { upstream, tls }
+    /// A connector to the member at `address` (`host:port`) of `upstream`, with TLS settings
+    /// when its URI asks for TLS.
+    pub fn new(
+        upstream: Arc<UpstreamConfig>,
+        address: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        TcpConnector {
+            upstream,
+            address,
+            tls,
+        }
     }
 }
 
@@ -61,11 +71,11 @@ impl Connector for TcpConnector {
         &self,
         id: u64,
     ) -> impl Future<Output = Result<(UpstreamConn, UpstreamInfo), UpstreamError>> + Send {
-        UpstreamConn::connect(&self.upstream, self.tls.as_ref(), id)
+        UpstreamConn::connect(&self.upstream, &self.address, self.tls.as_ref(), id)
     }
 
     fn address(&self) -> &str {
-        &self.upstream.address
+        &self.address
     }
 }
 
@@ -89,16 +99,14 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let upstream = UpstreamConfig {
-            address: address.clone(),
-            username: Some("gateway".into()),
-            password: Some(mongomux_auth::Secret::new("hunter2-do-not-log")),
-            auth_source: "admin".into(),
+        let mut upstream = UpstreamConfig::single(address.clone());
+        upstream.auth = crate::upstream::UpstreamAuth::Scram {
+            username: "gateway".into(),
+            password: mongomux_auth::Secret::new("hunter2-do-not-log"),
+            source: "admin".into(),
             mechanism: None,
-            tls: false,
-            tls_ca_file: None,
         };
-        let err = TcpConnector::new(upstream, None)
+        let err = TcpConnector::new(Arc::new(upstream), address.clone(), None)
             .connect(1)
             .await
             .map(|_| ())

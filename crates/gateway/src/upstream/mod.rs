@@ -10,8 +10,9 @@ pub mod error;
 #[cfg(test)]
 mod mem_connector;
 pub mod pool;
+pub mod read_pref;
 
-pub use config::UpstreamConfig;
+pub use config::{host_of, AwsStatic, Seeds, TopologyOptions, UpstreamAuth, UpstreamConfig};
 pub use conn::{ConnMeta, UpstreamConn, UpstreamInfo};
 pub use connector::{Connector, PoolConn, TcpConnector};
 pub use error::UpstreamError;

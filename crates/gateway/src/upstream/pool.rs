@@ -166,7 +166,12 @@ impl Pool<TcpConnector> {
     /// The production pool, with no connections yet.
     pub fn new(settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Self> {
         let limits = settings.limits();
-        let connector = TcpConnector::new(settings.upstream, settings.tls);
+        // Until discovery lands, the pool talks to the first seed.
+        let address = match &settings.upstream.seeds {
+            super::config::Seeds::Hosts(hosts) => hosts.first().cloned().unwrap_or_default(),
+            super::config::Seeds::Srv { host, .. } => format!("{host}:27017"),
+        };
+        let connector = TcpConnector::new(Arc::new(settings.upstream), address, settings.tls);
         Pool::with_connector(
             connector,
             settings.size,
