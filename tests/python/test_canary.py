@@ -54,13 +54,11 @@ SEED = int(os.environ.get("MONGOMUX_CANARY_SEED") or secrets.randbits(32))
 # the run stays green and the hole stays visible. Empty: no leak of the token is known.
 KNOWN_LEAKS: list[tuple] = []
 
-# Found by this canary (not a leak: another user's data is lost, not read). A forwarded command
-# carrying a BSON type FerretDB does not take (JavaScript code, MinKey, MaxKey) makes FerretDB
-# close the pooled upstream connection; every cursor on that connection dies with it, another
-# user's included (its getMore then answers 43, CursorNotFound). The gateway does not refuse such
-# types before forwarding. test_unsupported_type_kills_another_users_cursor shows it alone.
-CURSOR_LOSS = ("a forwarded command with a BSON type FerretDB rejects (Code, MinKey, MaxKey) closes "
-               "the shared upstream connection and kills other users' cursors on it")
+# Found by this canary and fixed: a forwarded command carrying a BSON type FerretDB 1.x does not
+# take (JavaScript code, MinKey, MaxKey, Decimal128, Symbol, Undefined, DBPointer) made FerretDB
+# close the pooled upstream connection, and every cursor on it died, another user's included.
+# The gateway now refuses such values itself (crates/gateway/src/command/values.rs), so no
+# cursor of another user may be lost: test_unsupported_type_cannot_kill_another_users_cursor.
 
 ROW = re.compile(r'row\("([^"]+)",\s*(\w+),\s*(\w+),\s*(\w+)\)')
 
@@ -435,13 +433,11 @@ def test_canary_never_leaks(canary_gw, canary_ferret, scoped, everyone):
                     raw = login(canary_gw, scoped)
     finally:
         raw.close()
-    # The other user's cursors were not read by the scoped user: their owner still reads the
-    # token (or, through the CURSOR_LOSS hole, the cursor is gone: lost, not read; the strict
-    # xfail test_unsupported_type_kills_another_users_cursor keeps that hole visible).
+    # The other user's cursors were neither read nor lost by anything the scoped user sent: their
+    # owner still reads the token.
     reply = holder.command({"getMore": Int64(foreign[0]), "collection": "secret"}, db=CANARY)
     holder.close()
-    cursor_lost = reply.get("code") == 43
-    assert cursor_lost or TOKEN in str(reply), f"seed {SEED}: another user's cursor was consumed: {reply}"
+    assert TOKEN in str(reply), f"seed {SEED}: another user's cursor was consumed or lost: {reply}"
     elapsed = time.monotonic() - start
     print(f"canary: {sent} commands in {elapsed:.1f} s, {closed} connections closed by the gateway; "
           f"outcomes {dict(outcomes.most_common())}")
@@ -455,22 +451,22 @@ def test_canary_never_leaks(canary_gw, canary_ferret, scoped, everyone):
         reply = exchange(raw, w.op_msg_body({"find": "marker", "$db": APP}))
         assert reply is not None and MARKER.encode() in reply, reply
     assert upstream_state(canary_ferret) == before, f"seed {SEED}: the canary database or the upstream's users changed"
-    if cursor_lost:  # the known hole, its own strict xfail below; when that passes, drop this
-        print(f"canary: another user's cursor was lost (known hole): {CURSOR_LOSS}")
     if expected_leaks:
         pytest.xfail(f"seed {SEED}: {expected_leaks} replies leaked through known holes: "
                      + "; ".join(reason for _, reason in KNOWN_LEAKS))
 
 
-@pytest.mark.xfail(strict=True, reason=CURSOR_LOSS)
 @pytest.mark.parametrize("cmd", [
     {"find": "docs", "filter": {"a": Code("x")}, "$db": APP},
     {"insert": "docs", "documents": [{"a": bson.MinKey()}], "$db": APP},
+    {"aggregate": "docs", "pipeline": [{"$match": {"a": {"$gt": [bson.MaxKey()]}}}], "cursor": {}, "$db": APP},
+    {"update": "docs", "updates": [{"q": {}, "u": {"$set": {"d": bson.Decimal128("1.5")}}}], "$db": APP},
     {"endSessions": [], "x": Code("x"), "$db": "admin"},
-], ids=["find-code", "insert-minkey", "endSessions-code"])
-def test_unsupported_type_kills_another_users_cursor(canary_gw, canary_ferret, scoped, everyone, cmd):
-    """The hole the canary found, alone: the scoped user's command in its own database (or one
-    that names no database) ends another user's open cursor on `canary`."""
+], ids=["find-code", "insert-minkey", "aggregate-maxkey", "update-decimal", "endSessions-code"])
+def test_unsupported_type_cannot_kill_another_users_cursor(canary_gw, canary_ferret, scoped, everyone, cmd):
+    """The hole the canary found, alone: a command of the scoped user carrying a BSON type the
+    upstream cannot decode is answered by the gateway (BadValue) and never reaches the shared
+    upstream connection, so another user's open cursor on `canary` survives it."""
     with canary_ferret.client() as admin:
         if not admin[CANARY].secret.find_one({"_id": "canary"}):
             admin[CANARY].secret.insert_one({"_id": "canary", "token": TOKEN})
@@ -478,6 +474,8 @@ def test_unsupported_type_kills_another_users_cursor(canary_gw, canary_ferret, s
         opened = holder.command({"find": "secret", "batchSize": 0}, db=CANARY)
         assert opened.get("ok") == 1 and opened["cursor"]["id"], opened
         reply = exchange(attacker, w.op_msg_body(cmd))
-        assert reply is None or TOKEN.encode() not in reply
+        assert reply is not None and TOKEN.encode() not in reply
+        refused = bson.decode(reply[21:])
+        assert refused.get("code") == 2 and "not supported by the upstream" in refused["errmsg"], refused
         after = holder.command({"getMore": Int64(opened["cursor"]["id"]), "collection": "secret"}, db=CANARY)
         assert after.get("ok") == 1 and TOKEN in str(after), after

@@ -32,6 +32,9 @@ pub enum GatewayError {
     /// A BSON document that does not decode.
     #[error("invalid BSON: {0}")]
     InvalidBson(String),
+    /// A value the upstream cannot take (a BSON type it does not support).
+    #[error("{0}")]
+    UnsupportedValue(String),
     /// A command whose fields are not as the protocol requires.
     #[error("{0}")]
     BadCommand(String),
@@ -76,6 +79,7 @@ impl GatewayError {
             GatewayError::Protocol(_) => (9, "FailedToParse"),
             GatewayError::InvalidBson(_) => (22, "InvalidBSON"),
             GatewayError::BadCommand(_) => (9, "FailedToParse"),
+            GatewayError::UnsupportedValue(_) => (2, "BadValue"),
             GatewayError::NotSupported(_) => (115, "CommandNotSupported"),
             GatewayError::AuthenticationFailed => (18, "AuthenticationFailed"),
             GatewayError::Unauthorized(_) => (13, "Unauthorized"),

@@ -3,15 +3,20 @@
 //! refused, or forwarded (with cursor ownership checks for `getMore` and `killCursors`).
 //! Commands that act on the upstream connection itself (`logout`, `authenticate`, SASL, nonces,
 //! the last error) are never forwarded, whoever sends them: upstream connections are shared.
+//! For the same reason every value of a forwarded request is checked first
+//! ([`crate::command::values`]): nothing may reach the upstream that makes it drop a connection
+//! other clients' cursors live on.
 
 use bytes::BytesMut;
 use mongomux_wire::{peek_msg_flags, Header, OpCode, OpCompressed, OpMsg};
 
 use super::reply::Outcome;
 use super::Session;
+use crate::command::values::{self, TypeSet};
 use crate::command::{answer, authz, CommandView, Kind};
 use crate::error::GatewayError;
 use crate::identity::edge_auth::{namespaced_session_id, EdgeAuth};
+use crate::upstream::Flavor;
 
 impl Session {
     /// Handles one whole message.
@@ -114,6 +119,16 @@ impl Session {
                 )
             }
             Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions => {}
+        }
+        // Whatever reaches a shared upstream connection must not be able to break it.
+        let refused = match self.shared.pool.upstream_info().map(|i| i.flavor) {
+            Some(Flavor::FerretDbV1) => TypeSet::FERRETDB_V1_UNSUPPORTED,
+            _ => TypeSet::EMPTY,
+        };
+        if let Err(e) = values::check(&msg, refused) {
+            return self
+                .replier()
+                .error(view.request_id, e, view.in_transaction);
         }
         if let Some(user) = &self.auth.identity {
             // Only a 16-byte id can be namespaced; any other lsid would be the same key for every

@@ -16,6 +16,10 @@ use tokio::net::TcpStream;
 
 use super::config::{UpstreamAuth, UpstreamConfig};
 
+use super::error::UpstreamError;
+use crate::framed::Framed;
+use crate::tls::{MaybeTls, Peek, UpstreamStream};
+
 /// One SCRAM login's parts, borrowed from [`UpstreamAuth::Scram`].
 struct ScramLogin<'a> {
     username: &'a str,
@@ -23,9 +27,6 @@ struct ScramLogin<'a> {
     source: &'a str,
     mechanism: Option<Mechanism>,
 }
-use super::error::UpstreamError;
-use crate::framed::Framed;
-use crate::tls::{MaybeTls, Peek, UpstreamStream};
 
 /// What the upstream said about itself in its `hello`; the gateway's own hello repeats it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,19 @@ pub struct UpstreamInfo {
     pub max_wire_version: i32,
     /// `logicalSessionTimeoutMinutes`, if the upstream supports sessions.
     pub session_timeout_minutes: Option<i32>,
+    /// Which server implementation answered (some cannot take every BSON type).
+    pub flavor: Flavor,
+}
+
+/// The server implementation behind the upstream, as its `buildInfo` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// MongoDB itself (or anything that does not say otherwise).
+    #[default]
+    MongoDb,
+    /// FerretDB 1.x (`buildInfo.ferretdbVersion` 1.*), which drops the connection on some BSON
+    /// types instead of answering with an error.
+    FerretDbV1,
 }
 
 impl Default for UpstreamInfo {
@@ -45,6 +59,7 @@ impl Default for UpstreamInfo {
             min_wire_version: 0,
             max_wire_version: 17,
             session_timeout_minutes: Some(30),
+            flavor: Flavor::MongoDb,
         }
     }
 }
@@ -124,10 +139,11 @@ impl UpstreamConn {
             hello.insert("saslSupportedMechs", format!("{source}.{user}"));
         }
         let reply = conn.command(&hello).await?;
-        let info = UpstreamInfo {
+        let mut info = UpstreamInfo {
             min_wire_version: int_field(&reply, "minWireVersion").unwrap_or(0),
             max_wire_version: int_field(&reply, "maxWireVersion").unwrap_or(17),
             session_timeout_minutes: int_field(&reply, "logicalSessionTimeoutMinutes"),
+            flavor: Flavor::MongoDb,
         };
         if let UpstreamAuth::Scram {
             username,
@@ -152,7 +168,24 @@ impl UpstreamConn {
             };
             conn.authenticate(&scram, &offered).await?;
         }
+        info.flavor = conn.flavor().await?;
         Ok((conn, info))
+    }
+
+    /// Asks `buildInfo` which implementation this is (one round trip per new connection, so
+    /// that the answer follows the upstream even if it is replaced behind the same address).
+    async fn flavor(&mut self) -> Result<Flavor, UpstreamError> {
+        let reply = self
+            .command(&doc! { "buildInfo": 1, "$db": "admin" })
+            .await?;
+        let ferret_v1 = reply
+            .get_str("ferretdbVersion")
+            .is_ok_and(|v| v.trim_start_matches('v').starts_with("1."));
+        Ok(if ferret_v1 {
+            Flavor::FerretDbV1
+        } else {
+            Flavor::MongoDb
+        })
     }
 
     /// Runs a SCRAM conversation; SCRAM-SHA-256 unless only SCRAM-SHA-1 is offered or the URI

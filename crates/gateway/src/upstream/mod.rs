@@ -13,7 +13,7 @@ pub mod pool;
 pub mod read_pref;
 
 pub use config::{host_of, AwsStatic, Seeds, TopologyOptions, UpstreamAuth, UpstreamConfig};
-pub use conn::{ConnMeta, UpstreamConn, UpstreamInfo};
+pub use conn::{ConnMeta, Flavor, UpstreamConn, UpstreamInfo};
 pub use connector::{Connector, PoolConn, TcpConnector};
 pub use error::UpstreamError;
 pub use pool::{Pool, PoolLimits, PoolSettings, Pooled, PooledConn, UpstreamPool};
