@@ -12,8 +12,8 @@
 //! The walk is iterative with an explicit depth bound, so a deeply nested request cannot
 //! exhaust the stack; the bound is above what MongoDB itself accepts for commands.
 
-use bson::spec::ElementType;
 use bson::raw::RawIter;
+use bson::spec::ElementType;
 use bson::{RawBsonRef, RawDocument};
 use mongomux_wire::OpMsg;
 
@@ -128,7 +128,11 @@ fn check_document(doc: &RawDocument, refused: TypeSet, origin: &str) -> Result<(
 }
 
 fn malformed(origin: &str, e: &bson::raw::Error) -> String {
-    let origin = if origin.is_empty() { "the command" } else { origin };
+    let origin = if origin.is_empty() {
+        "the command"
+    } else {
+        origin
+    };
     format!("malformed value in {}: {e}", origin.escape_debug())
 }
 

@@ -39,7 +39,10 @@ fn every_unsupported_type_is_refused_wherever_it_is() {
         Bson::MaxKey,
         Bson::Undefined,
         Bson::JavaScriptCode("x".into()),
-        Bson::JavaScriptCodeWithScope(JavaScriptCodeWithScope { code: "x".into(), scope: doc! {} }),
+        Bson::JavaScriptCodeWithScope(JavaScriptCodeWithScope {
+            code: "x".into(),
+            scope: doc! {},
+        }),
         Bson::Symbol("s".into()),
         Bson::Decimal128(Decimal128::from_bytes([0; 16])),
         rawdoc_with_dbpointer().get("p").unwrap().clone(),
@@ -59,7 +62,10 @@ fn every_unsupported_type_is_refused_wherever_it_is() {
             doc! {"insert": "c", "$db": "d"},
             Some(("documents", vec![doc! {"ok": 1}, doc! {"bad": v.clone()}])),
         );
-        assert!(verdict(&seq, TypeSet::FERRETDB_V1_UNSUPPORTED).is_err(), "{t:?} in a sequence");
+        assert!(
+            verdict(&seq, TypeSet::FERRETDB_V1_UNSUPPORTED).is_err(),
+            "{t:?} in a sequence"
+        );
     }
 }
 
@@ -91,6 +97,10 @@ fn malformed_and_too_deep_requests_are_refused() {
     for _ in 0..MAX_DEPTH + 5 {
         deep = doc! {"n": deep};
     }
-    let err = verdict(&message(doc! {"find": "c", "$db": "d", "filter": deep}, None), TypeSet::EMPTY).unwrap_err();
+    let err = verdict(
+        &message(doc! {"find": "c", "$db": "d", "filter": deep}, None),
+        TypeSet::EMPTY,
+    )
+    .unwrap_err();
     assert_eq!(err.code(), (22, "InvalidBSON"));
 }

@@ -211,7 +211,9 @@ impl CommandView {
         if self.spec.kind == Kind::KillCursors {
             self.collection = first.as_str().map(str::to_string);
         }
-        if self.spec.kind == Kind::EndSessions {
+        // `refreshSessions` lists session ids as `endSessions` does; both must name the
+        // client's namespaced sessions, never the raw ids another identity could also send.
+        if self.spec.kind == Kind::EndSessions || self.name == "refreshSessions" {
             let at = body_at + offset_in(body, first.value);
             self.end_session_uuids = end_session_uuids(first, at)?;
         }
@@ -320,7 +322,8 @@ fn uuid_in(doc: &[u8]) -> Result<Option<usize>, GatewayError> {
     Ok(None)
 }
 
-/// Offsets in the message of the UUIDs of an `endSessions` array whose value starts at `at`.
+/// Offsets in the message of the UUIDs of an `endSessions` (or `refreshSessions`) array whose
+/// value starts at `at`.
 fn end_session_uuids(array: &Element<'_>, at: usize) -> Result<Vec<usize>, GatewayError> {
     if array.kind != 0x04 {
         return Ok(Vec::new());

@@ -133,6 +133,15 @@ fn session_ids_are_rewritten_in_place() {
         })
         .collect();
     assert_eq!(firsts, vec![12, 13]);
+
+    let body = rawdoc! { "refreshSessions": [ { "id": uuid(4) } ], "$db": "admin" };
+    let (mut bytes, mut v) = view_of(&body).unwrap();
+    let mut seen = Vec::new();
+    v.rewrite_session_ids(&mut bytes, |old| {
+        seen.push(old[0]);
+        [old[0] + 10; 16]
+    });
+    assert_eq!(seen, vec![4], "refreshSessions ids are namespaced too");
 }
 
 #[test]
