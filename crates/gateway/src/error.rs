@@ -148,6 +148,11 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
     match e {
         U::CheckoutTimeout(_) | U::PinTimeout(_) => (262, "ExceededTimeLimit"),
         U::PoolClosed => (91, "ShutdownInProgress"),
+        // What a mongos answers when no member fits; for writes the retryable label (added
+        // by `is_retryable`) lets the driver's one retry wait for the new primary.
+        U::NoPrimary(_) | U::NoMember(_) => (133, "FailedToSatisfyReadPreference"),
+        U::BadReadPreference(_) => (2, "BadValue"),
+        U::MemberGone(_) => (6, "HostUnreachable"),
         U::TlsServerName { .. } => (2, "BadValue"),
         U::Encode(_) => (22, "InvalidBSON"),
         // For auth and refusals too the client did nothing wrong: report the upstream as
@@ -172,7 +177,13 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
 fn upstream_retryable(e: &UpstreamError) -> bool {
     use UpstreamError as U;
     match e {
-        U::TlsServerName { .. } | U::Encode(_) | U::Auth(_) | U::Refused { .. } => false,
+        U::TlsServerName { .. }
+        | U::Encode(_)
+        | U::Auth(_)
+        | U::Refused { .. }
+        | U::NoMember(_)
+        | U::BadReadPreference(_) => false,
+        U::NoPrimary(_) | U::MemberGone(_) => true,
         U::CheckoutTimeout(_)
         | U::PinTimeout(_)
         | U::PoolClosed

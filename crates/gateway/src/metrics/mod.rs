@@ -25,7 +25,10 @@ mod tests;
 use std::time::Duration;
 
 use prometheus::core::Collector;
-use prometheus::{HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use http::serve;
 
@@ -77,7 +80,7 @@ const STS_RESULTS: &[&str] = &["ok", "denied", "throttled", "timeout", "error", 
 
 /// Error codes the gateway generates itself, the `code` label of
 /// `mongomux_gateway_errors_total`. Other codes are not counted, so the label set stays closed.
-const ERROR_CODES: &[i32] = &[2, 6, 9, 13, 18, 22, 43, 91, 115, 262, 352];
+const ERROR_CODES: &[i32] = &[2, 6, 9, 13, 18, 22, 43, 91, 115, 133, 262, 352];
 
 /// Upper bounds, in seconds, of the latency histogram buckets (`+Inf` is implied).
 const BUCKETS: &[f64] = &[
@@ -142,6 +145,13 @@ pub struct Metrics {
     ops: Vec<Counter>,
     /// Error replies the gateway itself generated, in [`ERROR_CODES`] order.
     gateway_errors: Vec<Counter>,
+    /// Upstream members by address and state (1 for the current state). Members are bounded
+    /// by the topology (at most 64), and a member that leaves is removed.
+    member_state: IntGaugeVec,
+    /// Pooled connections open per member.
+    member_connections: IntGaugeVec,
+    /// The state each member is shown in now, so a change removes the old series.
+    member_shown: Mutex<HashMap<String, &'static str>>,
 }
 
 impl Default for Metrics {
@@ -238,6 +248,27 @@ impl Default for Metrics {
                 "code",
                 ERROR_CODES.iter().map(|c| c.to_string()),
             ),
+            member_state: r.add(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mongomux_upstream_member_state",
+                        "Upstream members by address and state (1 = the member's current state).",
+                    ),
+                    &["address", "state"],
+                )
+                .expect("family"),
+            ),
+            member_connections: r.add(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mongomux_upstream_member_connections",
+                        "Pooled upstream connections open per member.",
+                    ),
+                    &["address"],
+                )
+                .expect("family"),
+            ),
+            member_shown: Mutex::new(HashMap::new()),
             registry: r.0,
         }
     }
@@ -265,6 +296,41 @@ impl Metrics {
         if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
             self.gateway_errors[i].inc();
         }
+    }
+
+    /// Shows `address` in `state` with `connections` pooled connections open.
+    pub fn set_member(&self, address: &str, state: &'static str, connections: usize) {
+        let mut shown = self.member_shown.lock().expect("metrics lock");
+        match shown.insert(address.to_string(), state) {
+            Some(old) if old == state => {}
+            Some(old) => {
+                let _ = self.member_state.remove_label_values(&[address, old]);
+                self.member_state
+                    .with_label_values(&[address, state])
+                    .set(1);
+            }
+            None => self
+                .member_state
+                .with_label_values(&[address, state])
+                .set(1),
+        }
+        let n = i64::try_from(connections).unwrap_or(i64::MAX);
+        self.member_connections.with_label_values(&[address]).set(n);
+    }
+
+    /// Removes the series of a member that left the topology.
+    pub fn forget_member(&self, address: &str) {
+        let mut shown = self.member_shown.lock().expect("metrics lock");
+        if let Some(old) = shown.remove(address) {
+            let _ = self.member_state.remove_label_values(&[address, old]);
+            let _ = self.member_connections.remove_label_values(&[address]);
+        }
+    }
+
+    /// The members shown now (for the topology to forget those that left).
+    pub fn shown_members(&self) -> Vec<String> {
+        let shown = self.member_shown.lock().expect("metrics lock");
+        shown.keys().cloned().collect()
     }
 
     /// Reads an operation count (for tests and benchmarks).

@@ -70,6 +70,8 @@ impl Default for UpstreamInfo {
 pub struct ConnMeta {
     /// Gateway-local id of the upstream connection.
     pub id: u64,
+    /// The member it is connected to (`host:port`): cursors opened on it continue there.
+    pub address: Arc<str>,
     /// Cursors opened on this connection that are still open.
     pub open_cursors: AtomicI64,
 }
@@ -84,13 +86,12 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Connects, says hello and authenticates. The caller bounds the whole with a deadline.
-    pub async fn connect(
-        cfg: &UpstreamConfig,
+    /// Opens the socket (and TLS) only: what a monitor needs, which never authenticates.
+    pub async fn open(
         address: &str,
         tls: Option<&Arc<rustls::ClientConfig>>,
         id: u64,
-    ) -> Result<(UpstreamConn, UpstreamInfo), UpstreamError> {
+    ) -> Result<UpstreamConn, UpstreamError> {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|source| UpstreamError::Connect {
@@ -118,14 +119,25 @@ impl UpstreamConn {
                 MaybeTls::Tls(Box::new(tls))
             }
         };
-        let mut conn = UpstreamConn {
+        Ok(UpstreamConn {
             framed: Framed::new(stream, MAX_MESSAGE_SIZE),
             meta: Arc::new(ConnMeta {
                 id,
+                address: Arc::from(address),
                 open_cursors: AtomicI64::new(0),
             }),
             next_request_id: 1,
-        };
+        })
+    }
+
+    /// Connects, says hello and authenticates. The caller bounds the whole with a deadline.
+    pub async fn connect(
+        cfg: &UpstreamConfig,
+        address: &str,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        id: u64,
+    ) -> Result<(UpstreamConn, UpstreamInfo), UpstreamError> {
+        let mut conn = UpstreamConn::open(address, tls, id).await?;
         let mut hello = doc! {
             "hello": 1,
             "$db": "admin",

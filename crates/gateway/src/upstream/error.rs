@@ -92,6 +92,18 @@ pub enum UpstreamError {
     Auth(#[source] Option<AuthError>),
     /// The upstream answered `{ok: 0}` to a command the gateway itself sent; the connection is
     /// still in a clean state.
+    /// Server selection found no primary (or router) in time: an election, or all down.
+    #[error("{0}")]
+    NoPrimary(String),
+    /// Server selection found no member for a read preference in time.
+    #[error("{0}")]
+    NoMember(String),
+    /// A read preference no member can ever satisfy with this configuration.
+    #[error("invalid read preference: {0}")]
+    BadReadPreference(String),
+    /// The member a cursor or transaction lives on left the topology.
+    #[error("upstream member {0} is no longer part of the deployment")]
+    MemberGone(String),
     #[error("upstream refused a gateway command: {name} ({code})")]
     Refused {
         /// The upstream's error code.

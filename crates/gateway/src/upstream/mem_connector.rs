@@ -80,6 +80,7 @@ impl Connector for Mem {
                 let conn = MemConn {
                     meta: Arc::new(ConnMeta {
                         id,
+                        address: Arc::from(self.address()),
                         open_cursors: AtomicI64::new(0),
                     }),
                     healthy: Arc::new(AtomicBool::new(true)),

@@ -11,6 +11,7 @@ pub mod error;
 mod mem_connector;
 pub mod pool;
 pub mod read_pref;
+pub mod topology;
 
 pub use config::{host_of, AwsStatic, Seeds, TopologyOptions, UpstreamAuth, UpstreamConfig};
 pub use conn::{ConnMeta, Flavor, UpstreamConn, UpstreamInfo};

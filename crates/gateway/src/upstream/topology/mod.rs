@@ -1,0 +1,451 @@
+//! The upstream deployment: its members, one monitor and one bounded pool per member, and
+//! server selection that waits for a suitable member (the Server Discovery and Monitoring and
+//! Server Selection specifications).
+//!
+//! The description is one immutable value behind a `watch` channel: a selection reads the
+//! current value without a lock, and a request waiting for a primary wakes when it changes.
+//! Member bookkeeping (monitors, pools) changes under one mutex, together with the description,
+//! so a member's pool exists exactly while the member is part of the topology. A member that
+//! leaves is closed: its idle connections at once, checked-out ones when they come back.
+//!
+//! Operation failures feed back here ([`Topology::on_failure`]): a "not primary" / "node is
+//! recovering" reply or a network error marks the member Unknown and wakes its monitor, as a
+//! driver does, so the next selection waits for the new primary instead of failing again.
+
+pub mod monitor;
+pub mod select;
+pub mod server;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use self::monitor::MonitorHandle;
+use self::select::{Need, NoMember};
+use self::server::{normalize, ServerDescription, ServerType};
+use self::state::{TopologyDescription, TopologyType};
+use super::config::{Seeds, UpstreamConfig};
+use super::conn::UpstreamInfo;
+use super::connector::TcpConnector;
+use super::error::UpstreamError;
+use super::pool::{Pool, PoolLimits, Pooled, UpstreamPool};
+use crate::metrics::Metrics;
+
+/// How each member's pool is shaped; changed by reloads, applied to every member.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolShape {
+    /// Most connections per member.
+    pub size: usize,
+    /// Most of them pinned by transactions.
+    pub max_pinned: usize,
+    /// Timeouts.
+    pub limits: PoolLimits,
+}
+
+/// One member's running parts.
+#[derive(Debug)]
+struct Member {
+    pool: Arc<UpstreamPool>,
+    monitor: Arc<MonitorHandle>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.pool.close();
+    }
+}
+
+/// The deployment.
+#[derive(Debug)]
+pub struct Topology {
+    cfg: Arc<UpstreamConfig>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    shape: Mutex<PoolShape>,
+    state: watch::Sender<Arc<TopologyDescription>>,
+    members: Mutex<BTreeMap<String, Member>>,
+    info: ArcSwap<Option<UpstreamInfo>>,
+    metrics: Arc<Metrics>,
+    started: std::sync::Once,
+}
+
+impl Topology {
+    /// The topology of `cfg`'s seeds (SRV names must be resolved into `seeds` by the caller),
+    /// with no monitor running yet: [`Topology::start`] (or the first selection) starts them.
+    pub fn new(
+        cfg: UpstreamConfig,
+        seeds: Vec<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        shape: PoolShape,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let opts = &cfg.topology;
+        let direct = opts.direct_connection.unwrap_or(false);
+        let desc =
+            TopologyDescription::new(&seeds, opts.replica_set.clone(), direct, opts.load_balanced);
+        let (state, _) = watch::channel(Arc::new(desc));
+        Arc::new(Topology {
+            cfg: Arc::new(cfg),
+            tls,
+            shape: Mutex::new(shape),
+            state,
+            members: Mutex::new(BTreeMap::new()),
+            info: ArcSwap::from_pointee(None),
+            metrics,
+            started: std::sync::Once::new(),
+        })
+    }
+
+    /// The seeds a configuration names directly (`mongodb+srv` names are resolved elsewhere).
+    pub fn seeds_of(cfg: &UpstreamConfig) -> Vec<String> {
+        match &cfg.seeds {
+            Seeds::Hosts(hosts) => hosts.clone(),
+            Seeds::Srv { host, .. } => vec![format!("{host}:27017")],
+        }
+    }
+
+    /// Starts a monitor and a pool for every member; idempotent. Needs a tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        self.started.call_once(|| {
+            let desc = self.state.borrow().clone();
+            self.reconcile(&desc);
+        });
+    }
+
+    /// The current description.
+    pub fn description(&self) -> Arc<TopologyDescription> {
+        self.state.borrow().clone()
+    }
+
+    pub(crate) fn heartbeat(&self) -> Duration {
+        self.cfg.topology.heartbeat_frequency
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.cfg.topology.connect_timeout
+    }
+
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
+    /// A monitor's result for one member.
+    pub(crate) fn on_check(self: &Arc<Self>, sd: ServerDescription) {
+        let before = sd.server_type;
+        let address = sd.address.clone();
+        let mut members = self.lock_members();
+        let mut desc = (**self.state.borrow()).clone();
+        let old = desc.servers.get(&address).map(|s| s.server_type);
+        if !desc.apply(sd) {
+            return;
+        }
+        if old != Some(before) {
+            tracing::info!(member = %address.escape_debug(), from = old.map_or("removed", ServerType::name), to = before.name(), topology = desc.kind.name(), "upstream member changed state");
+        }
+        self.publish(&mut members, desc);
+    }
+
+    /// A round-trip sample from a streaming member's latency task.
+    pub(crate) fn on_rtt(&self, address: &str, rtt: Duration) {
+        let _members = self.lock_members();
+        let mut desc = (**self.state.borrow()).clone();
+        if let Some(s) = desc.servers.get_mut(address) {
+            s.rtt = Some(rtt);
+            self.state.send_replace(Arc::new(desc));
+        }
+    }
+
+    /// An operation on `address` failed in a way that puts the member's state in doubt
+    /// (not primary, node recovering, network error): it becomes Unknown and is checked now.
+    /// `clear_pool` closes its idle connections too (network errors, shutdown).
+    pub fn on_failure(self: &Arc<Self>, address: &str, why: &str, clear_pool: bool) {
+        let address = normalize(address);
+        let mut members = self.lock_members();
+        let mut desc = (**self.state.borrow()).clone();
+        if desc
+            .servers
+            .get(&address)
+            .is_none_or(|s| s.server_type == ServerType::Unknown)
+        {
+            return;
+        }
+        tracing::info!(member = %address.escape_debug(), why, "upstream member marked unknown after a failed operation");
+        desc.mark_unknown(&address, why.to_string());
+        if let Some(m) = members.get(&address) {
+            if clear_pool {
+                m.pool.close_idle();
+            }
+            m.monitor.check_now.notify_one();
+        }
+        self.publish(&mut members, desc);
+    }
+
+    /// Replaces the member list after an SRV rescan (sharded clusters and unknown topologies).
+    pub fn on_srv_hosts(self: &Arc<Self>, hosts: &[String]) {
+        let mut members = self.lock_members();
+        let mut desc = (**self.state.borrow()).clone();
+        if !matches!(desc.kind, TopologyType::Sharded | TopologyType::Unknown) || hosts.is_empty() {
+            return;
+        }
+        desc.replace_seeds(hosts);
+        self.publish(&mut members, desc);
+    }
+
+    fn publish(
+        self: &Arc<Self>,
+        members: &mut BTreeMap<String, Member>,
+        desc: TopologyDescription,
+    ) {
+        let desc = Arc::new(desc);
+        self.state.send_replace(desc.clone());
+        self.reconcile_locked(members, &desc);
+        self.show(members, &desc);
+    }
+
+    fn reconcile(self: &Arc<Self>, desc: &TopologyDescription) {
+        let mut members = self.lock_members();
+        self.reconcile_locked(&mut members, desc);
+        self.show(&members, desc);
+    }
+
+    /// Starts parts for new members and stops them for members that left.
+    fn reconcile_locked(
+        self: &Arc<Self>,
+        members: &mut BTreeMap<String, Member>,
+        desc: &TopologyDescription,
+    ) {
+        members.retain(|address, _| desc.servers.contains_key(address));
+        for address in desc.servers.keys() {
+            if members.contains_key(address) {
+                continue;
+            }
+            members.insert(address.clone(), self.spawn_member(address));
+        }
+    }
+
+    fn spawn_member(self: &Arc<Self>, address: &str) -> Member {
+        let shape = *self.shape.lock().expect("shape lock");
+        let connector = TcpConnector::new(self.cfg.clone(), address.to_string(), self.tls.clone());
+        let pool = Pool::with_connector(
+            connector,
+            shape.size,
+            shape.max_pinned,
+            shape.limits,
+            self.metrics.clone(),
+        );
+        let monitor = Arc::new(MonitorHandle::default());
+        let mut tasks = Vec::new();
+        if !self.cfg.topology.load_balanced {
+            let weak = Arc::downgrade(self);
+            tasks.push(
+                tokio::spawn(monitor::run(
+                    weak.clone(),
+                    address.to_string(),
+                    monitor.clone(),
+                ))
+                .abort_handle(),
+            );
+            tasks.push(
+                tokio::spawn(monitor::measure_rtt(
+                    weak,
+                    address.to_string(),
+                    monitor.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
+        Member {
+            pool,
+            monitor,
+            tasks,
+        }
+    }
+
+    /// Updates the per-member metrics (also called on the periodic reap, for the counts).
+    fn show(&self, members: &BTreeMap<String, Member>, desc: &TopologyDescription) {
+        for (address, sd) in &desc.servers {
+            let open = members.get(address).map_or(0, |m| m.pool.open_count());
+            self.metrics
+                .set_member(address, sd.server_type.name(), open);
+        }
+        for gone in self.metrics.shown_members() {
+            if !desc.servers.contains_key(&gone) {
+                self.metrics.forget_member(&gone);
+            }
+        }
+    }
+
+    fn lock_members(&self) -> MutexGuard<'_, BTreeMap<String, Member>> {
+        self.members.lock().expect("topology lock")
+    }
+
+    /// The pool of a member that can serve `need`, waiting up to the server selection timeout
+    /// for one (an election, a member coming back).
+    pub async fn select(
+        self: &Arc<Self>,
+        need: Need<'_>,
+    ) -> Result<(String, Arc<UpstreamPool>), UpstreamError> {
+        self.start();
+        let opts = &self.cfg.topology;
+        let deadline = Instant::now() + opts.server_selection_timeout;
+        let mut changes = self.state.subscribe();
+        loop {
+            let desc = changes.borrow_and_update().clone();
+            if desc.kind == TopologyType::LoadBalanced {
+                if let Some(found) = self.only_member() {
+                    return Ok(found);
+                }
+            }
+            match select::suitable(&desc, need, opts.heartbeat_frequency, opts.local_threshold) {
+                Ok(found) => {
+                    if let Some(sd) = select::pick(&found) {
+                        if let Some(pool) = self.pool_of(&sd.address) {
+                            return Ok((sd.address.clone(), pool));
+                        }
+                    }
+                }
+                Err(NoMember::Invalid(why)) => return Err(UpstreamError::BadReadPreference(why)),
+                Err(NoMember::NoneSuitable) => {}
+            }
+            self.request_checks();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, changes.changed()).await.is_err() {
+                let why = no_member_message(&desc, need, opts.server_selection_timeout);
+                return Err(match need {
+                    Need::Write => UpstreamError::NoPrimary(why),
+                    Need::Read(_) => UpstreamError::NoMember(why),
+                });
+            }
+        }
+    }
+
+    fn only_member(&self) -> Option<(String, Arc<UpstreamPool>)> {
+        let members = self.lock_members();
+        members
+            .iter()
+            .next()
+            .map(|(a, m)| (a.clone(), m.pool.clone()))
+    }
+
+    /// The pool of the member at `address`, if it is still part of the topology.
+    pub fn pool_of(&self, address: &str) -> Option<Arc<UpstreamPool>> {
+        self.lock_members().get(address).map(|m| m.pool.clone())
+    }
+
+    /// Checks out a connection to a member that can serve `need`.
+    pub async fn checkout(self: &Arc<Self>, need: Need<'_>) -> Result<Pooled, UpstreamError> {
+        let (_, pool) = self.select(need).await?;
+        let conn = pool.checkout().await;
+        self.note_info(&pool);
+        conn
+    }
+
+    /// Checks out a connection to pin for a transaction (always a primary or a router).
+    pub async fn checkout_pinned(self: &Arc<Self>) -> Result<Pooled, UpstreamError> {
+        let (_, pool) = self.select(Need::Write).await?;
+        let conn = pool.checkout_pinned().await;
+        self.note_info(&pool);
+        conn
+    }
+
+    /// Checks out a connection to the member at `address` (a cursor continues where it was
+    /// opened); fails if the member has left.
+    pub async fn checkout_on(self: &Arc<Self>, address: &str) -> Result<Pooled, UpstreamError> {
+        let pool = self
+            .pool_of(address)
+            .ok_or_else(|| UpstreamError::MemberGone(address.to_string()))?;
+        pool.checkout().await
+    }
+
+    fn note_info(&self, pool: &UpstreamPool) {
+        if let Some(info) = pool.upstream_info() {
+            if **self.info.load() != Some(info) {
+                self.info.store(Arc::new(Some(info)));
+            }
+        }
+    }
+
+    /// What the upstream said about itself (wire versions, session timeout, flavour), from
+    /// the last member a connection was opened to.
+    pub fn upstream_info(&self) -> Option<UpstreamInfo> {
+        **self.info.load()
+    }
+
+    fn request_checks(&self) {
+        for m in self.lock_members().values() {
+            m.monitor.check_now.notify_one();
+        }
+    }
+
+    fn pools(&self) -> Vec<Arc<UpstreamPool>> {
+        self.lock_members()
+            .values()
+            .map(|m| m.pool.clone())
+            .collect()
+    }
+
+    /// Applies a reload's pool size and timeouts to every member, and to members added later.
+    pub fn reshape(&self, shape: PoolShape) {
+        *self.shape.lock().expect("shape lock") = shape;
+        for pool in self.pools() {
+            pool.resize(shape.size, shape.max_pinned);
+            pool.set_limits(shape.limits);
+        }
+    }
+
+    /// The pool shape in force.
+    pub fn shape(&self) -> PoolShape {
+        *self.shape.lock().expect("shape lock")
+    }
+
+    /// Closes idle connections past their timeout, on every member, and refreshes the
+    /// per-member metrics.
+    pub fn reap_idle(&self) {
+        for pool in self.pools() {
+            pool.reap_idle();
+        }
+        let desc = self.description();
+        self.show(&self.lock_members(), &desc);
+    }
+
+    /// Closes every idle connection (drain).
+    pub fn close_idle(&self) {
+        for pool in self.pools() {
+            pool.close_idle();
+        }
+    }
+
+    /// Open pooled connections across members.
+    pub fn open_count(&self) -> usize {
+        self.pools().iter().map(|p| p.open_count()).sum()
+    }
+}
+
+fn no_member_message(desc: &TopologyDescription, need: Need<'_>, waited: Duration) -> String {
+    let wanted = match need {
+        Need::Write => "a primary".to_string(),
+        Need::Read(rp) => format!("a member for read preference {}", rp.mode.name()),
+    };
+    let members: Vec<String> = desc
+        .servers
+        .values()
+        .map(|s| match &s.error {
+            Some(e) => format!("{} {} ({})", s.address, s.server_type.name(), e),
+            None => format!("{} {}", s.address, s.server_type.name()),
+        })
+        .collect();
+    format!(
+        "no upstream member available: waited {waited:?} for {wanted}; topology {} [{}]",
+        desc.kind.name(),
+        members.join(", ")
+    )
+}
