@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Upstream connections one gateway may open (its --pool-size) in this suite.
 POOL_SIZE = 4
 UPSTREAM_USER = "mongomux"
+# Monitoring connections a gateway keeps to each FerretDB member beside its pool (see
+# Gateway.upstream_limit and docs/configuration.md).
+MONITOR_CONNECTIONS = 1
 
 _running: list["Proc"] = []  # for log tails on failure, and the atexit backstop
 
@@ -248,6 +251,14 @@ class Gateway:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def upstream_limit(self) -> int:
+        """The most connections the upstream (one FerretDB) may see from this gateway: the
+        pool, plus the member's monitoring connection (FerretDB reports no topologyVersion, so
+        the monitor polls on one connection; a streaming member would get a second one for
+        round-trip times). Monitoring connections are not pooled and not counted in pool_size."""
+        return self.pool_size + MONITOR_CONNECTIONS
 
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/"

@@ -54,8 +54,8 @@ def healthy(gateway, ferretdb, clients, seeded):
         for i in random.sample(range(HEALTH_DOCS), 20):
             assert coll.find_one({"_id": i}) == {"_id": i, "tag": f"doc-{i}"}
         assert coll.count_documents({}) == HEALTH_DOCS
-    assert sampler.max <= gateway.pool_size, \
-        f"pool size {gateway.pool_size}, but FerretDB saw {sampler.describe()}"
+    assert sampler.max <= gateway.upstream_limit, \
+        f"pool size {gateway.pool_size} + monitoring, but FerretDB saw {sampler.describe()}"
 
 
 def reply_or_close(sock, what: str):
@@ -314,4 +314,4 @@ def test_disconnect_before_reading_large_reply(gateway, ferretdb, clients, healt
             t.join(30)
     assert not errors, errors[:5]
     # Once things settle, the gateway holds at most pool-size upstream connections.
-    assert upstream_connections(ferretdb.port, gateway.pid) <= gateway.pool_size
+    assert upstream_connections(ferretdb.port, gateway.pid) <= gateway.upstream_limit

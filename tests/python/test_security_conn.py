@@ -155,7 +155,7 @@ def test_authenticated_logout_logs_out_only_the_client(gateways, users):
 def test_a_session_whose_request_got_no_answer_is_not_recorded(gateways):
     """With one session allowed per connection, a request in a session that never reached the
     upstream (nothing listens there) must not use up that one session."""
-    dead = f"mongodb://127.0.0.1:{free_port()}/"
+    dead = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
     gw = start_gateway(gateways.upstream, gateways.logdir, name=f"mongomux-dead-{secrets.token_hex(2)}",
                        upstream_uri=dead, extra_args=("--max-sessions-per-client", "1",
                                                       "--checkout-timeout", "500ms"))

@@ -18,7 +18,8 @@ use crate::limits::{AuthLimiter, SourceCounts};
 use crate::metrics::Metrics;
 use crate::route::Routes;
 use crate::settings::Settings;
-use crate::upstream::{Pool, PoolSettings};
+use crate::upstream::topology::{PoolShape, Topology};
+use crate::upstream::PoolLimits;
 
 /// The settings in force, swapped whole on reload, and the signal that tells sessions so.
 #[derive(Debug)]
@@ -92,8 +93,8 @@ impl Ids {
 pub struct Shared {
     /// Settings in force.
     pub live: Arc<Live>,
-    /// Upstream connections.
-    pub pool: Arc<Pool>,
+    /// The upstream deployment: members, their monitors and pools.
+    pub upstream: Arc<Topology>,
     /// Cursor ownership, sessions, pinned transactions.
     pub routes: Arc<Routes>,
     /// Counters and gauges.
@@ -126,7 +127,13 @@ impl Shared {
             session_key: SessionKey::effective(settings.session_key.as_ref()),
         };
         Shared {
-            pool: Pool::new(pool_settings(&settings), metrics.clone()),
+            upstream: Topology::new(
+                settings.upstream.clone(),
+                Topology::seeds_of(&settings.upstream),
+                settings.upstream_tls.clone(),
+                pool_shape(&settings),
+                metrics.clone(),
+            ),
             clients: Arc::new(ClientLimit::new(settings.max_clients)),
             live: Arc::new(Live {
                 settings: ArcSwap::from_pointee(settings),
@@ -147,15 +154,15 @@ impl Shared {
     }
 }
 
-/// What the upstream pool is built from.
-fn pool_settings(settings: &Settings) -> PoolSettings {
-    PoolSettings {
-        tls: settings.upstream_tls.clone(),
-        upstream: settings.upstream.clone(),
+/// How each member's pool is shaped.
+pub fn pool_shape(settings: &Settings) -> PoolShape {
+    PoolShape {
         size: settings.pool_size,
         max_pinned: settings.max_pinned,
-        checkout_timeout: settings.checkout_timeout,
-        connect_timeout: settings.connect_timeout,
-        idle_timeout: settings.idle_timeout,
+        limits: PoolLimits {
+            checkout_timeout: settings.checkout_timeout,
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.idle_timeout,
+        },
     }
 }

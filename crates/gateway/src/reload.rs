@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use crate::context::Shared;
 use crate::settings::{ConfigError, RawConfig, Settings, SettingsChange};
-use crate::upstream::PoolLimits;
 
 /// Validates `raw` (all layers applied) and applies it; on error nothing changes.
 pub fn reload(gateway: &Shared, raw: RawConfig) -> Result<SettingsChange, ConfigError> {
@@ -22,12 +21,7 @@ pub fn apply(gateway: &Shared, mut new: Settings) -> SettingsChange {
     let change = SettingsChange::reconcile(&old, &mut new);
     gateway.clients.set_total(new.max_clients);
     gateway.edge.sts.set_timeout(new.sts_timeout);
-    gateway.pool.resize(new.pool_size, new.max_pinned);
-    gateway.pool.set_limits(PoolLimits {
-        checkout_timeout: new.checkout_timeout,
-        connect_timeout: new.connect_timeout,
-        idle_timeout: new.idle_timeout,
-    });
+    gateway.upstream.reshape(crate::context::pool_shape(&new));
     gateway.live.settings.store(Arc::new(new));
     gateway.live.signal_reload();
     change

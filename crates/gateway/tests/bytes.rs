@@ -23,7 +23,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn start_gateway() -> SocketAddr {
     let cfg = mongomux_gateway::Settings::from_toml(
-        "listen = \"127.0.0.1:0\"\nupstream = \"mongodb://127.0.0.1:1\"\nhandshake_timeout = \"1s\"\n",
+        "listen = \"127.0.0.1:0\"\nupstream = \"mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500\"\nhandshake_timeout = \"1s\"\n",
     )
     .unwrap();
     let gw = mongomux_gateway::Gateway::bind(cfg).await.unwrap();
@@ -457,13 +457,27 @@ async fn forwarded_command_with_upstream_down_is_retryable_error() {
         &op_msg(71, &rawdoc! { "find": "c", "filter": {}, "$db": "test" }),
     )
     .await;
+    // No member answers: after the server selection timeout, the error a mongos gives, naming
+    // the member and why it is down.
     let reply = read_msg_reply(&mut s, 71).await;
-    assert_eq!(assert_error(&reply), 6, "{reply}");
+    assert_eq!(assert_error(&reply), 133, "{reply}");
+    let msg = reply.get_str("errmsg").unwrap();
+    assert!(
+        msg.contains("no upstream member available") && msg.contains("127.0.0.1:1"),
+        "{reply}"
+    );
+    // A retryable write gets the label that makes the driver retry it once.
+    let insert = rawdoc! { "insert": "c", "documents": [{"a": 1}], "$db": "test",
+    "lsid": {"id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] }},
+    "txnNumber": 1_i64 };
+    send(&mut s, &op_msg(72, &insert)).await;
+    let reply = read_msg_reply(&mut s, 72).await;
+    assert_eq!(assert_error(&reply), 133, "{reply}");
     assert!(
         labels(&reply).iter().any(|l| l == "RetryableWriteError"),
         "{reply}"
     );
-    assert_usable(&mut s, 72).await;
+    assert_usable(&mut s, 73).await;
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use mongomux_wire::OpMsg;
 use super::namespaces::{self, Namespace};
 use super::table::{self, Access, Kind, Spec};
 use crate::error::GatewayError;
+use crate::upstream::read_pref::ReadPreference;
 
 /// Length of a session UUID (`lsid.id`, binary subtype 4).
 const UUID_LEN: usize = 16;
@@ -83,6 +84,8 @@ pub struct CommandView {
     pub server_stage: Option<String>,
     /// Whether a `$readPreference` was given.
     pub has_read_preference: bool,
+    /// The `$readPreference`, decoded and checked, when one was given.
+    pub read_preference: Option<ReadPreference>,
     /// Offsets in the message of the 16-byte UUIDs of `endSessions`.
     end_session_uuids: Vec<usize>,
     /// Offset in the message of the `lsid` document.
@@ -127,6 +130,7 @@ impl CommandView {
             namespaces: Vec::new(),
             server_stage: None,
             has_read_preference: false,
+            read_preference: None,
             end_session_uuids: Vec::new(),
             lsid_at: 0,
         };
@@ -239,7 +243,18 @@ impl CommandView {
             b"txnNumber" => self.txn_number = element.as_i64(),
             b"autocommit" => self.in_transaction = element.as_bool() == Some(false),
             b"startTransaction" => self.start_transaction = element.as_bool() == Some(true),
-            b"$readPreference" => self.has_read_preference = true,
+            b"$readPreference" => {
+                self.has_read_preference = true;
+                let doc = element
+                    .as_document()
+                    .and_then(|d| bson::RawDocument::from_bytes(d).ok())
+                    .ok_or_else(|| {
+                        GatewayError::BadCommand("$readPreference must be a document".into())
+                    })?;
+                let rp = ReadPreference::from_document(doc)
+                    .map_err(|e| GatewayError::BadCommand(e.to_string()))?;
+                self.read_preference = Some(rp);
+            }
             _ => {}
         }
         Ok(())

@@ -108,7 +108,7 @@ impl Gateway {
         }
         tokio::spawn(reaper(shared.clone()));
         tokio::spawn({
-            let pool = shared.pool.clone();
+            let pool = shared.upstream.clone();
             let deadline = shared.live.settings.load().handshake_timeout;
             async move { session::handshake::ensure_upstream_info(&pool, deadline).await }
         });
@@ -123,7 +123,7 @@ impl Gateway {
                 "drain deadline reached; closing remaining clients"
             ),
         }
-        shared.pool.close_idle();
+        shared.upstream.close_idle();
     }
 }
 
@@ -238,7 +238,7 @@ async fn reaper(shared: Shared) {
     let mut draining = shared.draining.clone();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => shared.pool.reap_idle(),
+            _ = tokio::time::sleep(every) => shared.upstream.reap_idle(),
             _ = draining.changed() => return,
         }
     }

@@ -7,13 +7,17 @@ use std::collections::HashMap;
 use bson::{doc, Bson, RawDocumentBuf};
 
 use super::Pinned;
-use crate::upstream::{Pool, UpstreamError};
+use std::sync::Arc;
+
+use crate::upstream::topology::select::Need;
+use crate::upstream::topology::Topology;
+use crate::upstream::UpstreamError;
 
 /// What a departing client connection leaves to clean up upstream.
 #[derive(Debug, Default)]
 pub struct Leftovers {
-    /// Cursor ids to kill, by namespace.
-    pub cursors: HashMap<String, Vec<i64>>,
+    /// Cursor ids to kill, by the member they live on and namespace.
+    pub cursors: HashMap<(Arc<str>, String), Vec<i64>>,
     sessions: Vec<RawDocumentBuf>,
     transactions: Vec<(RawDocumentBuf, Pinned)>,
 }
@@ -36,7 +40,7 @@ impl Leftovers {
     }
 
     /// Aborts the open transactions, kills the cursors and ends the sessions upstream.
-    pub async fn release(self, pool: &std::sync::Arc<Pool>) {
+    pub async fn release(self, upstream: &Arc<Topology>) {
         for (lsid, mut p) in self.transactions {
             let abort = doc! {
                 "abortTransaction": 1,
@@ -55,25 +59,28 @@ impl Leftovers {
             .iter()
             .filter_map(|d| d.to_document().ok().map(Bson::Document))
             .collect();
-        if self.cursors.is_empty() && sessions.is_empty() {
-            return;
-        }
-        let Ok(mut conn) = pool.checkout().await else {
-            tracing::debug!("no upstream connection to release a departed client's cursors");
-            return;
-        };
-        let mut clean = true;
-        for (ns, ids) in self.cursors {
+        // Each cursor dies on the member it lives on; a member that left took them along.
+        for ((member, ns), ids) in self.cursors {
+            let Ok(mut conn) = upstream.checkout_on(&member).await else {
+                tracing::debug!("no upstream connection to release a departed client's cursors");
+                continue;
+            };
             let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
             let kill = doc! { "killCursors": coll, "cursors": ids, "$db": db };
-            clean &= !is_transport_error(&conn.conn().command(&kill).await);
+            if !is_transport_error(&conn.conn().command(&kill).await) {
+                conn.release();
+            }
         }
-        if !sessions.is_empty() && clean {
-            let end = doc! { "endSessions": sessions, "$db": "admin" };
-            // Servers without sessions answer CommandNotFound; that is fine.
-            clean &= !is_transport_error(&conn.conn().command(&end).await);
+        if sessions.is_empty() {
+            return;
         }
-        if clean {
+        let Ok(mut conn) = upstream.checkout(Need::Write).await else {
+            tracing::debug!("no upstream connection to end a departed client's sessions");
+            return;
+        };
+        let end = doc! { "endSessions": sessions, "$db": "admin" };
+        // Servers without sessions answer CommandNotFound; that is fine.
+        if !is_transport_error(&conn.conn().command(&end).await) {
             conn.release();
         }
     }

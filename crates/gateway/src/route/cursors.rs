@@ -137,6 +137,12 @@ impl Cursors {
     }
 
     /// Forgets a cursor.
+    /// The member cursor `id` lives on, if it is tracked.
+    pub fn member_of(&self, id: i64) -> Option<Arc<str>> {
+        self.by_id.get(&id).map(|c| c.conn.address.clone())
+    }
+
+    /// Forgets cursor `id`.
     pub fn remove(&mut self, id: i64) -> Option<Cursor> {
         let cursor = self.by_id.remove(&id)?;
         count(&mut self.per_connection, cursor.opener.connection, false);

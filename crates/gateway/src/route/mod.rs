@@ -107,6 +107,11 @@ impl Routes {
         Ok(())
     }
 
+    /// The member cursor `id` was opened on (`getMore` and `killCursors` must go there).
+    pub fn cursor_member(&self, id: i64) -> Option<Arc<str>> {
+        self.lock().cursors.member_of(id)
+    }
+
     /// Forgets a cursor that is exhausted or killed; returns its namespace if it was known.
     pub fn remove_cursor(&self, id: i64) -> Option<String> {
         let removed = self.lock().cursors.remove(id)?;
@@ -150,10 +155,13 @@ impl Routes {
             }
             tables.cursors.take_orphans(connection, &gone)
         };
-        let mut by_ns: HashMap<String, Vec<i64>> = HashMap::new();
+        let mut by_ns: HashMap<(Arc<str>, String), Vec<i64>> = HashMap::new();
         for (id, c) in orphans {
             self.forget(&c);
-            by_ns.entry(c.ns).or_default().push(id);
+            by_ns
+                .entry((c.conn.address.clone(), c.ns))
+                .or_default()
+                .push(id);
         }
         out.cursors = by_ns;
         out

@@ -121,7 +121,7 @@ impl Session {
             Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions => {}
         }
         // Whatever reaches a shared upstream connection must not be able to break it.
-        let refused = match self.shared.pool.upstream_info().map(|i| i.flavor) {
+        let refused = match self.shared.upstream.upstream_info().map(|i| i.flavor) {
             Some(Flavor::FerretDbV1) => TypeSet::FERRETDB_V1_UNSUPPORTED,
             _ => TypeSet::EMPTY,
         };
@@ -175,7 +175,7 @@ impl Session {
             tracing::info!(peer = %self.peer, "client logged out");
             let used = std::mem::take(&mut self.used_sessions);
             let left = self.shared.routes.leave(self.connection_id, &used);
-            Box::pin(left.release(&self.shared.pool)).await;
+            Box::pin(left.release(&self.shared.upstream)).await;
         }
         if view.more_to_come {
             return Outcome::Silent;

@@ -15,22 +15,35 @@ use mongomux_wire::{rewrite_ids, strip_checksum, MsgFlags, OpMsg};
 use super::reply::Outcome;
 use super::{client_gone, Session};
 use crate::command::reply::ReplyFacts;
-use crate::command::CommandView;
+use crate::command::{Access, CommandView, Kind};
 use crate::error::GatewayError;
 use crate::route::{CursorLimit, Opener, Owner, Pinned};
+use crate::upstream::read_pref::ReadPreference;
+use crate::upstream::topology::select::Need;
 use crate::upstream::{ConnMeta, PooledConn, UpstreamError};
 
 impl Session {
     /// Forwards a request upstream and relays the reply, keeping the routing tables current.
-    pub(super) async fn forward(&mut self, mut frame: BytesMut, view: &CommandView) -> Outcome {
+    ///
+    /// A reply saying the member is no longer primary (or is recovering), or a network error,
+    /// marks the member Unknown; a request that may safely run again (a read outside a
+    /// transaction, or a retryable write, which the server deduplicates by `txnNumber`) then
+    /// goes once more to whichever member selection finds, waiting for an election if need be.
+    pub(super) async fn forward(&mut self, frame: BytesMut, view: &CommandView) -> Outcome {
+        self.forward_on(frame, view, None).await
+    }
+
+    /// [`Session::forward`], to the member `on` when it is given (cursors already untracked).
+    async fn forward_on(
+        &mut self,
+        mut frame: BytesMut,
+        view: &CommandView,
+        on: Option<Arc<str>>,
+    ) -> Outcome {
         let in_txn = view.in_transaction;
         if let Err(e) = self.check_session_bound(view) {
             return self.replier().error(view.request_id, e, in_txn);
         }
-        let mut conn = match self.connection_for(view).await {
-            Ok(c) => c,
-            Err(e) => return self.replier().error(view.request_id, e.into(), in_txn),
-        };
         // Exhaust replies cannot be multiplexed, so the upstream is never allowed to stream.
         // moreToCome is cleared too: some servers (FerretDB 1.x) reply to it anyway, and a
         // reply nobody reads would poison the pooled connection. The gateway waits for that
@@ -41,35 +54,84 @@ impl Session {
             MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME,
         );
         frame.truncate(len);
+        let mut retry_left = may_run_twice(view);
+        loop {
+            let mut conn = match self.connection_for(view, on.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => return self.replier().error(view.request_id, e.into(), in_txn),
+            };
+            let member = conn.conn().meta.address.clone();
+            let reply = match self.exchange(&mut conn, &mut frame, view).await {
+                Exchanged::Reply(r) => r,
+                Exchanged::ClientGone => return Outcome::Close,
+                Exchanged::Failed(e) => {
+                    // Dropping `conn` closes it: its state is unknown.
+                    drop(conn);
+                    self.shared
+                        .upstream
+                        .on_failure(&member, &e.to_string(), true);
+                    if std::mem::take(&mut retry_left) {
+                        continue;
+                    }
+                    if view.more_to_come {
+                        return Outcome::Silent;
+                    }
+                    return self.replier().error(view.request_id, e.into(), in_txn);
+                }
+            };
+            if let Some(code) = state_change(&reply) {
+                // The member answered cleanly, so the connection is fine; the member is not.
+                conn.release();
+                let why = format!("member answered error {code} (not primary or recovering)");
+                self.shared
+                    .upstream
+                    .on_failure(&member, &why, SHUTTING_DOWN.contains(&code));
+                if std::mem::take(&mut retry_left) {
+                    continue;
+                }
+                if view.more_to_come {
+                    return Outcome::Silent;
+                }
+                let e = UpstreamError::NoPrimary(format!(
+                    "upstream member {} stopped being primary during the operation ({why}); retry",
+                    member.escape_debug()
+                ));
+                return self.replier().error(view.request_id, e.into(), in_txn);
+            }
+            return self.settle(conn, reply, view).await;
+        }
+    }
+
+    /// Sends the request on `conn` and waits for its reply, or for the client to leave.
+    async fn exchange(
+        &self,
+        conn: &mut PooledConn,
+        frame: &mut BytesMut,
+        view: &CommandView,
+    ) -> Exchanged {
         let started = Instant::now();
         let result = tokio::select! {
-            r = conn.conn().round_trip(&mut frame) => r,
+            r = conn.conn().round_trip(frame) => r,
             // A client that hung up will never read the reply: stop waiting for it and free the
             // slot. Dropping `conn` mid-exchange closes it, which also cancels the operation on
             // servers that tie operations to their connection.
             // An unacknowledged write is still carried out when its client leaves at once.
             _ = client_gone(self.framed.get_ref().tcp()), if !view.more_to_come => {
                 tracing::debug!(peer = %self.peer, "client left while its request was upstream");
-                return Outcome::Close;
+                return Exchanged::ClientGone;
             }
         };
         self.shared
             .metrics
             .upstream_latency
             .observe(started.elapsed());
-        let reply = match result {
-            // Dropping `conn` here closes it: its state is unknown.
-            Ok(r) => r,
-            Err(e) if view.more_to_come => {
-                tracing::debug!(peer = %self.peer, error = %e, "unacknowledged write failed upstream");
-                return Outcome::Silent;
-            }
+        match result {
+            Ok(r) => Exchanged::Reply(r),
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "upstream exchange failed");
-                return self.replier().error(view.request_id, e.into(), in_txn);
+                Exchanged::Failed(e)
             }
-        };
-        self.settle(conn, reply, view).await
+        }
     }
 
     /// After a completed exchange: records the session and the reply's cursor, kills a cursor
@@ -151,19 +213,35 @@ impl Session {
     }
 
     /// The connection a request goes out on: its transaction's pinned one, a newly pinned one
-    /// for a transaction's first statement, or any pooled one.
-    async fn connection_for(&self, view: &CommandView) -> Result<PooledConn, UpstreamError> {
+    /// (on the primary) for a transaction's first statement, one on the member a cursor lives
+    /// on for `getMore` and `killCursors`, or one on a member selected for the request.
+    async fn connection_for(
+        &self,
+        view: &CommandView,
+        on: Option<&str>,
+    ) -> Result<PooledConn, UpstreamError> {
+        let upstream = &self.shared.upstream;
         let pinned = match (&view.lsid, view.in_transaction) {
             (Some(lsid), true) => self.shared.routes.take_pinned(lsid.as_bytes()),
             _ => None,
         };
-        match pinned {
-            Some(p) => Ok(p.conn),
-            None if view.in_transaction && view.start_transaction => {
-                self.shared.pool.checkout_pinned().await
-            }
-            None => self.shared.pool.checkout().await,
+        if let Some(p) = pinned {
+            return Ok(p.conn);
         }
+        if view.in_transaction && view.start_transaction {
+            return upstream.checkout_pinned().await;
+        }
+        if let Some(member) = on {
+            return upstream.checkout_on(member).await;
+        }
+        if let Some(member) = view
+            .cursor_id
+            .and_then(|id| self.shared.routes.cursor_member(id))
+        {
+            return upstream.checkout_on(&member).await;
+        }
+        let default = upstream.default_read_preference();
+        upstream.checkout(need_of(view, default)).await
     }
 
     /// After a clean exchange: keep a transaction's connection pinned until the transaction
@@ -265,11 +343,15 @@ impl Session {
         };
         let (owned, foreign): (Vec<i64>, Vec<i64>) =
             ids.iter().partition(|id| self.may_use_cursor(**id, view));
+        // Cursors of one killCursors come from one find or aggregate: one member.
+        let member = owned
+            .first()
+            .and_then(|id| self.shared.routes.cursor_member(*id));
         for id in &owned {
             self.shared.routes.remove_cursor(*id);
         }
         if foreign.is_empty() {
-            return self.forward(frame, view).await;
+            return self.forward_on(frame, view, member).await;
         }
         let mut reply = doc! {
             "cursorsKilled": [], "cursorsNotFound": foreign.clone(),
@@ -278,7 +360,11 @@ impl Session {
         if !owned.is_empty() {
             let coll = view.collection.clone().unwrap_or_default();
             let kill = doc! { "killCursors": coll, "cursors": owned, "$db": &view.db };
-            let mut conn = match self.shared.pool.checkout().await {
+            let conn = match &member {
+                Some(m) => self.shared.upstream.checkout_on(m).await,
+                None => self.shared.upstream.checkout(Need::Write).await,
+            };
+            let mut conn = match conn {
                 Ok(c) => c,
                 Err(e) => return self.replier().error(view.request_id, e.into(), false),
             };
@@ -312,6 +398,50 @@ impl Session {
         }
         self.replier().reply(view.request_id, &doc! { "ok": 1.0 })
     }
+}
+
+/// How one exchange ended.
+enum Exchanged {
+    Reply(BytesMut),
+    ClientGone,
+    Failed(UpstreamError),
+}
+
+/// "Not primary" and "node is recovering" codes (the SDAM specification's error handling):
+/// the member's state changed under the operation.
+const NOT_PRIMARY: [i32; 3] = [10107, 13435, 10058];
+const RECOVERING: [i32; 5] = [11600, 11602, 13436, 189, 91];
+/// Of those, the ones that mean the member is going away: its idle connections are closed.
+const SHUTTING_DOWN: [i32; 2] = [11600, 91];
+
+/// The state-change code of an error reply, if it is one.
+fn state_change(reply: &[u8]) -> Option<i32> {
+    let msg = OpMsg::parse(reply).ok()?;
+    let code = ReplyFacts::read(msg.body).error_code?;
+    (NOT_PRIMARY.contains(&code) || RECOVERING.contains(&code)).then_some(code)
+}
+
+/// Whether running the request a second time cannot do anything twice: a read outside a
+/// transaction, or a retryable write (the server deduplicates it by `lsid` and `txnNumber`).
+fn may_run_twice(view: &CommandView) -> bool {
+    // A cursor lives on one member: its getMore cannot move (drivers do not retry it either).
+    if view.in_transaction || view.more_to_come || view.spec.kind != Kind::Forward {
+        return false;
+    }
+    match view.spec.access {
+        Access::Read => !view.writes,
+        Access::Write => view.txn_number.is_some() && view.lsid.is_some(),
+        _ => false,
+    }
+}
+
+/// What a request needs from a member: reads follow their `$readPreference` (or the URI's
+/// default); everything else, and reads that write (`$out`, `$merge`), needs the primary.
+fn need_of<'a>(view: &'a CommandView, default: &'a ReadPreference) -> Need<'a> {
+    if view.spec.access != Access::Read || view.writes {
+        return Need::Write;
+    }
+    Need::Read(view.read_preference.as_ref().unwrap_or(default))
 }
 
 /// Whether a reply says the upstream connection itself is not logged in (code 13, "requires

@@ -18,16 +18,14 @@ use super::reply::Outcome;
 use super::Session;
 use crate::command::CommandView;
 use crate::identity::users::UserStore;
-use crate::upstream::{Pool, UpstreamInfo};
+use crate::upstream::topology::Topology;
+use crate::upstream::UpstreamInfo;
 
 /// Learns the upstream's wire versions if no connection has done so yet, within `deadline`.
-pub async fn ensure_upstream_info(pool: &Arc<Pool>, deadline: Duration) {
-    if pool.upstream_info().is_some() {
-        return;
-    }
-    if let Ok(Ok(conn)) = tokio::time::timeout(deadline, pool.checkout()).await {
-        conn.release();
-    }
+pub async fn ensure_upstream_info(upstream: &Arc<Topology>, deadline: Duration) {
+    upstream
+        .learn_info(tokio::time::Instant::now() + deadline)
+        .await;
 }
 
 /// Builds the hello reply for a request whose command name is `name`.
@@ -71,8 +69,8 @@ impl Session {
     /// The hello reply for `body`, in this client's connection.
     pub(super) async fn hello_document(&self, name: &str, body: &RawDocument) -> Document {
         let deadline = self.shared.live.settings.load().handshake_timeout;
-        Box::pin(ensure_upstream_info(&self.shared.pool, deadline)).await;
-        let info = self.shared.pool.upstream_info().unwrap_or_default();
+        Box::pin(ensure_upstream_info(&self.shared.upstream, deadline)).await;
+        let info = self.shared.upstream.upstream_info().unwrap_or_default();
         hello_reply(
             info,
             self.shared.ids.service_id,

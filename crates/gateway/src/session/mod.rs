@@ -83,7 +83,7 @@ pub async fn run(
     let left = shared
         .routes
         .leave(session.connection_id, &session.used_sessions);
-    Box::pin(left.release(&shared.pool)).await;
+    Box::pin(left.release(&shared.upstream)).await;
     shared.metrics.client_connections.dec();
     tracing::debug!(peer = %peer, "client disconnected");
 }

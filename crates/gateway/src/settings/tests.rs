@@ -205,7 +205,7 @@ async fn reload_applies_live_settings_and_reports_restart_ones() {
     assert_eq!(now.listen.port(), 0);
     assert_eq!(now.pool_size, 20, "the pool is resized live");
     assert_eq!(now.max_pinned, 10);
-    assert_eq!(ctx.pool.size(), 20);
+    assert_eq!(ctx.upstream.shape().size, 20);
     assert_eq!(now.upstream.scram_user().map(|u| u.0), Some("u"));
     assert_eq!(ctx.live.reload_count(), 1);
 

@@ -43,20 +43,19 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
     if hosts.is_empty() {
         return Err(ConfigError::Invalid("upstream URI has no host".into()));
     }
-    if hosts.contains(',') {
-        return Err(ConfigError::Invalid(
-            "upstream URI lists several hosts; mongomux connects to one upstream address (a mongos or a load balancer)".into(),
-        ));
-    }
-    let address = if hosts.starts_with('[')
-        || hosts
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        hosts.to_string()
-    } else {
-        format!("{hosts}:27017")
-    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(|h| {
+            if h.starts_with('[')
+                || h.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                h.to_string()
+            } else {
+                format!("{h}:27017")
+            }
+        })
+        .collect();
     let (path, query) = match tail.split_once('?') {
         Some((p, q)) => (p, q),
         None => (tail, ""),
@@ -66,6 +65,12 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
     let mut mechanism = None;
     let mut tls = false;
     let mut tls_ca_file = None;
+    let mut topology = crate::upstream::TopologyOptions::default();
+    let ms = |v: &str| -> Result<std::time::Duration, ConfigError> {
+        v.parse::<u64>()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| ConfigError::Invalid("a *MS upstream URI option is not a number".into()))
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k.to_ascii_lowercase().as_str() {
@@ -79,15 +84,23 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
             }
             "tls" | "ssl" => tls = v.eq_ignore_ascii_case("true"),
             "tlscafile" => tls_ca_file = Some(PathBuf::from(percent_decode(v)?)),
+            "replicaset" => topology.replica_set = Some(percent_decode(v)?),
+            "directconnection" => topology.direct_connection = Some(v == "true"),
+            "serverselectiontimeoutms" => topology.server_selection_timeout = ms(v)?,
+            "heartbeatfrequencyms" => topology.heartbeat_frequency = ms(v)?,
+            "localthresholdms" => topology.local_threshold = ms(v)?,
+            "connecttimeoutms" => topology.connect_timeout = ms(v)?,
+            "readpreference" => {
+                let mode = crate::upstream::read_pref::ReadMode::from_name(v).ok_or_else(|| {
+                    ConfigError::Invalid(format!("unknown upstream readPreference {v:?}"))
+                })?;
+                topology.read_preference = crate::upstream::read_pref::ReadPreference {
+                    mode,
+                    ..Default::default()
+                };
+            }
             // Options that describe client behaviour the gateway does not need.
-            "directconnection"
-            | "appname"
-            | "retrywrites"
-            | "retryreads"
-            | "w"
-            | "maxpoolsize"
-            | "serverselectiontimeoutms"
-            | "connecttimeoutms" => {}
+            "appname" | "retrywrites" | "retryreads" | "w" | "maxpoolsize" => {}
             other => {
                 return Err(ConfigError::Invalid(format!(
                     "unsupported upstream URI option {other:?}"
@@ -102,7 +115,9 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
             default_db.to_string()
         }
     });
-    let mut cfg = UpstreamConfig::single(address);
+    let mut cfg = UpstreamConfig::single(String::new());
+    cfg.seeds = crate::upstream::Seeds::Hosts(seeds);
+    cfg.topology = topology;
     cfg.auth = match (username, password) {
         (Some(username), password) => UpstreamAuth::Scram {
             username,
@@ -177,7 +192,6 @@ mod tests {
         let u = parse_uri("mongodb://u:p@h:1/app").unwrap();
         assert!(matches!(&u.auth, UpstreamAuth::Scram { source, .. } if source == "app"));
         assert!(parse_uri("http://h").is_err());
-        assert!(parse_uri("mongodb://a,b").is_err());
         let err = parse_uri("mongodb://u:secretpw@h/?bogus=1").unwrap_err();
         assert!(!err.to_string().contains("secretpw"));
     }

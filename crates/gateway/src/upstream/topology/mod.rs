@@ -126,6 +126,11 @@ impl Topology {
         self.state.borrow().clone()
     }
 
+    /// The read preference of requests that carry none (the URI's).
+    pub fn default_read_preference(&self) -> &crate::upstream::read_pref::ReadPreference {
+        &self.cfg.topology.read_preference
+    }
+
     pub(crate) fn heartbeat(&self) -> Duration {
         self.cfg.topology.heartbeat_frequency
     }
@@ -325,6 +330,58 @@ impl Topology {
                     Need::Read(_) => UpstreamError::NoMember(why),
                 });
             }
+        }
+    }
+
+    /// Waits until every member has been checked once (answered or failed), at most until
+    /// `deadline`: before that, "no member" means "not known yet", not "down".
+    pub async fn wait_checked(self: &Arc<Self>, deadline: Instant) {
+        self.start();
+        let mut changes = self.state.subscribe();
+        loop {
+            let checked = changes
+                .borrow_and_update()
+                .servers
+                .values()
+                .all(|s| s.server_type != ServerType::Unknown || s.error.is_some());
+            if checked {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// A member that can serve `need` now, without waiting.
+    pub fn select_now(&self, need: Need<'_>) -> Option<Arc<UpstreamPool>> {
+        let opts = &self.cfg.topology;
+        let desc = self.description();
+        if desc.kind == TopologyType::LoadBalanced {
+            return self.only_member().map(|(_, p)| p);
+        }
+        let found =
+            select::suitable(&desc, need, opts.heartbeat_frequency, opts.local_threshold).ok()?;
+        self.pool_of(&select::pick(&found)?.address)
+    }
+
+    /// Learns the upstream's facts (wire versions, flavour) through a pooled connection, if
+    /// no connection has yet, waiting at most until `deadline` and never for a member that
+    /// is known to be down.
+    pub async fn learn_info(self: &Arc<Self>, deadline: Instant) {
+        if self.upstream_info().is_some() {
+            return;
+        }
+        self.wait_checked(deadline).await;
+        let Some(pool) = self.select_now(Need::Write) else {
+            return;
+        };
+        if let Ok(Ok(conn)) = tokio::time::timeout_at(deadline, pool.checkout()).await {
+            conn.release();
+            self.note_info(&pool);
         }
     }
 

@@ -117,7 +117,7 @@ impl TopologyDescription {
         self.servers.insert(address.clone(), sd);
         match self.kind {
             TopologyType::Single | TopologyType::LoadBalanced => {}
-            TopologyType::Unknown => self.from_unknown(&address, server_type),
+            TopologyType::Unknown => self.update_unknown(&address, server_type),
             TopologyType::Sharded => {
                 if !matches!(server_type, ServerType::Unknown | ServerType::Mongos) {
                     self.servers.remove(&address);
@@ -130,7 +130,7 @@ impl TopologyDescription {
         true
     }
 
-    fn from_unknown(&mut self, address: &str, server_type: ServerType) {
+    fn update_unknown(&mut self, address: &str, server_type: ServerType) {
         match server_type {
             ServerType::Standalone => {
                 if self.servers.len() == 1 {
@@ -142,11 +142,11 @@ impl TopologyDescription {
             ServerType::Mongos => self.kind = TopologyType::Sharded,
             ServerType::RsPrimary => {
                 self.kind = TopologyType::ReplicaSetNoPrimary;
-                self.from_primary(address);
+                self.update_from_primary(address);
             }
             ServerType::RsSecondary | ServerType::RsArbiter | ServerType::RsOther => {
                 self.kind = TopologyType::ReplicaSetNoPrimary;
-                self.from_member(address);
+                self.update_from_member(address);
             }
             _ => {}
         }
@@ -157,9 +157,9 @@ impl TopologyDescription {
             ServerType::Standalone | ServerType::Mongos | ServerType::LoadBalancer => {
                 self.servers.remove(address);
             }
-            ServerType::RsPrimary => self.from_primary(address),
+            ServerType::RsPrimary => self.update_from_primary(address),
             ServerType::RsSecondary | ServerType::RsArbiter | ServerType::RsOther => {
-                self.from_member(address)
+                self.update_from_member(address)
             }
             ServerType::Unknown | ServerType::RsGhost => {}
         }
@@ -168,7 +168,7 @@ impl TopologyDescription {
 
     /// A non-primary member's view: its set name must match, its `me` must be its address; with
     /// no primary known its member list adds members.
-    fn from_member(&mut self, address: &str) {
+    fn update_from_member(&mut self, address: &str) {
         let Some(sd) = self.servers.get(address).cloned() else {
             return;
         };
@@ -188,7 +188,7 @@ impl TopologyDescription {
 
     /// A primary's view, unless it is stale: it demotes any other primary, and its member
     /// list is the set's membership.
-    fn from_primary(&mut self, address: &str) {
+    fn update_from_primary(&mut self, address: &str) {
         let Some(sd) = self.servers.get(address).cloned() else {
             return;
         };
