@@ -61,6 +61,8 @@ class Control:
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
+        except asyncio.CancelledError:
+            pass  # the harness is stopping
         finally:
             writer.close()
 
