@@ -218,6 +218,9 @@ class ClientConn:
         refusal = self.refusal(body, secondary_ok)
         if refusal is not None:
             self.member.refused[name] += 1
+            # mongod 4.4+ puts its topologyVersion in every state-change error, so a driver can
+            # tell an error that reflects what it already knows (ignored) from news.
+            refusal["topologyVersion"] = self.ms.topology_version()
             return {**refusal, **self.state.clock.gossip()}
         self.member.served[name] += 1
         if name == "endSessions":
