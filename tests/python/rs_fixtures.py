@@ -20,6 +20,7 @@ set in front of FerretDB; this module starts it and drives it. Everything a test
 
 `make_replset(separate_backends=True)` gives each member its own FerretDB, so a test can prove
 which member served a read (by default all share one, so data survives a failover).
+`make_replset(backend=nx)` puts the set in front of nx-27017, which has transactions.
 `failover_time(rs, client)` measures step-down to first successful write.
 """
 
@@ -248,14 +249,18 @@ def failover_time(rs: ReplicaSet, client: pymongo.MongoClient, new_primary: int,
 
 @pytest.fixture
 def make_replset(ferretdb, logdir, tmp_path):
-    """make_replset(n=3, separate_backends=False, set_name="rs0"): a fresh harness per call,
-    stopped at teardown. Shared-backend sets use the session's FerretDB; separate backends
-    are started for the call (about a second each)."""
+    """make_replset(n=3, separate_backends=False, set_name="rs0", backend=None): a fresh harness
+    per call, stopped at teardown. Shared-backend sets use the session's FerretDB, or `backend`
+    (e.g. the `nx` fixture, for transactions, which FerretDB 1.24 lacks); separate backends are
+    started for the call (about a second each)."""
     made: list[ReplicaSet] = []
     extra: list[Upstream] = []
 
-    def make(n: int = 3, separate_backends: bool = False, set_name: str = "rs0") -> ReplicaSet:
-        if separate_backends:
+    def make(n: int = 3, separate_backends: bool = False, set_name: str = "rs0",
+             backend: Upstream | None = None) -> ReplicaSet:
+        if backend is not None:
+            backends = [backend]
+        elif separate_backends:
             backends = []
             for i in range(n):
                 d = tmp_path / f"{set_name}-backend{i}"

@@ -18,11 +18,11 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pymongo
 import pytest
 from bson import Binary, Int64, ObjectId
-from pymongo import ReadPreference
 from pymongo.errors import AutoReconnect, NotPrimaryError, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
 
 import mongowire
@@ -32,6 +32,7 @@ from rs_fixtures import failover_time, make_replset, replset, wait_for_primary  
 NOT_WRITABLE_PRIMARY = 10107
 NOT_PRIMARY_NO_SECONDARY_OK = 13435
 INTERRUPTED_AT_SHUTDOWN = 11600
+QUERY_SECONDARY_OK = 1 << 2  # OP_QUERY flag bit 2
 
 
 def _secondaries(rs, *idx):
@@ -117,17 +118,13 @@ def test_secondary_refuses_writes_and_primary_reads(replset):
         r = raw.command({"find": "refuse", "$readPreference": {"mode": "secondaryPreferred"}}, db="rs_harness")
         assert r["ok"] == 1, r
         # OP_QUERY: the secondaryOk bit decides.
-        for flags, ok in ((0, False), (mongowire_secondary_ok(), True)):
+        for flags, ok in ((0, False), (QUERY_SECONDARY_OK, True)):
             raw.sock.sendall(mongowire.op_query("rs_harness.$cmd", {"count": "refuse"}, flags=flags))
             reply = mongowire.recv_message(raw.sock).doc
             assert (reply["ok"] == 1) is ok, reply
     # pymongo on a direct connection sends primaryPreferred, so its reads are allowed.
     assert direct.rs_harness.refuse.find_one() is None
     assert rs.refused(1, "insert") >= 3 and rs.refused(1, "find") == 1
-
-
-def mongowire_secondary_ok() -> int:
-    return 1 << 2
 
 
 def test_follows_election_and_retries_write(replset):
@@ -263,8 +260,26 @@ def test_separate_backends_show_which_member_served(make_replset):
     assert rs.client(seed=0).rs_harness.sep.find_one()["on"] == "backend 0"
 
 
+def test_transactions_across_an_election_with_nx_backend(make_replset, nx):
+    """FerretDB 1.24 has no transactions; in front of nx-27017 the harness relays them."""
+    rs = make_replset(backend=nx)
+    c = rs.client(seed=1)
+    coll = c.rs_harness.txn
+    coll.delete_many({})
+    with c.start_session() as s, s.start_transaction():
+        coll.insert_many([{"a": 1}, {"a": 2}], session=s)
+    rs.step_down()
+    rs.elect(2)
+    with c.start_session() as s:
+        s.with_transaction(lambda s: coll.insert_one({"a": 3}, session=s))
+    assert sorted(d["a"] for d in coll.find()) == [1, 2, 3]
+    assert rs.served(0, "commitTransaction") == 1 and rs.served(2, "commitTransaction") == 1
+
+
 def _rs_follow_binary():
-    path = os.environ.get("MONGOMUX_RS_FOLLOW") or ROOT / "target/debug/examples/rs_follow"
+    """scripts/test exports MONGOMUX_RS_FOLLOW; otherwise the example in the cargo target folder."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    path = os.environ.get("MONGOMUX_RS_FOLLOW") or target / "debug/examples/rs_follow"
     if not os.access(path, os.X_OK):
         pytest.fail(f"no rs_follow example at {path}: run `cargo build -p mongomux-testkit --example rs_follow`",
                     pytrace=False)

@@ -66,7 +66,9 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let uri = args.get(1).ok_or("usage: rs_follow <uri> [--run-ms N] [--interval-ms N]")?;
+    let uri = args
+        .get(1)
+        .ok_or("usage: rs_follow <uri> [--run-ms N] [--interval-ms N]")?;
     let run = Duration::from_millis(arg(&args, "--run-ms", 4000));
     let interval = Duration::from_millis(arg(&args, "--interval-ms", 50));
 
@@ -91,7 +93,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     coll.insert_one(doc! {"phase": "discovery"}).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let discovered = loop {
-        let now = seen.lock().unwrap_or_else(|p| p.into_inner()).latest.as_ref().map(describe);
+        let now = seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .latest
+            .as_ref()
+            .map(describe);
         if let Some(d) = now {
             let all_known = d["servers"]
                 .as_object()

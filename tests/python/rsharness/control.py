@@ -33,7 +33,7 @@ import json
 import socket
 
 from .member import Member
-from .state import PRIMARY, RECOVERING, REMOVED, SECONDARY, MemberState, SetState
+from .state import RECOVERING, REMOVED, SECONDARY, MemberState, SetState
 
 MAX_LINE = 1 << 16
 
@@ -137,5 +137,3 @@ def bind(ip: str, port: int) -> socket.socket:
     sock.bind((ip, port))
     return sock
 
-
-__all__ = ["Control", "bind", "PRIMARY"]
