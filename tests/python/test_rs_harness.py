@@ -225,6 +225,15 @@ def test_hang_disappear_recovering(replset):
     assert "node is recovering" in str(e.value)
 
 
+def _raw_hello(rs, i: int) -> dict:
+    with _raw(rs, i) as raw:
+        return raw.hello()
+
+
+def rs_election_id(rs) -> ObjectId:
+    return ObjectId(rs.status()["election_id"])
+
+
 def _pings(c) -> bool:
     try:
         return c.admin.command("ping")["ok"] == 1
@@ -240,8 +249,12 @@ def test_stale_primary_and_membership_changes(replset):
     rs.elect(1)
     wait_for_primary(c, rs.address(1))
     rs.stale_primary(0)  # claims primary with the previous term's electionId
+    hello0 = c.admin.command("ping") and _raw_hello(rs, 0)
+    assert hello0["isWritablePrimary"] is True and hello0["electionId"] < rs_election_id(rs)
     time.sleep(0.3)
+    # SDAM: a primary with an older (electionId, setVersion) is stale and becomes Unknown.
     assert c.primary == rs.address(1)
+    assert c.topology_description.server_descriptions()[rs.address(0)].server_type_name == "Unknown"
     c.rs_harness.stale.insert_one({"x": 1})
     assert rs.served(1, "insert") == 1 and rs.served(0, "insert") == 0
 
