@@ -6,12 +6,15 @@ set in front of FerretDB; this module starts it and drives it. Everything a test
 
     rs = make_replset(n=3)              # or the `replset` fixture: 3 members, one FerretDB
     rs.members                          # ["127.0.0.1:PORT", ...]; member 0 starts as primary
+    rs.username, rs.password            # the credential that works on every member
+    rs.address(i)                       # member i as pymongo names it: (host, port)
     rs.uri(seed=1)                      # mongodb://user:pw@<member 1>/?authSource=admin&replicaSet=rs0
     rs.uri(seed=1, direct=True)         # ...&directConnection=true (no replicaSet)
     rs.client(seed=0, **pymongo_kw)     # a MongoClient closed at teardown
     rs.counts()                         # {host: {"served": {cmd: n}, "refused": {cmd: n}}}
     rs.served(i, "find")                # one counter; rs.reset_counts() zeroes them all
-    rs.step_down(); rs.elect(i)         # no primary, then member i primary (new term and electionId)
+    rs.step_down(); rs.elect(i)         # no primary, then member i primary (new term and electionId;
+                                        # elect(i, bump_set_version=True) also bumps setVersion)
     rs.lag(i, secs)                     # member i's lastWrite falls secs behind
     rs.hang(i) / rs.hang(i, on=False)   # requests are read and never answered
     rs.disappear(i) / rs.reappear(i)    # listener and connections closed / back, new processId
@@ -21,7 +24,8 @@ set in front of FerretDB; this module starts it and drives it. Everything a test
 `make_replset(separate_backends=True)` gives each member its own FerretDB, so a test can prove
 which member served a read (by default all share one, so data survives a failover).
 `make_replset(backend=nx)` puts the set in front of nx-27017, which has transactions.
-`failover_time(rs, client)` measures step-down to first successful write.
+`failover_time(rs, client, new_primary, election_delay=0)` measures step-down to the first
+successful write; `wait_for_primary(client, rs.address(i))` waits for a driver to follow.
 """
 
 from __future__ import annotations
@@ -119,8 +123,8 @@ class ReplicaSet:
     def step_down(self):
         return self.control("step_down")
 
-    def elect(self, i: int):
-        return self.control("elect", member=i)
+    def elect(self, i: int, bump_set_version: bool = False):
+        return self.control("elect", member=i, bump_set_version=bump_set_version)
 
     def lag(self, i: int, secs: float):
         return self.control("lag", member=i, secs=secs)

@@ -7,7 +7,8 @@ list the harness printed at start):
     status                          the set's state (state.SetState.status)
     counts   [reset: bool]          per member host: {"served": {cmd: n}, "refused": {cmd: n}}
     step_down                       the primary becomes a secondary; no primary until `elect`
-    elect    member                 a new term and electionId; member becomes primary
+    elect    member, [bump_set_version]  a new term and electionId; member becomes primary
+                                    (setVersion changes only when asked, as in mongod)
     lag      member, secs           member's lastWrite falls `secs` behind
     hang     member, [on: bool]     member keeps reading requests and never answers (on=false ends it)
     disappear member                listener and every connection closed
@@ -81,6 +82,8 @@ class Control:
             st.step_down()
         elif op == "elect":
             st.elect(self._member(req).ms.index)
+            if req.get("bump_set_version"):
+                st.reconfig()  # an election that came with a reconfig
         elif op == "lag":
             self._member(req).ms.lag_secs = float(req["secs"])
             st.changed()
