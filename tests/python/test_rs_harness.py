@@ -142,6 +142,19 @@ def test_follows_election_and_retries_write(replset):
     assert st["primary"] == rs.members[2] and st["term"] == 2
 
 
+def test_primary_crash_then_election(replset):
+    rs = replset
+    c = rs.client(seed=1, heartbeatFrequencyMS=500, serverSelectionTimeoutMS=5000)
+    c.rs_harness.crash.insert_one({"phase": "before"})
+    rs.disappear(0)
+    rs.elect(1)
+    c.rs_harness.crash.insert_one({"phase": "after"})
+    wait_for_primary(c, rs.address(1))
+    rs.reappear(0)  # back as a secondary
+    wait_until(lambda: rs.address(0) in c.secondaries, 10, what="old primary back as a secondary")
+    assert rs.served(1, "insert") == 1
+
+
 def test_pymongo_failover_time(replset, capsys):
     """Reference figure: pymongo straight to the harness, step-down to first successful write
     (immediate election, and an election 0.5 s after the step-down)."""

@@ -12,7 +12,8 @@ list the harness printed at start):
     lag      member, secs           member's lastWrite falls `secs` behind
     hang     member, [on: bool]     member keeps reading requests and never answers (on=false ends it)
     disappear member                listener and every connection closed
-    reappear member                 listening again on the same address, with a new processId
+    reappear member                 listening again on the same address, with a new processId,
+                                    as a secondary (a primary that disappeared is primary no more)
     add_member [host, backend]      a new secondary (same address family as member 0) joins `hosts`
     remove_member member            member leaves `hosts` and reports no valid config
     set_tags member, tags           member's tags replaced (a reconfig: setVersion + 1)

@@ -27,7 +27,7 @@ import struct
 from bson import ObjectId
 
 from . import wire
-from .state import PRIMARY, RECOVERING, REMOVED, MemberState, SetState
+from .state import PRIMARY, RECOVERING, REMOVED, SECONDARY, MemberState, SetState
 
 HELLO_NAMES = {"hello", "isMaster", "ismaster"}
 
@@ -124,8 +124,13 @@ class Member:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def reappear(self) -> None:
-        """Listen again on the same address, as a restarted process: a new processId."""
+        """Listen again on the same address, as a restarted process: a new processId, not hung,
+        and never primary (a restarted mongod rejoins as a secondary; `elect` makes it primary)."""
         self.ms.process_id, self.ms.tv_counter, self.ms.gone = ObjectId(), 0, False
+        self.set_hung(False)
+        if self.ms.role == PRIMARY:
+            self.ms.role, self.ms.stale_claim = SECONDARY, None
+            self.state.changed()
         await self.listen()
 
     def set_hung(self, hung: bool) -> None:
