@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 import bson
+from bson.codec_options import CodecOptions, DatetimeConversion
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -30,6 +31,10 @@ EXHAUST_ALLOWED = 1 << 16
 
 # OP_QUERY flag bit 2: the legacy way of saying "a secondary may answer this".
 QUERY_SECONDARY_OK = 1 << 2
+
+# Bodies are decoded and re-encoded when relayed: keep every value as it came (Int64 stays
+# Int64, UUIDs stay Binary, dates outside Python's datetime range stay DatetimeMS).
+CODEC = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 _ids = itertools.count(1)
 
@@ -92,7 +97,7 @@ def _parse_msg(request_id: int, response_to: int, rest: bytes) -> Message:
         kind = rest[at]
         (size,) = struct.unpack_from("<i", rest, at + 1)
         if kind == 0:
-            body = bson.decode(rest[at + 1:at + 1 + size])
+            body = bson.decode(rest[at + 1:at + 1 + size], CODEC)
         elif kind == 1:
             seqs += rest[at:at + 1 + size]
         else:
@@ -108,7 +113,7 @@ def _parse_query(request_id: int, response_to: int, rest: bytes) -> Message:
     namespace, at = _cstring(rest, 4)
     at += 8  # numberToSkip, numberToReturn
     (size,) = struct.unpack_from("<i", rest, at)
-    query = bson.decode(rest[at:at + size])
+    query = bson.decode(rest[at:at + size], CODEC)
     # Drivers may wrap a command as {$query: cmd, $readPreference: ...}.
     if "$query" in query:
         inner = dict(query["$query"])
