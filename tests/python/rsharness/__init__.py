@@ -1,0 +1,44 @@
+"""A replica-set stand-in for the tests: N members in one asyncio process, in front of FerretDB.
+
+No MongoDB server can be installed where this suite runs, and FerretDB 1.24 is a standalone;
+yet the gateway has to discover replica sets, route by read preference and follow failovers.
+This package makes FerretDB look like a replica set to a driver, closely enough that pymongo
+and the Rust driver run their full SDAM logic against it:
+
+- `wire`    the frames a member reads and writes (OP_MSG, OP_QUERY, OP_REPLY). No I/O.
+- `state`   the set's state (who is primary, terms, election ids, set version, per-member
+            faults) and the `hello` reply it implies. No I/O.
+- `member`  one listening member: answers `hello` itself (also awaitable and exhaust
+            streaming), refuses what a real member in its state would refuse, and relays the
+            rest to its FerretDB backend on a connection of its own per client connection, so
+            SCRAM passes through untouched.
+- `control` the line-JSON control channel the tests drive faults through.
+- `__main__` the process: `python -m rsharness --help`.
+
+The Python API for tests is `tests/python/rs_fixtures.py`; nothing else should speak the
+control protocol directly.
+
+What is faithful, and what is not (read before trusting a gateway test built on this):
+
+- Faithful: the hello fields SDAM reads (setName, hosts, me, primary, electionId, setVersion,
+  topologyVersion, lastWrite, tags, limits), awaitable and exhaust hellos, $clusterTime and
+  operationTime on every reply, the refusals 10107 (with RetryableWriteError when the write
+  has txnNumber), 13435 (OP_MSG: no non-primary $readPreference; OP_QUERY: no secondaryOk
+  bit), the recovering code (11600 by default) with topologyVersion in each, as mongod 4.4+.
+- Not replicated: members relay to one FerretDB (or to one each, which never sync). Reads on a
+  secondary are never behind; `lag` only moves lastWrite. writeConcern is whatever FerretDB
+  does with it (it accepts w: "majority" and answers at once). The cluster time is a clock,
+  not tied to writes, and afterClusterTime is dropped, so causal consistency is not tested.
+- FerretDB 1.24 accepts and ignores $clusterTime, $readPreference and
+  readConcern.afterClusterTime (the harness strips them anyway); it has no transactions
+  (`startTransaction` is refused with FailedToParse, commit/abortTransaction are unknown:
+  put nx-27017 behind the harness for those), no endSessions (answered here with ok: 1), no
+  replSetGetStatus (not emulated), and no roles in createUser.
+- FerretDB 1.24 ignores SCRAM's skipEmptyExchange and waits for one more empty saslContinue;
+  the Rust driver (mongodb 3.9) then fails with "expected SCRAM authentication to have
+  completed", even against FerretDB directly. Members finish that step themselves when the
+  client asked to skip it, as mongod would.
+- No TLS and no compression (never offered; an OP_COMPRESSED frame drops the connection).
+- Counters count each command a member received, by name: `served` includes relayed commands
+  FerretDB then failed; `refused` are the member's own refusals.
+"""
