@@ -159,6 +159,7 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
         | U::BadReply(_)
         | U::BadReplyBson(_)
         | U::Auth(_)
+        | U::AwsCredentials { .. }
         | U::Refused { .. } => (6, "HostUnreachable"),
     }
 }
@@ -168,7 +169,11 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
 fn upstream_retryable(e: &UpstreamError) -> bool {
     use UpstreamError as U;
     match e {
-        U::TlsServerName { .. } | U::Encode(_) | U::Auth(_) | U::Refused { .. } => false,
+        U::TlsServerName { .. }
+        | U::Encode(_)
+        | U::Auth(_)
+        | U::AwsCredentials { .. }
+        | U::Refused { .. } => false,
         U::CheckoutTimeout(_)
         | U::PinTimeout(_)
         | U::PoolClosed

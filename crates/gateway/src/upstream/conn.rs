@@ -152,6 +152,7 @@ impl UpstreamConn {
             };
             conn.authenticate(&scram, &offered).await?;
         }
+        super::aws_login::authenticate(&mut conn, cfg).await?;
         Ok((conn, info))
     }
 
