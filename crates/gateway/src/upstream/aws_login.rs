@@ -125,3 +125,7 @@ fn sasl_reply(reply: &Document) -> Result<(Bson, Vec<u8>), UpstreamError> {
         _ => Err(UpstreamError::Auth(None)),
     }
 }
+
+#[cfg(test)]
+#[path = "aws_login_tests.rs"]
+mod tests;
