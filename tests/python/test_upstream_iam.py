@@ -289,7 +289,7 @@ def test_expired_container_credentials_are_refused_not_used(gateway_b, recorder,
         served = dict(endpoint.served)
         a_secrets = endpoint.secrets()
     message = str(exc.value)
-    assert "AWS credentials" in message, message
+    assert "AWS credentials" in message and "expired" in message, message
     assert not any(s in message for s in a_secrets)
     assert endpoint.requests >= 2, "A did not force a refresh before giving up"
     assert not [c for c in recorder.calls if c["key"] in served], "an expired credential signed a login"
