@@ -2,7 +2,8 @@
 gateways with IAM users, a MONGODB-AWS client over raw sockets, and STS metrics.
 
 moto (`moto_server`, PyPI) is started with INITIAL_NO_AUTH_ACTION_COUNT set to exactly the number
-of set-up calls made here (create two roles, a user and its access key, assume each role), so
+of set-up calls made here (create two roles, a user, its access key and its policy, assume each
+role), so
 every later request must carry a valid SigV4 signature. Enforcement is then switched on
 explicitly as well (`POST /moto-api/reset-auth` with `0`) and checked with a bad signature, so
 a miscount cannot silently leave it off. What moto does not check (clock skew, replay of an
@@ -55,11 +56,16 @@ STS_RESULTS = ("ok", "denied", "throttled", "timeout", "error", "refused")
 STS_CALL_RESULTS = ("ok", "denied", "throttled", "timeout", "error")
 
 # The unauthenticated set-up calls provision() makes; moto checks every request after these.
-SETUP_CALLS = 6
+SETUP_CALLS = 7
 
 TRUST_ANYONE = json.dumps({
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
+})
+
+ASSUME_ANY = json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
 })
 
 
@@ -142,15 +148,18 @@ def start_moto(logdir: Path) -> Moto:
 
 def provision(moto: Moto) -> None:
     """Exactly SETUP_CALLS unauthenticated calls: two roles anyone may assume, a user with an
-    access key, and temporary credentials for each role, assumed with the user's key."""
+    access key and the right to assume roles (so tests can mint fresh role credentials once
+    signatures are enforced), and temporary credentials for each role, assumed with the user's
+    key."""
     iam = _boto_client("iam", moto)
     iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=TRUST_ANYONE)          # 1
     iam.create_role(RoleName=OTHER_ROLE_NAME, AssumeRolePolicyDocument=TRUST_ANYONE)    # 2
     iam.create_user(UserName="deployer")                                                # 3
     k = iam.create_access_key(UserName="deployer")["AccessKey"]                         # 4
     moto.user_key = AwsCreds(k["AccessKeyId"], k["SecretAccessKey"])
+    iam.put_user_policy(UserName="deployer", PolicyName="assume-roles", PolicyDocument=ASSUME_ANY)  # 5
     sts = _boto_client("sts", moto, moto.user_key)
-    for arn, attr in ((ROLE_ARN, "role"), (OTHER_ROLE_ARN, "other_role")):              # 5, 6
+    for arn, attr in ((ROLE_ARN, "role"), (OTHER_ROLE_ARN, "other_role")):              # 6, 7
         c = sts.assume_role(RoleArn=arn, RoleSessionName=f"{attr}-{secrets.token_hex(3)}")["Credentials"]
         setattr(moto, attr, AwsCreds(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"]))
     # Belt and braces: enforcement on from now whatever the count, then prove it.

@@ -85,6 +85,18 @@ pub enum AuthError {
     /// conversation had already finished or failed.
     #[error("SCRAM conversation step out of order: {0}")]
     OutOfOrder(&'static str),
+
+    /// The server's MONGODB-AWS reply breaks a rule the client must check
+    /// (auth.md, "MONGODB-AWS", "Conversation"): the nonce length or prefix,
+    /// or the STS host. The text names the rule, never the bytes.
+    #[error("invalid MONGODB-AWS reply from the server: {0}")]
+    AwsServerReply(&'static str),
+
+    /// The MONGODB-AWS request could not be signed (SigV4). The signer's own
+    /// error is not kept: it is never about the server, and this one cannot
+    /// carry a credential by construction.
+    #[error("could not sign the MONGODB-AWS request: {0}")]
+    AwsSigning(&'static str),
 }
 
 impl AuthError {

@@ -6,6 +6,8 @@
 //! - [`ScramServer`] authenticates clients to the gateway against stored
 //!   [`ScramCredential`]s (salt, iteration count, StoredKey, ServerKey; never
 //!   a password).
+//! - [`AwsClient`] logs the gateway in to its upstream with MONGODB-AWS
+//!   (the payloads and the SigV4 signature; [`aws`] is the server side).
 //! - [`Secret`] carries passwords so they never reach logs or `Debug` output,
 //!   and every [`AuthError`] message is free of secret material.
 //!
@@ -38,11 +40,13 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
+pub mod aws_client;
 mod aws_fields;
 mod error;
 mod scram;
 mod secret;
 
+pub use aws_client::{AwsChallenge, AwsClient, AwsCredentials};
 pub use error::AuthError;
 pub use scram::{
     Mechanism, ScramClient, ScramCredential, ScramServer, MAX_ITERATIONS, MIN_ITERATIONS,

@@ -168,6 +168,7 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
         | U::BadReply(_)
         | U::BadReplyBson(_)
         | U::Auth(_)
+        | U::AwsCredentials { .. }
         | U::Refused { .. } => (6, "HostUnreachable"),
     }
 }
@@ -181,6 +182,7 @@ fn upstream_retryable(e: &UpstreamError) -> bool {
         | U::Encode(_)
         | U::Auth(_)
         | U::Refused { .. }
+        | U::AwsCredentials { .. }
         | U::NoMember(_)
         | U::BadReadPreference(_) => false,
         U::NoPrimary(_) | U::MemberGone(_) => true,

@@ -221,6 +221,7 @@ fn upstream(raw: &RawConfig) -> Result<UpstreamParts, ConfigError> {
         .clone()
         .ok_or_else(|| invalid("an upstream URI is required"))?;
     apply_credential_overrides(&mut upstream, raw)?;
+    upstream.attach_aws_credential_source();
     if let Some(ca) = &raw.upstream_tls_ca_file {
         upstream.tls_ca_file = Some(ca.clone());
         upstream.tls = true;

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use mongomux_auth::{Mechanism, Secret};
 
 use super::ConfigError;
-use crate::upstream::UpstreamAuth;
 pub use crate::upstream::UpstreamConfig;
+use crate::upstream::{AwsStatic, UpstreamAuth};
 
 /// Parses `mongodb://[user[:pass]@]host[:port][/db][?options]` (connection-string spec).
 /// Errors never echo the URI, since it may carry a password.
@@ -63,6 +63,8 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
     let default_db = path.trim_start_matches('/');
     let mut auth_source = None;
     let mut mechanism = None;
+    let mut aws = false;
+    let mut aws_token = None;
     let mut tls = false;
     let mut tls_ca_file = None;
     let mut topology = crate::upstream::TopologyOptions::default();
@@ -75,6 +77,8 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k.to_ascii_lowercase().as_str() {
             "authsource" => auth_source = Some(percent_decode(v)?),
+            "authmechanism" if v == "MONGODB-AWS" => aws = true,
+            "authmechanismproperties" => aws_token = Some(session_token(v)?),
             "authmechanism" => {
                 mechanism = Some(Mechanism::from_name(v).ok_or_else(|| {
                     ConfigError::Invalid(format!(
@@ -108,6 +112,7 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
             }
         }
     }
+    let explicit_source = auth_source.clone();
     let auth_source = auth_source.unwrap_or_else(|| {
         if default_db.is_empty() {
             "admin".to_string()
@@ -119,6 +124,14 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
     cfg.seeds = crate::upstream::Seeds::Hosts(seeds);
     cfg.topology = topology;
     cfg.auth = match (username, password) {
+        (username, password) if aws => {
+            aws_auth(username, password, aws_token, explicit_source.as_deref())?
+        }
+        _ if aws_token.is_some() => {
+            return Err(ConfigError::Invalid(
+                "authMechanismProperties applies to authMechanism=MONGODB-AWS only".into(),
+            ))
+        }
         (Some(username), password) => UpstreamAuth::Scram {
             username,
             password: password.unwrap_or_else(|| Secret::new("")),
@@ -130,6 +143,49 @@ pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
     cfg.tls = tls || tls_ca_file.is_some();
     cfg.tls_ca_file = tls_ca_file;
     Ok(cfg)
+}
+
+/// `authMechanismProperties=AWS_SESSION_TOKEN:<token>`, the one property MONGODB-AWS has.
+fn session_token(v: &str) -> Result<Secret, ConfigError> {
+    let v = percent_decode(v)?;
+    match v.split_once(':') {
+        Some(("AWS_SESSION_TOKEN", token)) if !token.is_empty() => Ok(Secret::new(token)),
+        _ => Err(ConfigError::Invalid(
+            "upstream authMechanismProperties supports AWS_SESSION_TOKEN:<token> only".into(),
+        )),
+    }
+}
+
+/// MONGODB-AWS (auth.md): keys from the URI (user = access key id, password = secret key,
+/// optional session token) or none at all, when the AWS provider chain supplies them; the
+/// source is `$external`.
+fn aws_auth(
+    username: Option<String>,
+    password: Option<Secret>,
+    token: Option<Secret>,
+    source: Option<&str>,
+) -> Result<UpstreamAuth, ConfigError> {
+    if source.is_some_and(|s| s != "$external") {
+        return Err(ConfigError::Invalid(
+            "authMechanism=MONGODB-AWS needs authSource=$external (or none)".into(),
+        ));
+    }
+    let static_credentials = match (username, password, token) {
+        (None, None, None) => None,
+        (Some(access_key_id), Some(secret_access_key), session_token)
+            if !access_key_id.is_empty() && !secret_access_key.expose().is_empty() =>
+        {
+            Some(AwsStatic {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            })
+        }
+        _ => return Err(ConfigError::Invalid(
+            "MONGODB-AWS in the upstream URI needs both an access key id (user) and a secret key (password), or neither".into(),
+        )),
+    };
+    Ok(UpstreamAuth::Aws { static_credentials })
 }
 
 fn percent_decode(s: &str) -> Result<String, ConfigError> {
@@ -179,6 +235,43 @@ mod tests {
         assert_eq!(source, "admin");
         assert_eq!(*mechanism, Some(Mechanism::ScramSha1));
         assert!(!format!("{u:?}").contains("p:ss"));
+    }
+
+    #[test]
+    fn uri_with_mongodb_aws() {
+        let u = parse_uri("mongodb://h:1/?authMechanism=MONGODB-AWS&authSource=$external").unwrap();
+        assert!(matches!(
+            u.auth,
+            UpstreamAuth::Aws {
+                static_credentials: None
+            }
+        ));
+        let u = parse_uri("mongodb://h:1/?authMechanism=MONGODB-AWS").unwrap();
+        assert!(matches!(u.auth, UpstreamAuth::Aws { .. }));
+        let u = parse_uri(
+            "mongodb://AKIDEXAMPLE:se%2Fcret@h:1/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:to%2Bk%3Den",
+        )
+        .unwrap();
+        let UpstreamAuth::Aws {
+            static_credentials: Some(s),
+        } = &u.auth
+        else {
+            panic!("{u:?}")
+        };
+        assert_eq!(s.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(s.secret_access_key.expose(), "se/cret");
+        assert_eq!(s.session_token.as_ref().unwrap().expose(), "to+k=en");
+        assert!(!format!("{u:?}").contains("se/cret") && !format!("{u:?}").contains("to+k"));
+        for bad in [
+            "mongodb://AKID@h/?authMechanism=MONGODB-AWS",
+            "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:zzTOKzz",
+            "mongodb://AKID:secretpw@h/?authMechanism=MONGODB-AWS&authSource=admin",
+            "mongodb://AKID:secretpw@h/?authMechanism=MONGODB-AWS&authMechanismProperties=SERVICE_NAME:x",
+            "mongodb://AKID:secretpw@h/?authMechanismProperties=AWS_SESSION_TOKEN:zzTOKzz",
+        ] {
+            let err = parse_uri(bad).unwrap_err().to_string();
+            assert!(!err.contains("secretpw") && !err.contains("zzTOKzz"), "{err}");
+        }
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! authenticate with.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongomux_auth::{Mechanism, Secret};
 
+use super::aws_credentials::AwsCredentialSource;
 use super::read_pref::ReadPreference;
 
 /// Where the members of the upstream deployment are found.
@@ -170,6 +172,10 @@ pub struct UpstreamConfig {
     pub compressors: Vec<String>,
     /// `appName` the gateway reports in its own `hello`.
     pub app_name: Option<String>,
+    /// Where MONGODB-AWS credentials come from when the URI names none (the AWS provider
+    /// chain): one source, built with the settings at start-up and shared by every connection
+    /// through this `Arc`, so its cache serves them all. `None` for other credentials.
+    pub aws_credentials: Option<Arc<AwsCredentialSource>>,
 }
 
 impl UpstreamConfig {
@@ -185,11 +191,25 @@ impl UpstreamConfig {
             tls_allow_invalid_hostnames: false,
             compressors: Vec::new(),
             app_name: None,
+            aws_credentials: None,
+        }
+    }
+
+    /// Gives a MONGODB-AWS credential without keys in the URI its credential source, the AWS
+    /// provider chain (nothing is read or fetched before the first login). The settings call
+    /// this once per configuration they build; the pool keeps the start-up one.
+    pub fn attach_aws_credential_source(&mut self) {
+        if let UpstreamAuth::Aws {
+            static_credentials: None,
+        } = self.auth
+        {
+            self.aws_credentials = Some(Arc::new(AwsCredentialSource::default_chain()));
         }
     }
 
     /// Whether `other` connects to the same place, as the same user, the same way. A password
     /// change counts: the pools authenticate with it.
+    /// The AWS credential source is not compared: both draw from the same environment.
     pub fn same_as(&self, other: &UpstreamConfig) -> bool {
         self.seeds == other.seeds
             && self.topology == other.topology

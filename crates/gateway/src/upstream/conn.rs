@@ -180,6 +180,7 @@ impl UpstreamConn {
             };
             conn.authenticate(&scram, &offered).await?;
         }
+        super::aws_login::authenticate(&mut conn, cfg).await?;
         info.flavor = conn.flavor().await?;
         Ok((conn, info))
     }

@@ -90,6 +90,17 @@ pub enum UpstreamError {
     /// failed (the source says which step, never the secret).
     #[error("the gateway could not authenticate to the upstream")]
     Auth(#[source] Option<AuthError>),
+    /// No usable AWS credentials for a MONGODB-AWS login: the provider chain failed, or gave
+    /// credentials that are expired or about to expire. The source, when there is one, is the
+    /// provider's own error (which endpoint, which status), never a key.
+    #[error("the gateway could not get AWS credentials to authenticate to the upstream: {reason}")]
+    AwsCredentials {
+        /// What went wrong, in words fixed at compile time.
+        reason: &'static str,
+        /// The provider chain's error.
+        #[source]
+        source: Option<aws_credential_types::provider::error::CredentialsError>,
+    },
     /// The upstream answered `{ok: 0}` to a command the gateway itself sent; the connection is
     /// still in a clean state.
     /// Server selection found no primary (or router) in time: an election, or all down.

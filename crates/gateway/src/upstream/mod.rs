@@ -1,7 +1,10 @@
-//! Everything on the upstream side: single authenticated connections ([`conn`]), what the
+//! Everything on the upstream side: single authenticated connections ([`conn`], with the
+//! MONGODB-AWS login in `aws_login` and its credential source in `aws_credentials`), what the
 //! pool needs from them ([`connector`]), the bounded pool that hands them out ([`pool`]), and
 //! the one error type for all of it ([`error`]).
 
+mod aws_credentials;
+mod aws_login;
 mod bound;
 pub mod config;
 pub mod conn;
@@ -13,6 +16,7 @@ pub mod pool;
 pub mod read_pref;
 pub mod topology;
 
+pub use aws_credentials::AwsCredentialSource;
 pub use config::{host_of, AwsStatic, Seeds, TopologyOptions, UpstreamAuth, UpstreamConfig};
 pub use conn::{ConnMeta, Flavor, UpstreamConn, UpstreamInfo};
 pub use connector::{Connector, PoolConn, TcpConnector};
