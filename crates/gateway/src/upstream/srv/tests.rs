@@ -45,6 +45,10 @@ fn srv_query_names() {
     let (q, host) = srv_query("cluster0.example.com", "mongodb").unwrap();
     assert_eq!(q.to_ascii(), "_mongodb._tcp.cluster0.example.com.");
     assert_eq!(host.to_ascii(), "cluster0.example.com.");
+    // The specification's own example has an underscore in the first label.
+    let (q, host) = srv_query("cluster_1.tests.mongodb.co.uk", "mongodb").unwrap();
+    assert_eq!(q.to_ascii(), "_mongodb._tcp.cluster_1.tests.mongodb.co.uk.");
+    assert!(target_allowed(&host, &name("h1.tests.mongodb.co.uk")));
     let (q, _) = srv_query("c.example.com", "customname").unwrap();
     assert_eq!(q.to_ascii(), "_customname._tcp.c.example.com.");
     for bad in ["", "a_b", "12", &"x".repeat(63)] {
@@ -183,8 +187,8 @@ fn rescan_interval_follows_the_polling_spec() {
         MIN_RESCAN
     );
     assert_eq!(rescan_interval(ScanOutcome::Failed, hb, None), hb);
-    let short = Some(Duration::from_millis(500));
-    assert_eq!(rescan_interval(found(300), hb, short), short.unwrap());
+    let short = Duration::from_millis(500);
+    assert_eq!(rescan_interval(found(300), hb, Some(short)), short);
 }
 
 type Zone = Arc<Mutex<Vec<Record>>>;
