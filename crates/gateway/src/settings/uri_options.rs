@@ -113,11 +113,17 @@ pub(super) fn prefilter(uri: &str) -> Result<Prefiltered, String> {
         return Ok(out);
     };
     let mut kept = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     for raw in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = form_urlencoded::parse(raw.as_bytes())
             .next()
             .unwrap_or_default();
         let key_lc = key.to_ascii_lowercase();
+        // As the driver does for the options it sees (this covers the ones taken out here).
+        if key_lc != "readpreferencetags" && seen.contains(&key_lc) {
+            return Err(format!("upstream URI option {key} is given twice"));
+        }
+        seen.push(key_lc.clone());
         if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == key_lc) {
             return Err(format!("upstream URI option {key} is refused: {why}"));
         }

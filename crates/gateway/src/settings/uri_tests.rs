@@ -229,6 +229,8 @@ fn forbidden_combinations() {
         "mongodb://h/?tls=false&tlsAllowInvalidHostnames=true",
         "mongodb://h/?tls=maybe",
         "mongodb://h/?appName=a&appName=b",
+        "mongodb://h/?compressors=zstd&compressors=snappy",
+        "mongodb://h/?tls=true&tlsAllowInvalidHostnames=true&TLSallowInvalidHostnames=false",
         "mongodb://u:p@h/?authMechanismProperties=SERVICE_NAME:x",
     ] {
         assert!(parse_uri(uri).is_err(), "{uri} was accepted");
