@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
 
 pub use rules::{apply_rescan, rescan_interval, ScanOutcome, TxtOptions, MIN_RESCAN};
@@ -208,13 +207,16 @@ impl SrvResolver {
     }
 
     async fn srv(&self, query: &Name, host: &Name) -> Result<SrvAnswer, SrvError> {
-        let lookup = self.lookup(query, RecordType::SRV).await?;
+        let records = match self.lookup(query, RecordType::SRV).await? {
+            Answer::Records(r) => r,
+            Answer::Nothing(why) => return Err(lookup_error("SRV", query, why)),
+        };
         let mut answer = SrvAnswer {
             found: Vec::new(),
             rejected: Vec::new(),
             min_ttl: None,
         };
-        for record in lookup.iter() {
+        for record in &records {
             let RData::SRV(srv) = &record.data else {
                 continue;
             };
@@ -235,57 +237,42 @@ impl SrvResolver {
         Ok(answer)
     }
 
-    /// The TXT records' strings; none is not an error.
+    /// The strings of each TXT record; no record is not an error.
     async fn txt(&self, host: &Name) -> Result<Vec<Vec<Vec<u8>>>, SrvError> {
-        match self.lookup(host, RecordType::TXT).await {
-            Ok(records) => Ok(records
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(txt) => Some(txt.txt_data.iter().map(|s| s.to_vec()).collect()),
-                    _ => None,
-                })
-                .collect()),
-            Err(NoRecords) => Ok(Vec::new()),
-            Err(Failed(e)) => Err(e),
-        }
+        let records = match self.lookup(host, RecordType::TXT).await? {
+            Answer::Records(r) => r,
+            Answer::Nothing(_) => return Ok(Vec::new()),
+        };
+        Ok(records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(txt.txt_data.iter().map(|s| s.to_vec()).collect()),
+                _ => None,
+            })
+            .collect())
     }
 
-    async fn lookup(
-        &self,
-        name: &Name,
-        kind: RecordType,
-    ) -> Result<Vec<hickory_resolver::proto::rr::Record>, LookupFailure> {
+    /// One query, within [`LOOKUP_DEADLINE`].
+    async fn lookup(&self, name: &Name, kind: RecordType) -> Result<Answer, SrvError> {
         let label = match kind {
             RecordType::SRV => "SRV",
             _ => "TXT",
         };
         match tokio::time::timeout(LOOKUP_DEADLINE, self.dns.lookup(name.clone(), kind)).await {
-            Err(_) => Err(Failed(lookup_error(label, name, "timed out".into()))),
-            Ok(Ok(lookup)) => Ok(lookup.answers().to_vec()),
-            Ok(Err(e)) if e.is_no_records_found() && kind == RecordType::TXT => Err(NoRecords),
-            Ok(Err(e)) => Err(Failed(lookup_error(label, name, describe(&e)))),
+            Err(_) => Err(lookup_error(label, name, "timed out".into())),
+            Ok(Ok(lookup)) => Ok(Answer::Records(lookup.answers().to_vec())),
+            Ok(Err(e)) if e.is_nx_domain() => Ok(Answer::Nothing("no such name (NXDOMAIN)".into())),
+            Ok(Err(e)) if e.is_no_records_found() => Ok(Answer::Nothing("no records".into())),
+            Ok(Err(e)) => Err(lookup_error(label, name, e.to_string())),
         }
     }
 }
 
-/// A lookup that found nothing, or failed.
-enum LookupFailure {
-    NoRecords,
-    Failed(SrvError),
-}
-use LookupFailure::{Failed, NoRecords};
-
-impl From<LookupFailure> for SrvError {
-    fn from(f: LookupFailure) -> SrvError {
-        match f {
-            NoRecords => SrvError::Lookup {
-                kind: "DNS",
-                name: String::new(),
-                reason: "no records".into(),
-            },
-            Failed(e) => e,
-        }
-    }
+/// What a query found: records, or an authoritative "nothing" (NXDOMAIN or no records), which
+/// is an error for SRV and an empty answer for TXT.
+enum Answer {
+    Records(Vec<Record>),
+    Nothing(String),
 }
 
 fn lookup_error(kind: &'static str, name: &Name, reason: String) -> SrvError {
@@ -293,15 +280,5 @@ fn lookup_error(kind: &'static str, name: &Name, reason: String) -> SrvError {
         kind,
         name: name.to_ascii(),
         reason,
-    }
-}
-
-fn describe(e: &NetError) -> String {
-    if e.is_nx_domain() {
-        "no such name (NXDOMAIN)".into()
-    } else if e.is_no_records_found() {
-        "no records".into()
-    } else {
-        e.to_string()
     }
 }
