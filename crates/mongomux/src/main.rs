@@ -80,11 +80,11 @@ struct ServeArgs {
     /// --upstream-username / --upstream-password).
     #[arg(long, env = "MONGOMUX_UPSTREAM", hide_env_values = true)]
     upstream: Option<String>,
-    /// DNS server (HOST:PORT) for mongodb+srv lookups [default: the system's resolver].
+    /// DNS server (IP:PORT) for mongodb+srv lookups [default: the system's resolver].
     #[arg(long, env = "MONGOMUX_UPSTREAM_RESOLVER")]
     upstream_resolver: Option<SocketAddr>,
-    /// Rescan interval of the upstream's SRV records, replacing the lowest TTL (min 60s);
-    /// for tests.
+    /// Interval between lookups of a sharded mongodb+srv upstream's SRV records, for tests
+    /// [default: the lowest SRV TTL, at least 60s].
     #[arg(long, env = "MONGOMUX_UPSTREAM_SRV_RESCAN_INTERVAL", value_parser = humantime::parse_duration)]
     upstream_srv_rescan_interval: Option<Duration>,
     /// Upstream user name, overriding the URI's.
