@@ -37,10 +37,14 @@ enum Command {
     /// Manage gateway users.
     #[command(subcommand)]
     User(UserCommand),
-    /// Validate a TOML configuration file and exit.
+    /// Validate a configuration (a TOML file, flags and environment, as `serve` would layer
+    /// them), resolve a mongodb+srv upstream, print a summary and exit.
     CheckConfig {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check (same as --config).
+        file: Option<PathBuf>,
+        /// The settings `serve` takes; they override the file.
+        #[command(flatten)]
+        args: Box<ServeArgs>,
     },
 }
 
@@ -72,9 +76,17 @@ struct ServeArgs {
     /// Address clients connect to [default: 127.0.0.1:27018].
     #[arg(long, env = "MONGOMUX_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Upstream mongodb:// URI (credentials may be given here or in the next two settings).
+    /// Upstream mongodb:// or mongodb+srv:// URI (credentials may be given here or in
+    /// --upstream-username / --upstream-password).
     #[arg(long, env = "MONGOMUX_UPSTREAM", hide_env_values = true)]
     upstream: Option<String>,
+    /// DNS server (IP:PORT) for mongodb+srv lookups [default: the system's resolver].
+    #[arg(long, env = "MONGOMUX_UPSTREAM_RESOLVER")]
+    upstream_resolver: Option<SocketAddr>,
+    /// Interval between lookups of a sharded mongodb+srv upstream's SRV records, for tests
+    /// [default: the lowest SRV TTL, at least 60s].
+    #[arg(long, env = "MONGOMUX_UPSTREAM_SRV_RESCAN_INTERVAL", value_parser = humantime::parse_duration)]
+    upstream_srv_rescan_interval: Option<Duration>,
     /// Upstream user name, overriding the URI's.
     #[arg(long, env = "MONGOMUX_UPSTREAM_USERNAME")]
     upstream_username: Option<String>,
@@ -176,6 +188,12 @@ impl ServeArgs {
         if let Some(uri) = self.upstream {
             cfg.upstream = Some(parse_uri(&uri)?);
         }
+        if self.upstream_resolver.is_some() {
+            cfg.upstream_resolver = self.upstream_resolver;
+        }
+        if self.upstream_srv_rescan_interval.is_some() {
+            cfg.upstream_srv_rescan_interval = self.upstream_srv_rescan_interval;
+        }
         if let Some(v) = self.upstream_username {
             cfg.upstream_username = Some(v);
         }
@@ -242,11 +260,20 @@ impl ServeArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => {
-            RawConfig::from_file(&file)
+        Command::CheckConfig { file, mut args } => {
+            if file.is_some() {
+                args.config = file;
+            }
+            let name = args
+                .config
+                .as_ref()
+                .map_or_else(|| "configuration".into(), |f| f.display().to_string());
+            let settings = args
+                .into_raw()
                 .and_then(Settings::from_raw)
                 .map_err(invalid)?;
-            println!("{}: ok", file.display());
+            check_upstream(&settings)?;
+            println!("{name}: ok");
             Ok(())
         }
         Command::User(UserCommand::Add {
@@ -279,6 +306,32 @@ fn main() -> Result<()> {
                 .block_on(serve(settings, *args))
         }
     }
+}
+
+/// Resolves a mongodb+srv upstream (the only part of a configuration that needs the network)
+/// and prints the upstream's summary; never a password.
+fn check_upstream(settings: &Settings) -> Result<()> {
+    use mongomux_gateway::upstream::{srv, summary, Seeds};
+    let resolved = match &settings.upstream.seeds {
+        Seeds::Hosts(_) => None,
+        Seeds::Srv { .. } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let resolved = runtime.block_on(async {
+                srv::SrvResolver::new(settings.upstream_resolver)?
+                    .resolve(&settings.upstream)
+                    .await
+            });
+            Some(resolved.map_err(|e| {
+                anyhow::anyhow!("the upstream URI is valid, but its SRV resolution failed: {e}")
+            })?)
+        }
+    };
+    for line in summary::summary(&settings.upstream, resolved.as_ref()) {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {

@@ -10,6 +10,7 @@
 mod raw;
 pub mod reload;
 mod uri;
+mod uri_options;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use std::time::Duration;
 pub use crate::config_error::ConfigError;
 pub use raw::RawConfig;
 pub use reload::SettingsChange;
-pub use uri::{parse_uri, UpstreamConfig};
+pub use uri::{parse_uri, parse_uri_report, UpstreamConfig, UriReport};
+pub use uri_options::IGNORED as IGNORED_URI_OPTIONS;
 
 use crate::access::AccessList;
 use crate::identity::session_key::SessionKey;
@@ -42,6 +44,10 @@ pub struct Settings {
     pub upstream: UpstreamConfig,
     /// TLS for upstream connections, when the upstream asks for TLS.
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// DNS server for `mongodb+srv` lookups; `None` is the system's resolver.
+    pub upstream_resolver: Option<SocketAddr>,
+    /// Replaces the SRV rescan interval of the polling specification (tests).
+    pub upstream_srv_rescan_interval: Option<Duration>,
     /// Hard cap on upstream connections.
     pub pool_size: usize,
     /// Effective bound on pinned upstream connections (default: half the pool, at least one).
@@ -112,6 +118,8 @@ impl Settings {
             metrics_listen: raw.metrics_listen,
             upstream,
             upstream_tls,
+            upstream_resolver: raw.upstream_resolver,
+            upstream_srv_rescan_interval: raw.upstream_srv_rescan_interval,
             pool_size: raw.pool_size,
             checkout_timeout: raw.checkout_timeout,
             connect_timeout: raw.connect_timeout,
@@ -204,6 +212,10 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
         ("handshake_timeout", raw.handshake_timeout),
         ("idle_timeout", raw.idle_timeout),
         ("connect_timeout", raw.connect_timeout),
+        (
+            "upstream_srv_rescan_interval",
+            raw.upstream_srv_rescan_interval.unwrap_or(Duration::MAX),
+        ),
     ] {
         if d.is_zero() {
             return Err(invalid(format!("{name} must be positive")));

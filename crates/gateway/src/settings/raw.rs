@@ -25,9 +25,14 @@ use crate::tls::TlsMode;
 pub struct RawConfig {
     /// Address clients connect to.
     pub listen: SocketAddr,
-    /// The upstream deployment, as a `mongodb://` URI (credentials allowed).
+    /// The upstream deployment, as a `mongodb://` or `mongodb+srv://` URI (credentials allowed).
     #[serde(deserialize_with = "de_upstream")]
     pub upstream: Option<UpstreamConfig>,
+    /// DNS server (`host:port`) for `mongodb+srv` lookups; unset: the system's resolver.
+    pub upstream_resolver: Option<SocketAddr>,
+    /// Replaces the SRV rescan interval (lowest TTL, at least 60 s); for tests.
+    #[serde(with = "humantime_serde")]
+    pub upstream_srv_rescan_interval: Option<Duration>,
     /// Overrides the URI's user name.
     pub upstream_username: Option<String>,
     /// Overrides the URI's password.
@@ -105,6 +110,8 @@ impl Default for RawConfig {
         RawConfig {
             listen: "127.0.0.1:27018".parse().expect("valid address"),
             upstream: None,
+            upstream_resolver: None,
+            upstream_srv_rescan_interval: None,
             upstream_username: None,
             upstream_password: None,
             pool_size: 10,

@@ -85,6 +85,9 @@ const FIELDS: &[Field] = &[
             new.upstream_tls = old.upstream_tls.clone();
         }),
     },
+    // The DNS client and the SRV poller are built with the pools, at start.
+    restart!("upstream_resolver", upstream_resolver),
+    restart!("upstream_srv_rescan_interval", upstream_srv_rescan_interval),
     // The pool grows at once and shrinks as connections come back (`Pool::resize`); its
     // timeouts are read on every use (`Pool::set_limits`).
     live!("pool_size", pool_size),

@@ -313,3 +313,33 @@ fn scram_password(u: &crate::upstream::UpstreamConfig) -> &str {
         other => panic!("not SCRAM: {other:?}"),
     }
 }
+
+#[test]
+fn resolver_settings_need_a_restart() {
+    let old = Settings::from_raw(raw("")).unwrap();
+    assert_eq!(old.upstream_resolver, None);
+    let mut new = Settings::from_raw(raw(
+        "upstream_resolver = \"127.0.0.1:5353\"\nupstream_srv_rescan_interval = \"2s\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        new.upstream_srv_rescan_interval,
+        Some(Duration::from_secs(2))
+    );
+    let change = SettingsChange::reconcile(&old, &mut new);
+    assert_eq!(
+        change.needs_restart,
+        ["upstream_resolver", "upstream_srv_rescan_interval"]
+    );
+    assert_eq!(new.upstream_resolver, None);
+    assert!(error_of("upstream_srv_rescan_interval = \"0s\"\n")
+        .contains("upstream_srv_rescan_interval must be positive"));
+    // A mongodb+srv upstream is a valid setting (resolved later, not here), TLS on.
+    let s = Settings::from_toml("upstream = \"mongodb+srv://u:pw@c.example.com/?replicaSet=rs\"\n")
+        .unwrap();
+    assert!(matches!(
+        s.upstream.seeds,
+        crate::upstream::Seeds::Srv { .. }
+    ));
+    assert!(s.upstream_tls.is_some());
+}

@@ -1,291 +1,295 @@
-//! The upstream `mongodb://` URI: where and as whom the gateway connects.
+//! The upstream connection string: `mongodb://` with a seed list or `mongodb+srv://` with a
+//! DNS name, parsed by the official driver's parser (`mongodb::options::ConnectionString`) and
+//! turned into an [`UpstreamConfig`].
 //!
-//! A small parser for the one-host subset of the connection-string spec the gateway accepts
-//! (another issue replaces it with a maintained parser when replica sets arrive). Errors never
-//! echo the URI, since it may carry a password.
+//! The option lists and the pre-check live in [`super::uri_options`]; here the driver's result
+//! is mapped and the combinations the specifications forbid are refused (connection-string,
+//! load-balancer, SDAM and server-selection specifications). Nothing is resolved here: an SRV
+//! name stays a name until [`crate::upstream::srv`] looks it up. Errors never echo a password,
+//! whether they come from the driver or from here (`uri_options::redact`).
 
-use std::path::PathBuf;
+use std::time::Duration;
 
+use mongodb::error::ErrorKind;
+use mongodb::options::{AuthMechanism, ConnectionString, Credential, HostInfo, ServerAddress, Tls};
 use mongomux_auth::{Mechanism, Secret};
 
+use super::uri_options::{prefilter, redact, secret_fragments, Prefiltered};
 use super::ConfigError;
+use crate::upstream::read_pref::{ReadMode, ReadPreference, TagSet};
 pub use crate::upstream::UpstreamConfig;
-use crate::upstream::{AwsStatic, UpstreamAuth};
+use crate::upstream::{host_port, AwsStatic, Seeds, TopologyOptions, UpstreamAuth};
 
-/// Parses `mongodb://[user[:pass]@]host[:port][/db][?options]` (connection-string spec).
-/// Errors never echo the URI, since it may carry a password.
+/// The smallest `heartbeatFrequencyMS` (server monitoring specification).
+const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
+/// The idle-write period mongod uses, which `maxStalenessSeconds` must exceed with the
+/// heartbeat (server selection specification).
+const IDLE_WRITE_PERIOD: Duration = Duration::from_secs(10);
+
+/// What parsing learnt beside the configuration (for `check-config`'s summary).
+#[derive(Debug, Clone, Default)]
+pub struct UriReport {
+    /// Options present that the gateway accepts and ignores, as written.
+    pub ignored: Vec<String>,
+}
+
+/// Parses an upstream connection string (connection-string specification, both schemes).
+/// Errors never echo the URI's password or session token.
 pub fn parse_uri(uri: &str) -> Result<UpstreamConfig, ConfigError> {
-    let rest = uri
-        .strip_prefix("mongodb://")
-        .ok_or_else(|| ConfigError::Invalid("upstream URI must start with mongodb://".into()))?;
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
+    parse_uri_report(uri).map(|(cfg, _)| cfg)
+}
+
+/// [`parse_uri`], also saying which options were ignored.
+pub fn parse_uri_report(uri: &str) -> Result<(UpstreamConfig, UriReport), ConfigError> {
+    build(uri).map_err(|msg| ConfigError::Invalid(redact(msg, &secret_fragments(uri))))
+}
+
+fn build(uri: &str) -> Result<(UpstreamConfig, UriReport), String> {
+    let pre = prefilter(uri)?;
+    let mut cs = ConnectionString::parse(&pre.driver_uri).map_err(driver_message)?;
+    let seeds = seeds(&cs, &pre)?;
+    let auth = auth(cs.credential.take(), cs.default_database.as_deref())?;
+    let topology = topology(&cs)?;
+    let (tls, tls_ca_file, tls_certificate_key_file) = match cs.tls.take() {
+        Some(Tls::Enabled(o)) => (true, o.ca_file_path, o.cert_key_file_path),
+        Some(Tls::Disabled) | None => (false, None, None),
     };
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-        None => (None, authority),
-    };
-    let (username, password) = match userinfo {
-        Some(u) => {
-            let (user, pass) = match u.split_once(':') {
-                Some((a, b)) => (a, Some(b)),
-                None => (u, None),
-            };
-            (
-                Some(percent_decode(user)?),
-                pass.map(|p| percent_decode(p).map(Secret::new))
-                    .transpose()?,
-            )
-        }
-        None => (None, None),
-    };
-    if hosts.is_empty() {
-        return Err(ConfigError::Invalid("upstream URI has no host".into()));
+    if pre.allow_invalid_hostnames && !tls {
+        return Err("tlsAllowInvalidHostnames needs TLS to the upstream".into());
     }
-    let seeds: Vec<String> = hosts
-        .split(',')
-        .map(|h| {
-            if h.starts_with('[')
-                || h.rsplit_once(':')
-                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            {
-                h.to_string()
-            } else {
-                format!("{h}:27017")
-            }
-        })
-        .collect();
-    let (path, query) = match tail.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (tail, ""),
+    let cfg = UpstreamConfig {
+        seeds,
+        topology,
+        auth,
+        tls,
+        tls_ca_file,
+        tls_certificate_key_file,
+        tls_allow_invalid_hostnames: pre.allow_invalid_hostnames,
+        compressors: pre.compressors,
+        app_name: cs.app_name.take(),
+        aws_credentials: None,
     };
-    let default_db = path.trim_start_matches('/');
-    let mut auth_source = None;
-    let mut mechanism = None;
-    let mut aws = false;
-    let mut aws_token = None;
-    let mut tls = false;
-    let mut tls_ca_file = None;
-    let mut topology = crate::upstream::TopologyOptions::default();
-    let ms = |v: &str| -> Result<std::time::Duration, ConfigError> {
-        v.parse::<u64>()
-            .map(std::time::Duration::from_millis)
-            .map_err(|_| ConfigError::Invalid("a *MS upstream URI option is not a number".into()))
+    check_combinations(&cfg)?;
+    Ok((
+        cfg,
+        UriReport {
+            ignored: pre.ignored,
+        },
+    ))
+}
+
+/// The driver's own message, prefixed once. Callers redact it.
+fn driver_message(e: mongodb::error::Error) -> String {
+    let detail = match *e.kind {
+        ErrorKind::InvalidArgument { message, .. } => message,
+        other => other.to_string(),
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k.to_ascii_lowercase().as_str() {
-            "authsource" => auth_source = Some(percent_decode(v)?),
-            "authmechanism" if v == "MONGODB-AWS" => aws = true,
-            "authmechanismproperties" => aws_token = Some(session_token(v)?),
-            "authmechanism" => {
-                mechanism = Some(Mechanism::from_name(v).ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "unsupported upstream authMechanism {v:?}; use SCRAM-SHA-256 or SCRAM-SHA-1"
-                    ))
-                })?)
-            }
-            "tls" | "ssl" => tls = v.eq_ignore_ascii_case("true"),
-            "tlscafile" => tls_ca_file = Some(PathBuf::from(percent_decode(v)?)),
-            "replicaset" => topology.replica_set = Some(percent_decode(v)?),
-            "directconnection" => topology.direct_connection = Some(v == "true"),
-            "serverselectiontimeoutms" => topology.server_selection_timeout = ms(v)?,
-            "heartbeatfrequencyms" => topology.heartbeat_frequency = ms(v)?,
-            "localthresholdms" => topology.local_threshold = ms(v)?,
-            "connecttimeoutms" => topology.connect_timeout = ms(v)?,
-            "readpreference" => {
-                let mode = crate::upstream::read_pref::ReadMode::from_name(v).ok_or_else(|| {
-                    ConfigError::Invalid(format!("unknown upstream readPreference {v:?}"))
-                })?;
-                topology.read_preference = crate::upstream::read_pref::ReadPreference {
-                    mode,
-                    ..Default::default()
-                };
-            }
-            // Options that describe client behaviour the gateway does not need.
-            "appname" | "retrywrites" | "retryreads" | "w" | "maxpoolsize" => {}
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "unsupported upstream URI option {other:?}"
-                )))
-            }
-        }
+    format!("upstream URI: {detail}")
+}
+
+fn seeds(cs: &ConnectionString, pre: &Prefiltered) -> Result<Seeds, String> {
+    match &cs.host_info {
+        HostInfo::DnsRecord(host) => Ok(Seeds::Srv {
+            host: host.clone(),
+            service_name: cs
+                .srv_service_name
+                .clone()
+                .unwrap_or_else(|| "mongodb".into()),
+            max_hosts: cs.srv_max_hosts.filter(|n| *n > 0),
+            uri_auth_source: pre.auth_source,
+            uri_load_balanced: pre.load_balanced,
+        }),
+        HostInfo::HostIdentifiers(addresses) => addresses
+            .iter()
+            .map(|a| match a {
+                ServerAddress::Tcp { host, port } => Ok(host_port(host, port.unwrap_or(27017))),
+                #[allow(unreachable_patterns)]
+                _ => Err(
+                    "upstream URI: Unix domain sockets are not supported; give host:port"
+                        .to_string(),
+                ),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Seeds::Hosts),
+        _ => Err("upstream URI: unsupported host form".into()),
     }
-    let explicit_source = auth_source.clone();
-    let auth_source = auth_source.unwrap_or_else(|| {
-        if default_db.is_empty() {
-            "admin".to_string()
-        } else {
-            default_db.to_string()
+}
+
+/// The credential. SCRAM without a forced mechanism when the URI names a user and no
+/// mechanism; MONGODB-AWS with or without static credentials.
+fn auth(credential: Option<Credential>, default_db: Option<&str>) -> Result<UpstreamAuth, String> {
+    let Some(c) = credential else {
+        return Ok(UpstreamAuth::None);
+    };
+    let properties = c.mechanism_properties.unwrap_or_default();
+    let mechanism = match &c.mechanism {
+        None => None,
+        Some(AuthMechanism::ScramSha1) => Some(Mechanism::ScramSha1),
+        Some(AuthMechanism::ScramSha256) => Some(Mechanism::ScramSha256),
+        Some(AuthMechanism::MongoDbAws) => {
+            return aws(c.username, c.password, c.source.as_deref(), &properties)
         }
-    });
-    let mut cfg = UpstreamConfig::single(String::new());
-    cfg.seeds = crate::upstream::Seeds::Hosts(seeds);
-    cfg.topology = topology;
-    cfg.auth = match (username, password) {
-        (username, password) if aws => {
-            aws_auth(username, password, aws_token, explicit_source.as_deref())?
-        }
-        _ if aws_token.is_some() => {
-            return Err(ConfigError::Invalid(
-                "authMechanismProperties applies to authMechanism=MONGODB-AWS only".into(),
+        Some(other) => {
+            return Err(format!(
+                "upstream authMechanism {} is not supported; use SCRAM-SHA-256, SCRAM-SHA-1 or MONGODB-AWS",
+                other.as_str()
             ))
         }
-        (Some(username), password) => UpstreamAuth::Scram {
-            username,
-            password: password.unwrap_or_else(|| Secret::new("")),
-            source: auth_source,
-            mechanism,
-        },
-        (None, _) => UpstreamAuth::None,
     };
-    cfg.tls = tls || tls_ca_file.is_some();
-    cfg.tls_ca_file = tls_ca_file;
-    Ok(cfg)
-}
-
-/// `authMechanismProperties=AWS_SESSION_TOKEN:<token>`, the one property MONGODB-AWS has.
-fn session_token(v: &str) -> Result<Secret, ConfigError> {
-    let v = percent_decode(v)?;
-    match v.split_once(':') {
-        Some(("AWS_SESSION_TOKEN", token)) if !token.is_empty() => Ok(Secret::new(token)),
-        _ => Err(ConfigError::Invalid(
-            "upstream authMechanismProperties supports AWS_SESSION_TOKEN:<token> only".into(),
-        )),
-    }
-}
-
-/// MONGODB-AWS (auth.md): keys from the URI (user = access key id, password = secret key,
-/// optional session token) or none at all, when the AWS provider chain supplies them; the
-/// source is `$external`.
-fn aws_auth(
-    username: Option<String>,
-    password: Option<Secret>,
-    token: Option<Secret>,
-    source: Option<&str>,
-) -> Result<UpstreamAuth, ConfigError> {
-    if source.is_some_and(|s| s != "$external") {
-        return Err(ConfigError::Invalid(
-            "authMechanism=MONGODB-AWS needs authSource=$external (or none)".into(),
+    if let Some((key, _)) = properties.iter().next() {
+        return Err(format!(
+            "upstream URI: authMechanismProperties {key} does not apply to SCRAM"
         ));
     }
-    let static_credentials = match (username, password, token) {
-        (None, None, None) => None,
-        (Some(access_key_id), Some(secret_access_key), session_token)
-            if !access_key_id.is_empty() && !secret_access_key.expose().is_empty() =>
-        {
-            Some(AwsStatic {
-                access_key_id,
-                secret_access_key,
-                session_token,
-            })
+    let Some(username) = c.username else {
+        return Err("upstream URI: authSource or authMechanism without a user name".into());
+    };
+    Ok(UpstreamAuth::Scram {
+        username,
+        password: Secret::new(c.password.unwrap_or_default()),
+        // Connection-string specification: the URI's database, else `admin`.
+        source: c
+            .source
+            .or_else(|| default_db.map(str::to_string))
+            .unwrap_or_else(|| "admin".into()),
+        mechanism,
+    })
+}
+
+fn aws(
+    username: Option<String>,
+    password: Option<String>,
+    source: Option<&str>,
+    properties: &bson::Document,
+) -> Result<UpstreamAuth, String> {
+    if source.is_some_and(|s| s != "$external") {
+        return Err("upstream MONGODB-AWS takes authSource=$external or none".into());
+    }
+    let mut session_token = None;
+    for (key, value) in properties {
+        match (key.as_str(), value.as_str()) {
+            ("AWS_SESSION_TOKEN", Some(token)) => session_token = Some(Secret::new(token)),
+            _ => {
+                return Err(format!(
+                    "upstream URI: authMechanismProperties {key} does not apply to MONGODB-AWS (only AWS_SESSION_TOKEN)"
+                ))
+            }
         }
-        _ => return Err(ConfigError::Invalid(
-            "MONGODB-AWS in the upstream URI needs both an access key id (user) and a secret key (password), or neither".into(),
-        )),
+    }
+    let static_credentials = match (username, password) {
+        (None, None) if session_token.is_none() => None,
+        (Some(access_key_id), Some(secret)) => Some(AwsStatic {
+            access_key_id,
+            secret_access_key: Secret::new(secret),
+            session_token,
+        }),
+        _ => {
+            return Err(
+                "upstream MONGODB-AWS credentials in the URI need both an access key id (user name) and a secret key (password)"
+                    .into(),
+            )
+        }
     };
     Ok(UpstreamAuth::Aws { static_credentials })
 }
 
-fn percent_decode(s: &str) -> Result<String, ConfigError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    ConfigError::Invalid("bad percent-encoding in upstream URI".into())
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+fn topology(cs: &ConnectionString) -> Result<TopologyOptions, String> {
+    let d = TopologyOptions::default();
+    let heartbeat = cs.heartbeat_frequency.unwrap_or(d.heartbeat_frequency);
+    if heartbeat < MIN_HEARTBEAT {
+        return Err("upstream heartbeatFrequencyMS must be at least 500".into());
+    }
+    let positive = |name: &str, v: Option<Duration>, default: Duration| {
+        match v {
+        Some(v) if v.is_zero() => Err(format!(
+            "upstream {name}=0 (no limit) is not supported: every wait of the gateway has a deadline"
+        )),
+        v => Ok(v.unwrap_or(default)),
+    }
+    };
+    let read_preference = read_preference(cs.read_preference.as_ref())?;
+    if let Some(staleness) = read_preference.max_staleness {
+        if staleness < heartbeat + IDLE_WRITE_PERIOD {
+            return Err(
+                "upstream maxStalenessSeconds must be at least heartbeatFrequencyMS + 10 s".into(),
+            );
         }
     }
-    String::from_utf8(out).map_err(|_| ConfigError::Invalid("upstream URI is not UTF-8".into()))
+    Ok(TopologyOptions {
+        replica_set: cs.replica_set.clone(),
+        direct_connection: cs.direct_connection,
+        load_balanced: cs.load_balanced.unwrap_or(false),
+        heartbeat_frequency: heartbeat,
+        local_threshold: cs.local_threshold.unwrap_or(d.local_threshold),
+        server_selection_timeout: positive(
+            "serverSelectionTimeoutMS",
+            cs.server_selection_timeout,
+            d.server_selection_timeout,
+        )?,
+        connect_timeout: positive("connectTimeoutMS", cs.connect_timeout, d.connect_timeout)?,
+        read_preference,
+    })
+}
+
+fn read_preference(
+    rp: Option<&mongodb::options::ReadPreference>,
+) -> Result<ReadPreference, String> {
+    use mongodb::options::ReadPreference as D;
+    let Some(rp) = rp else {
+        return Ok(ReadPreference::primary());
+    };
+    let (mode, options) = match rp {
+        D::Primary => (ReadMode::Primary, None),
+        D::Secondary { options } => (ReadMode::Secondary, options.as_ref()),
+        D::PrimaryPreferred { options } => (ReadMode::PrimaryPreferred, options.as_ref()),
+        D::SecondaryPreferred { options } => (ReadMode::SecondaryPreferred, options.as_ref()),
+        D::Nearest { options } => (ReadMode::Nearest, options.as_ref()),
+        _ => return Err(format!("upstream readPreference {rp} is not supported")),
+    };
+    let tag_sets = options
+        .and_then(|o| o.tag_sets.as_ref())
+        .map(|sets| {
+            sets.iter()
+                .map(|set| {
+                    // The driver keeps a tag set as a map; sorted so equal URIs compare equal.
+                    let mut tags: TagSet =
+                        set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    tags.sort();
+                    tags
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let max_staleness = options.and_then(|o| o.max_staleness);
+    ReadPreference::new(mode, tag_sets, max_staleness).map_err(|e| format!("upstream URI: {e}"))
+}
+
+/// Combinations the specifications forbid that the driver's parser leaves to the client.
+fn check_combinations(cfg: &UpstreamConfig) -> Result<(), String> {
+    let t = &cfg.topology;
+    let hosts = match &cfg.seeds {
+        Seeds::Hosts(h) => Some(h.len()),
+        Seeds::Srv { .. } => None,
+    };
+    if t.direct_connection == Some(true) && hosts.is_some_and(|n| n > 1) {
+        return Err("upstream directConnection=true needs exactly one host".into());
+    }
+    if t.load_balanced {
+        if hosts.is_some_and(|n| n > 1) {
+            return Err("upstream loadBalanced=true needs exactly one host".into());
+        }
+        if t.replica_set.is_some() {
+            return Err("upstream loadBalanced=true cannot be combined with replicaSet".into());
+        }
+        if t.direct_connection == Some(true) {
+            return Err(
+                "upstream loadBalanced=true cannot be combined with directConnection=true".into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uri_with_credentials() {
-        let u = parse_uri("mongodb://us%40er:p%3Ass@127.0.0.1:27017/app?authSource=admin&authMechanism=SCRAM-SHA-1").unwrap();
-        assert_eq!(
-            u.seeds,
-            crate::upstream::Seeds::Hosts(vec!["127.0.0.1:27017".into()])
-        );
-        let UpstreamAuth::Scram {
-            username,
-            password,
-            source,
-            mechanism,
-        } = &u.auth
-        else {
-            panic!("{u:?}")
-        };
-        assert_eq!(username, "us@er");
-        assert_eq!(password.expose(), "p:ss");
-        assert_eq!(source, "admin");
-        assert_eq!(*mechanism, Some(Mechanism::ScramSha1));
-        assert!(!format!("{u:?}").contains("p:ss"));
-    }
-
-    #[test]
-    fn uri_with_mongodb_aws() {
-        let u = parse_uri("mongodb://h:1/?authMechanism=MONGODB-AWS&authSource=$external").unwrap();
-        assert!(matches!(
-            u.auth,
-            UpstreamAuth::Aws {
-                static_credentials: None
-            }
-        ));
-        let u = parse_uri("mongodb://h:1/?authMechanism=MONGODB-AWS").unwrap();
-        assert!(matches!(u.auth, UpstreamAuth::Aws { .. }));
-        let u = parse_uri(
-            "mongodb://AKIDEXAMPLE:se%2Fcret@h:1/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:to%2Bk%3Den",
-        )
-        .unwrap();
-        let UpstreamAuth::Aws {
-            static_credentials: Some(s),
-        } = &u.auth
-        else {
-            panic!("{u:?}")
-        };
-        assert_eq!(s.access_key_id, "AKIDEXAMPLE");
-        assert_eq!(s.secret_access_key.expose(), "se/cret");
-        assert_eq!(s.session_token.as_ref().unwrap().expose(), "to+k=en");
-        assert!(!format!("{u:?}").contains("se/cret") && !format!("{u:?}").contains("to+k"));
-        for bad in [
-            "mongodb://AKID@h/?authMechanism=MONGODB-AWS",
-            "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:zzTOKzz",
-            "mongodb://AKID:secretpw@h/?authMechanism=MONGODB-AWS&authSource=admin",
-            "mongodb://AKID:secretpw@h/?authMechanism=MONGODB-AWS&authMechanismProperties=SERVICE_NAME:x",
-            "mongodb://AKID:secretpw@h/?authMechanismProperties=AWS_SESSION_TOKEN:zzTOKzz",
-        ] {
-            let err = parse_uri(bad).unwrap_err().to_string();
-            assert!(!err.contains("secretpw") && !err.contains("zzTOKzz"), "{err}");
-        }
-    }
-
-    #[test]
-    fn uri_defaults_and_errors() {
-        let u = parse_uri("mongodb://db.example").unwrap();
-        assert_eq!(
-            u.seeds,
-            crate::upstream::Seeds::Hosts(vec!["db.example:27017".into()])
-        );
-        assert!(matches!(u.auth, UpstreamAuth::None));
-        let u = parse_uri("mongodb://u:p@h:1/app").unwrap();
-        assert!(matches!(&u.auth, UpstreamAuth::Scram { source, .. } if source == "app"));
-        assert!(parse_uri("http://h").is_err());
-        let err = parse_uri("mongodb://u:secretpw@h/?bogus=1").unwrap_err();
-        assert!(!err.to_string().contains("secretpw"));
-    }
-}
+#[path = "uri_tests.rs"]
+mod tests;

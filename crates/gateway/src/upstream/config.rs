@@ -1,6 +1,7 @@
 //! Where and as whom the gateway connects upstream: the upstream's own settings, owned here so
 //! that the connection code does not depend on the settings as a whole (the settings build this
-//! value from the URI, [`crate::settings::parse_uri`]).
+//! value from the URI, [`crate::settings::parse_uri`]; for `mongodb+srv` the DNS records are
+//! folded in by [`crate::upstream::srv`]).
 //!
 //! The value describes a deployment, not one server: a seed list or an SRV name, the options
 //! that steer discovery and server selection, and one credential every member's connections
@@ -26,8 +27,13 @@ pub enum Seeds {
         host: String,
         /// `srvServiceName`, `mongodb` unless set.
         service_name: String,
-        /// `srvMaxHosts`: at most this many of the SRV hosts are used (0 or unset: all).
+        /// `srvMaxHosts`: at most this many of the SRV hosts are used (unset: all; the URI's
+        /// 0 is stored as unset).
         max_hosts: Option<u32>,
+        /// The URI set `authSource` itself: a TXT record's `authSource` does not override it.
+        uri_auth_source: bool,
+        /// The URI set `loadBalanced` itself: a TXT record's `loadBalanced` does not override it.
+        uri_load_balanced: bool,
     },
 }
 
@@ -240,4 +246,12 @@ pub fn host_of(address: &str) -> &str {
         .map_or(address, |(h, _)| h)
         .trim_start_matches('[')
         .trim_end_matches(']')
+}
+
+/// `host:port`, with an IPv6 literal in brackets: the form of every member address.
+pub fn host_port(host: &str, port: u16) -> String {
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]:{port}"),
+        Err(_) => format!("{host}:{port}"),
+    }
 }

@@ -1,7 +1,8 @@
 //! Everything on the upstream side: single authenticated connections ([`conn`], with the
 //! MONGODB-AWS login in `aws_login` and its credential source in `aws_credentials`), what the
 //! pool needs from them ([`connector`]), the bounded pool that hands them out ([`pool`]), and
-//! the one error type for all of it ([`error`]).
+//! the one error type for all of it ([`error`]); the deployment's description ([`config`],
+//! [`read_pref`]) and the DNS lookups of a `mongodb+srv` name ([`srv`]).
 
 mod aws_credentials;
 mod aws_login;
@@ -14,10 +15,14 @@ pub mod error;
 mod mem_connector;
 pub mod pool;
 pub mod read_pref;
+pub mod srv;
+pub mod summary;
 pub mod topology;
 
 pub use aws_credentials::AwsCredentialSource;
-pub use config::{host_of, AwsStatic, Seeds, TopologyOptions, UpstreamAuth, UpstreamConfig};
+pub use config::{
+    host_of, host_port, AwsStatic, Seeds, TopologyOptions, UpstreamAuth, UpstreamConfig,
+};
 pub use conn::{ConnMeta, Flavor, UpstreamConn, UpstreamInfo};
 pub use connector::{Connector, PoolConn, TcpConnector};
 pub use error::UpstreamError;
