@@ -112,8 +112,22 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the parts for validated settings.
+    /// Builds the parts for validated settings whose upstream names its hosts (for
+    /// `mongodb+srv`, see [`Shared::with_seeds`]).
     pub fn new(settings: Settings, draining: watch::Receiver<bool>) -> Shared {
+        let upstream = settings.upstream.clone();
+        let seeds = Topology::seeds_of(&upstream);
+        Shared::with_seeds(settings, upstream, seeds, draining)
+    }
+
+    /// Builds the parts, the upstream (`upstream`, its TXT options folded in) starting from
+    /// `seeds`.
+    pub fn with_seeds(
+        settings: Settings,
+        upstream: crate::upstream::UpstreamConfig,
+        seeds: Vec<String>,
+        draining: watch::Receiver<bool>,
+    ) -> Shared {
         let metrics = Arc::new(Metrics::default());
         let edge = Edge {
             sts: Sts::new(
@@ -128,8 +142,8 @@ impl Shared {
         };
         Shared {
             upstream: Topology::new(
-                settings.upstream.clone(),
-                Topology::seeds_of(&settings.upstream),
+                upstream,
+                seeds,
                 settings.upstream_tls.clone(),
                 pool_shape(&settings),
                 metrics.clone(),

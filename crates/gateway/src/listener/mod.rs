@@ -23,6 +23,9 @@ const WARN_EVERY: Duration = Duration::from_secs(5);
 /// Why a gateway with valid settings could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The upstream's `mongodb+srv` name could not be resolved.
+    #[error("the upstream's SRV lookup failed")]
+    Srv(#[source] crate::upstream::srv::SrvError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr}{purpose}")]
     Bind {
@@ -47,6 +50,13 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the sockets for already validated settings.
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
+        let start = crate::upstream::topology::srv_watch::initial_seeds(
+            &settings.upstream,
+            settings.upstream_resolver,
+        )
+        .await
+        .map_err(StartError::Srv)?;
+        let rescan = settings.upstream_srv_rescan_interval;
         let bind = |addr: SocketAddr, purpose: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -62,8 +72,13 @@ impl Gateway {
             None => None,
         };
         let (drain_tx, drain_rx) = watch::channel(false);
+        let shared = Shared::with_seeds(settings, start.config, start.seeds, drain_rx);
+        shared.upstream.start();
+        if let Some(resolver) = start.resolver {
+            shared.upstream.watch_srv(resolver, rescan);
+        }
         Ok(Gateway {
-            shared: Shared::new(settings, drain_rx),
+            shared,
             listener,
             metrics_listener,
             drain_tx,

@@ -15,6 +15,7 @@
 pub mod monitor;
 pub mod select;
 pub mod server;
+pub mod srv_watch;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -124,6 +125,11 @@ impl Topology {
     /// The current description.
     pub fn description(&self) -> Arc<TopologyDescription> {
         self.state.borrow().clone()
+    }
+
+    /// The upstream configuration (TXT options folded in for `mongodb+srv`).
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
     }
 
     /// The read preference of requests that carry none (the URI's).
