@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::route::{CursorLimit, Opener, Owner, Pinned};
 use crate::upstream::read_pref::ReadPreference;
 use crate::upstream::topology::select::Need;
+use crate::upstream::topology::server::TopologyVersion;
 use crate::upstream::{ConnMeta, PooledConn, UpstreamError};
 
 impl Session {
@@ -58,7 +59,18 @@ impl Session {
         loop {
             let mut conn = match self.connection_for(view, on.as_deref()).await {
                 Ok(c) => c,
-                Err(e) => return self.replier().error(view.request_id, e.into(), in_txn),
+                Err(e) => {
+                    // A member that cannot be reached is down as far as anyone can tell.
+                    if let Some(member) = e.unreachable_member() {
+                        self.shared
+                            .upstream
+                            .on_failure(member, &e.to_string(), true, None);
+                        if on.is_none() && std::mem::take(&mut retry_left) {
+                            continue;
+                        }
+                    }
+                    return self.replier().error(view.request_id, e.into(), in_txn);
+                }
             };
             let member = conn.conn().meta.address.clone();
             let reply = match self.exchange(&mut conn, &mut frame, view).await {
@@ -69,7 +81,7 @@ impl Session {
                     drop(conn);
                     self.shared
                         .upstream
-                        .on_failure(&member, &e.to_string(), true);
+                        .on_failure(&member, &e.to_string(), true, None);
                     if std::mem::take(&mut retry_left) {
                         continue;
                     }
@@ -79,13 +91,14 @@ impl Session {
                     return self.replier().error(view.request_id, e.into(), in_txn);
                 }
             };
-            if let Some(code) = state_change(&reply) {
+            if let Some((code, version)) = state_change(&reply) {
                 // The member answered cleanly, so the connection is fine; the member is not.
                 conn.release();
                 let why = format!("member answered error {code} (not primary or recovering)");
+                let clear = SHUTTING_DOWN.contains(&code);
                 self.shared
                     .upstream
-                    .on_failure(&member, &why, SHUTTING_DOWN.contains(&code));
+                    .on_failure(&member, &why, clear, version);
                 if std::mem::take(&mut retry_left) {
                     continue;
                 }
@@ -414,11 +427,25 @@ const RECOVERING: [i32; 5] = [11600, 11602, 13436, 189, 91];
 /// Of those, the ones that mean the member is going away: its idle connections are closed.
 const SHUTTING_DOWN: [i32; 2] = [11600, 91];
 
-/// The state-change code of an error reply, if it is one.
-fn state_change(reply: &[u8]) -> Option<i32> {
+/// The state-change code of an error reply, if it is one, with the `topologyVersion` the
+/// member sent with it (4.4+), which tells whether the error is news.
+fn state_change(reply: &[u8]) -> Option<(i32, Option<TopologyVersion>)> {
     let msg = OpMsg::parse(reply).ok()?;
     let code = ReplyFacts::read(msg.body).error_code?;
-    (NOT_PRIMARY.contains(&code) || RECOVERING.contains(&code)).then_some(code)
+    if !(NOT_PRIMARY.contains(&code) || RECOVERING.contains(&code)) {
+        return None;
+    }
+    let version = msg
+        .body
+        .get_document("topologyVersion")
+        .ok()
+        .and_then(|tv| {
+            Some(TopologyVersion {
+                process_id: tv.get_object_id("processId").ok()?,
+                counter: tv.get_i64("counter").ok()?,
+            })
+        });
+    Some((code, version))
 }
 
 /// Whether running the request a second time cannot do anything twice: a read outside a

@@ -125,6 +125,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The member a connection attempt failed to reach, for errors that say it is unreachable.
+    pub fn unreachable_member(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Connect { address, .. }
+            | UpstreamError::ConnectTimeout { address }
+            | UpstreamError::Tls { address, .. } => Some(address),
+            _ => None,
+        }
+    }
+
     /// Whether the connection the error came from is still in a clean state and may go back
     /// to the pool: only a clean `{ok: 0}` answer leaves it so.
     pub fn connection_is_clean(&self) -> bool {

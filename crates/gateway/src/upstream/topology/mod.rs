@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use self::monitor::MonitorHandle;
 use self::select::{Need, NoMember};
-use self::server::{normalize, ServerDescription, ServerType};
+use self::server::{normalize, ServerDescription, ServerType, TopologyVersion};
 use self::state::{TopologyDescription, TopologyType};
 use super::config::{Seeds, UpstreamConfig};
 use super::conn::UpstreamInfo;
@@ -177,17 +177,29 @@ impl Topology {
 
     /// An operation on `address` failed in a way that puts the member's state in doubt
     /// (not primary, node recovering, network error): it becomes Unknown and is checked now.
-    /// `clear_pool` closes its idle connections too (network errors, shutdown).
-    pub fn on_failure(self: &Arc<Self>, address: &str, why: &str, clear_pool: bool) {
+    /// `clear_pool` closes its idle connections too (network errors, shutdown). An error that
+    /// carries a `topologyVersion` no newer than the member's known one is old news (the
+    /// monitor already saw the change) and changes nothing.
+    pub fn on_failure(
+        self: &Arc<Self>,
+        address: &str,
+        why: &str,
+        clear_pool: bool,
+        version: Option<TopologyVersion>,
+    ) {
         let address = normalize(address);
         let mut members = self.lock_members();
         let mut desc = (**self.state.borrow()).clone();
-        if desc
-            .servers
-            .get(&address)
-            .is_none_or(|s| s.server_type == ServerType::Unknown)
-        {
+        let Some(known) = desc.servers.get(&address) else {
             return;
+        };
+        if known.server_type == ServerType::Unknown {
+            return;
+        }
+        if let (Some(new), Some(old)) = (version, known.topology_version) {
+            if !old.is_older_than(&new) {
+                return;
+            }
         }
         tracing::info!(member = %address.escape_debug(), why, "upstream member marked unknown after a failed operation");
         desc.mark_unknown(&address, why.to_string());
@@ -309,6 +321,7 @@ impl Topology {
         let opts = &self.cfg.topology;
         let deadline = Instant::now() + opts.server_selection_timeout;
         let mut changes = self.state.subscribe();
+        let mut first_miss = true;
         loop {
             let desc = changes.borrow_and_update().clone();
             if desc.kind == TopologyType::LoadBalanced {
@@ -327,7 +340,11 @@ impl Topology {
                 Err(NoMember::Invalid(why)) => return Err(UpstreamError::BadReadPreference(why)),
                 Err(NoMember::NoneSuitable) => {}
             }
-            self.request_checks();
+            if first_miss {
+                // Polling members are checked now; streaming ones report changes themselves.
+                self.request_checks();
+                first_miss = false;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, changes.changed()).await.is_err() {
                 let why = no_member_message(&desc, need, opts.server_selection_timeout);
@@ -444,8 +461,15 @@ impl Topology {
     }
 
     fn request_checks(&self) {
-        for m in self.lock_members().values() {
-            m.monitor.check_now.notify_one();
+        let desc = self.description();
+        for (address, m) in self.lock_members().iter() {
+            let unknown = desc
+                .servers
+                .get(address)
+                .is_none_or(|s| s.server_type == ServerType::Unknown);
+            if unknown || !m.monitor.is_streaming() {
+                m.monitor.check_now.notify_one();
+            }
         }
     }
 

@@ -39,6 +39,13 @@ pub struct MonitorHandle {
     streaming: AtomicBool,
 }
 
+impl MonitorHandle {
+    /// Whether the member streams its state (then checks need not be requested).
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
+    }
+}
+
 /// The first `hello` on a monitoring connection carries the client metadata; later ones
 /// do not (the handshake specification).
 fn hello(first: bool, version: Option<TopologyVersion>, heartbeat: Duration) -> Document {

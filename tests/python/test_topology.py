@@ -1,0 +1,240 @@
+"""The gateway in front of a replica set (issue 13): discovery, read preference, cursors,
+failover, all members down. The set is the rsharness stand-in in front of FerretDB
+(rs_fixtures.py); clients talk to the gateway as to a mongos, and the harness counts what each
+member served.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+
+import pymongo
+import pytest
+from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.read_preferences import Nearest, Primary, PrimaryPreferred, Secondary, SecondaryPreferred
+
+from conftest import start_gateway
+from rs_fixtures import failover_time  # noqa: F401 - fixtures below
+from rs_fixtures import make_replset, replset  # noqa: F401 - pytest fixtures
+from security_fixtures import metrics_text
+
+FAST = {"heartbeatFrequencyMS": 500, "serverSelectionTimeoutMS": 5000}
+
+
+def gateway_for(rs, ferretdb, logdir, seed=0, name="mongomux-rs", **options):
+    opts = {**FAST, **options}
+    gw = start_gateway(ferretdb, logdir, name=f"{name}-{uuid.uuid4().hex[:4]}", metrics=True,
+                       upstream_uri=rs.uri(seed=seed, **opts), credentials_in_env=False)
+    return gw
+
+
+def members_in_metrics(gw) -> dict[str, str]:
+    """address -> state, from mongomux_upstream_member_state."""
+    out = {}
+    for line in metrics_text(gw).splitlines():
+        m = re.match(r'mongomux_upstream_member_state\{address="([^"]+)",state="([^"]+)"\} 1', line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def expected_states(rs) -> dict[str, str]:
+    status = rs.status()
+    return {m: ("primary" if i == status.get("primary") else "secondary") for i, m in enumerate(rs.members)}
+
+
+@pytest.fixture
+def gw_stop():
+    started = []
+    yield started
+    for gw in started:
+        gw.proc.stop()
+
+
+@pytest.mark.parametrize("seed", [1, [0, 1, 2]], ids=["one-secondary-seed", "full-seed-list"])
+def test_discovery_and_writes_go_to_the_primary(replset, ferretdb, logdir, gw_stop, seed):
+    rs = replset
+    gw = gateway_for(rs, ferretdb, logdir, seed=seed)
+    gw_stop.append(gw)
+    with gw.client() as c:
+        c.rs_topo.docs.insert_one({"_id": 1})
+        assert c.rs_topo.docs.find_one({"_id": 1}) == {"_id": 1}
+        c.rs_topo.docs.drop()
+    states = wait_until(lambda: len(members_in_metrics(gw)) == 3 and members_in_metrics(gw), what="3 members")
+    assert states == {rs.members[0]: "primary", rs.members[1]: "secondary", rs.members[2]: "secondary"}, states
+    assert rs.served(0, "insert") >= 1 and rs.served(1, "insert") == rs.served(2, "insert") == 0
+
+
+def test_members_added_and_removed_and_a_stale_primary_ignored(replset, ferretdb, logdir, gw_stop):
+    rs = replset
+    gw = gateway_for(rs, ferretdb, logdir)
+    gw_stop.append(gw)
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    new = rs.add_member()
+    wait_until(lambda: rs.members[new] in members_in_metrics(gw), what="the added member")
+    rs.remove_member(new)
+    wait_until(lambda: rs.members[new] not in members_in_metrics(gw), what="the removed member to go")
+    # Member 2 claims to be primary with an older electionId: writes still go to member 0.
+    rs.stale_primary(2)
+    time.sleep(1.5)
+    rs.reset_counts()
+    with gw.client() as c:
+        for i in range(10):
+            c.rs_topo.stale.insert_one({"i": i})
+        c.rs_topo.stale.drop()
+    assert rs.served(0, "insert") == 10 and rs.served(2, "insert") == 0, rs.counts()
+
+
+def test_read_preference_modes_and_tags_reach_the_right_member(make_replset, ferretdb, logdir, gw_stop):
+    rs = make_replset(n=3, separate_backends=True)
+    rs.set_tags(1, {"dc": "east"})
+    rs.set_tags(2, {"dc": "west"})
+    gw = gateway_for(rs, ferretdb, logdir)
+    gw_stop.append(gw)
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    with gw.client() as c:
+        def reads(pref, n=12) -> dict[int, int]:
+            rs.reset_counts()
+            coll = c.get_database("rs_rp", read_preference=pref).docs
+            for _ in range(n):
+                coll.find_one({})
+            return {i: rs.served(i, "find") for i in range(3)}
+
+        assert reads(Primary()) == {0: 12, 1: 0, 2: 0}
+        assert reads(PrimaryPreferred()) == {0: 12, 1: 0, 2: 0}
+        got = reads(Secondary())
+        assert got[0] == 0 and got[1] + got[2] == 12, got
+        got = reads(SecondaryPreferred())
+        assert got[0] == 0 and got[1] + got[2] == 12, got
+        got = reads(Nearest())
+        assert sum(got.values()) == 12, got
+        assert reads(Secondary(tag_sets=[{"dc": "west"}])) == {0: 0, 1: 0, 2: 12}
+        assert reads(Secondary(tag_sets=[{"dc": "north"}, {"dc": "east"}])) == {0: 0, 1: 12, 2: 0}
+        # maxStalenessSeconds excludes a lagging secondary.
+        rs.lag(2, 300)
+        time.sleep(1.5)
+        assert reads(Secondary(max_staleness=90)) == {0: 0, 1: 12, 2: 0}
+        # No member matches: a mongos's error, after the selection timeout.
+        with pytest.raises(OperationFailure) as e:
+            c.get_database("rs_rp", read_preference=Secondary(tag_sets=[{"dc": "mars"}])).docs.find_one({})
+        assert e.value.code == 133, e.value.details
+
+
+def test_a_cursor_opened_on_a_secondary_continues_there(make_replset, ferretdb, logdir, gw_stop):
+    rs = make_replset(n=3, separate_backends=True)
+    for b in rs.backends:
+        with b.client() as admin:
+            admin.rs_cur.docs.insert_many([{"_id": i} for i in range(50)])
+    gw = gateway_for(rs, ferretdb, logdir)
+    gw_stop.append(gw)
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    with gw.client() as c:
+        rs.reset_counts()
+        docs = list(c.get_database("rs_cur", read_preference=Secondary()).docs.find({}, batch_size=5))
+        assert len(docs) == 50
+    counts = {i: (rs.served(i, "find"), rs.served(i, "getMore")) for i in range(3)}
+    opened = [i for i in range(3) if counts[i][0] == 1]
+    assert len(opened) == 1 and opened[0] != 0, counts
+    # 50 documents in batches of 5: at least 9 getMores, every one on the member that opened it.
+    assert counts[opened[0]][1] >= 9, counts
+    assert sum(g for _, g in counts.values()) == counts[opened[0]][1], counts
+
+
+def test_all_members_down_then_back(replset, ferretdb, logdir, gw_stop):
+    rs = replset
+    gw = gateway_for(rs, ferretdb, logdir, serverSelectionTimeoutMS=1500)
+    gw_stop.append(gw)
+    with gw.client() as c:
+        c.rs_down.docs.insert_one({"before": True})
+        for i in range(3):
+            rs.disappear(i)
+        # A retryable write: the gateway finds the primary gone, waits the selection timeout for
+        # another, and answers as a mongos would, naming each member and why it is down; the
+        # driver's one retry waits again and gets the same.
+        started = time.monotonic()
+        with pytest.raises(OperationFailure) as e:
+            c.rs_down.docs.insert_one({"during": True})
+        took = time.monotonic() - started
+        assert e.value.code == 133 and "no upstream member available" in e.value.details["errmsg"], e.value.details
+        assert all(m in e.value.details["errmsg"] for m in rs.members), e.value.details
+        assert 1.4 < took < 10, took
+        for i in range(3):
+            rs.reappear(i)
+        rs.elect(0)
+        wait_until(lambda: _insert_ok(c), timeout=15, what="writes after the members came back")
+        c.rs_down.docs.drop()
+
+
+def _insert_ok(c) -> bool:
+    try:
+        c.rs_down.docs.insert_one({"after": True})
+        return True
+    except PyMongoError:
+        return False
+
+
+def test_failover_under_load_loses_nothing(replset, ferretdb, logdir, gw_stop):
+    """50 clients insert (retryable writes, unique ids) and read while the primary steps down and
+    another member is elected. Every acknowledged insert is then present exactly once."""
+    rs = replset
+    gw = gateway_for(rs, ferretdb, logdir, serverSelectionTimeoutMS=15000)
+    gw_stop.append(gw)
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    coll_name = f"load_{uuid.uuid4().hex[:6]}"
+    acked: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(n: int):
+        with gw.client(maxPoolSize=1) as c:
+            coll = c.rs_failover[coll_name]
+            i = 0
+            while not stop.is_set():
+                doc_id = f"{n}-{i}"
+                try:
+                    coll.insert_one({"_id": doc_id})
+                    with lock:
+                        acked.append(doc_id)
+                    coll.find_one({"_id": doc_id})
+                except PyMongoError as e:
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {e}")
+                i += 1
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(50)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    # Step-down, then an election 0.5 s later; measure to the first write through the gateway.
+    with gw.client() as probe:
+        through_gateway = failover_time(rs, probe, new_primary=1, election_delay=0.5)
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    with pymongo.MongoClient(rs.uri(seed=[0, 1, 2], **FAST)) as direct:
+        direct_time = failover_time(rs, direct, new_primary=2, election_delay=0.5)
+        stored = [d["_id"] for d in direct.rs_failover[coll_name].find({}, {"_id": 1})]
+        direct.rs_failover[coll_name].drop()
+    print(f"failover: step-down to first write {through_gateway * 1000:.0f} ms through the gateway, "
+          f"{direct_time * 1000:.0f} ms for pymongo straight to the set (election 500 ms after step-down); "
+          f"{len(acked)} acknowledged inserts, {len(errors)} client errors")
+    assert len(stored) == len(set(stored)), "an insert is present twice"
+    missing = set(acked) - set(stored)
+    assert not missing, f"{len(missing)} acknowledged inserts are missing"
+    assert len(errors) <= len(acked) // 10, errors[:5]
+    assert len(acked) > 100
