@@ -56,6 +56,13 @@ class DnsServer:
         with self._lock:
             self._records[(_key(name), dns.rdatatype.SRV)] = [rrset]
 
+    def set_a(self, name: str, ip: str = "127.0.0.1", ttl: int = 60) -> None:
+        """Replaces the A record of `name` (SRV targets must resolve through this server when
+        the gateway is given it as --upstream-resolver)."""
+        rrset = dns.rrset.from_text(dns.name.from_text(name), ttl, "IN", "A", ip)
+        with self._lock:
+            self._records[(_key(name), dns.rdatatype.A)] = [rrset]
+
     def set_txt(self, name: str, records: list, ttl: int = 60) -> None:
         """Replaces the TXT records of `name`. Each item is one record: a string, or a list of
         strings (one record of several character-strings, which resolvers concatenate)."""

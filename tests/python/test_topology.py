@@ -17,6 +17,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_preferences import Nearest, Primary, PrimaryPreferred, Secondary, SecondaryPreferred
 
 from conftest import start_gateway
+from dns_fixtures import dns_server  # noqa: F401 - pytest fixture
 from rs_fixtures import failover_time  # noqa: F401 - fixtures below
 from rs_fixtures import make_replset, replset  # noqa: F401 - pytest fixtures
 from security_fixtures import metrics_text
@@ -238,3 +239,31 @@ def test_failover_under_load_loses_nothing(replset, ferretdb, logdir, gw_stop):
     assert not missing, f"{len(missing)} acknowledged inserts are missing"
     assert len(errors) <= len(acked) // 10, errors[:5]
     assert len(acked) > 100
+
+
+def test_mongodb_srv_discovers_the_set(replset, ferretdb, logdir, gw_stop, dns_server):
+    """mongodb+srv: the SRV record names the members (by names only the test's DNS server
+    knows), the TXT record the set and authSource; TLS is switched off in the URI."""
+    rs = replset
+    targets = []
+    for i, m in enumerate(rs.members):
+        name = f"m{i}.rs.gw.test"
+        dns_server.set_a(name, "127.0.0.1")
+        targets.append((name, int(m.rsplit(":", 1)[1])))
+    dns_server.set_srv("_mongodb._tcp.rs.gw.test", targets)
+    dns_server.set_txt("rs.gw.test", [f"replicaSet={rs.set_name}&authSource=admin"])
+    uri = (f"mongodb+srv://{rs.username}:{rs.password}@rs.gw.test/"
+           f"?tls=false&heartbeatFrequencyMS=500&serverSelectionTimeoutMS=5000")
+    gw = start_gateway(ferretdb, logdir, name=f"mongomux-srv-{uuid.uuid4().hex[:4]}", metrics=True,
+                       upstream_uri=uri, credentials_in_env=False,
+                       extra_args=("--upstream-resolver", dns_server.address))
+    gw_stop.append(gw)
+    with gw.client() as c:
+        c.rs_srv.docs.insert_one({"_id": 1})
+        assert c.rs_srv.docs.find_one() == {"_id": 1}
+        c.rs_srv.docs.drop()
+    # The primary's host list (127.0.0.1:port) is the set's membership from then on.
+    states = wait_until(lambda: len(members_in_metrics(gw)) == 3 and members_in_metrics(gw), what="3 members")
+    assert sorted(states.values()) == ["primary", "secondary", "secondary"], states
+    assert ("_mongodb._tcp.rs.gw.test.", "SRV") in dns_server.queries
+    assert ("rs.gw.test.", "TXT") in dns_server.queries

@@ -68,6 +68,7 @@ fn build(uri: &str) -> Result<(UpstreamConfig, UriReport), String> {
         compressors: pre.compressors,
         app_name: cs.app_name.take(),
         aws_credentials: None,
+        resolver: None,
     };
     check_combinations(&cfg)?;
     Ok((

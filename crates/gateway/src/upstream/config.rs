@@ -182,6 +182,9 @@ pub struct UpstreamConfig {
     /// chain): one source, built with the settings at start-up and shared by every connection
     /// through this `Arc`, so its cache serves them all. `None` for other credentials.
     pub aws_credentials: Option<Arc<AwsCredentialSource>>,
+    /// The DNS resolver member host names are looked up with when `upstream_resolver` is set
+    /// (a VPC's own resolver, or a test's); otherwise the system's (`getaddrinfo`).
+    pub resolver: Option<super::srv::SrvResolver>,
 }
 
 impl UpstreamConfig {
@@ -198,6 +201,7 @@ impl UpstreamConfig {
             compressors: Vec::new(),
             app_name: None,
             aws_credentials: None,
+            resolver: None,
         }
     }
 

@@ -15,10 +15,36 @@ use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSA
 use tokio::net::TcpStream;
 
 use super::config::{UpstreamAuth, UpstreamConfig};
+use super::srv::SrvResolver;
 
 use super::error::UpstreamError;
 use crate::framed::Framed;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
+
+/// Connects to `host:port`, looking the host up through `resolver` when one is configured and
+/// the host is a name; each address it has is tried in turn.
+async fn dial(address: &str, resolver: Option<&SrvResolver>) -> std::io::Result<TcpStream> {
+    let host = super::config::host_of(address);
+    let (Some(resolver), Err(_)) = (resolver, host.parse::<std::net::IpAddr>()) else {
+        return TcpStream::connect(address).await;
+    };
+    let port: u16 = address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no port"))?;
+    let ips = resolver
+        .lookup_ips(host)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))?;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
+    for ip in ips {
+        match TcpStream::connect((ip, port)).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
 
 /// One SCRAM login's parts, borrowed from [`UpstreamAuth::Scram`].
 struct ScramLogin<'a> {
@@ -90,9 +116,10 @@ impl UpstreamConn {
     pub async fn open(
         address: &str,
         tls: Option<&Arc<rustls::ClientConfig>>,
+        resolver: Option<&SrvResolver>,
         id: u64,
     ) -> Result<UpstreamConn, UpstreamError> {
-        let tcp = TcpStream::connect(address)
+        let tcp = dial(address, resolver)
             .await
             .map_err(|source| UpstreamError::Connect {
                 address: address.to_string(),
@@ -137,7 +164,7 @@ impl UpstreamConn {
         tls: Option<&Arc<rustls::ClientConfig>>,
         id: u64,
     ) -> Result<(UpstreamConn, UpstreamInfo), UpstreamError> {
-        let mut conn = UpstreamConn::open(address, tls, id).await?;
+        let mut conn = UpstreamConn::open(address, tls, cfg.resolver.as_ref(), id).await?;
         let mut hello = doc! {
             "hello": 1,
             "$db": "admin",

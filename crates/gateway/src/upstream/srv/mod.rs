@@ -154,6 +154,15 @@ impl SrvResolver {
         Ok(SrvResolver { dns })
     }
 
+    /// The addresses of a member's host name (A and AAAA), for connecting through this resolver.
+    pub async fn lookup_ips(&self, host: &str) -> Result<Vec<std::net::IpAddr>, SrvError> {
+        let lookup = tokio::time::timeout(LOOKUP_DEADLINE, self.dns.lookup_ip(host))
+            .await
+            .map_err(|_| SrvError::Setup(format!("address lookup of {host:?} timed out")))?
+            .map_err(|e| SrvError::Setup(format!("address lookup of {host:?} failed: {e}")))?;
+        Ok(lookup.iter().collect())
+    }
+
     /// The initial lookup: SRV and TXT, every rule of the seedlist specification; any target
     /// outside the name's domain is an error.
     pub async fn resolve(&self, cfg: &UpstreamConfig) -> Result<Resolved, SrvError> {

@@ -79,6 +79,7 @@ pub async fn run(topology: Weak<Topology>, address: String, handle: Arc<MonitorH
         let Some(t) = topology.upgrade() else { return };
         let (heartbeat, connect_timeout) = (t.heartbeat(), t.connect_timeout());
         let tls = t.tls();
+        let resolver = t.config().resolver.clone();
         drop(t);
         if let Some(last) = last_check {
             let since = last.elapsed();
@@ -92,7 +93,7 @@ pub async fn run(topology: Weak<Topology>, address: String, handle: Arc<MonitorH
             version = None;
             match timeout(
                 connect_timeout,
-                UpstreamConn::open(&address, tls.as_ref(), 0),
+                UpstreamConn::open(&address, tls.as_ref(), resolver.as_ref(), 0),
             )
             .await
             {
@@ -169,6 +170,7 @@ pub async fn measure_rtt(topology: Weak<Topology>, address: String, handle: Arc<
     loop {
         let Some(t) = topology.upgrade() else { return };
         let (heartbeat, connect_timeout, tls) = (t.heartbeat(), t.connect_timeout(), t.tls());
+        let resolver = t.config().resolver.clone();
         drop(t);
         sleep(heartbeat).await;
         if !handle.streaming.load(Ordering::Relaxed) {
@@ -178,7 +180,7 @@ pub async fn measure_rtt(topology: Weak<Topology>, address: String, handle: Arc<
         if conn.is_none() {
             let opened = timeout(
                 connect_timeout,
-                UpstreamConn::open(&address, tls.as_ref(), 0),
+                UpstreamConn::open(&address, tls.as_ref(), resolver.as_ref(), 0),
             );
             conn = opened.await.ok().and_then(Result::ok);
         }
