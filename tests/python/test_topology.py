@@ -267,3 +267,31 @@ def test_mongodb_srv_discovers_the_set(replset, ferretdb, logdir, gw_stop, dns_s
     assert sorted(states.values()) == ["primary", "secondary", "secondary"], states
     assert ("_mongodb._tcp.rs.gw.test.", "SRV") in dns_server.queries
     assert ("rs.gw.test.", "TXT") in dns_server.queries
+
+
+def test_a_transaction_stays_on_one_member(make_replset, nx, logdir, gw_stop):
+    """In front of nx-27017 (FerretDB 1.24 has no transactions): every statement of a
+    transaction, and its commit, reach the member it started on; after an election the next
+    transaction runs on the new primary."""
+    rs = make_replset(backend=nx)
+    gw = start_gateway(nx, logdir, name=f"mongomux-rs-txn-{uuid.uuid4().hex[:4]}", metrics=True,
+                       upstream_uri=rs.uri(seed=2, **FAST), credentials_in_env=False)
+    gw_stop.append(gw)
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    with gw.client() as c:
+        coll = c.rs_txn.docs
+        coll.delete_many({})
+        rs.reset_counts()
+        with c.start_session() as s, s.start_transaction():
+            for i in range(5):
+                coll.insert_one({"a": i}, session=s)
+            assert coll.count_documents({}, session=s) == 5
+        assert rs.served(0, "insert") == 5 and rs.served(0, "commitTransaction") == 1, rs.counts()
+        assert all(rs.served(i, "insert") == 0 for i in (1, 2)), rs.counts()
+        rs.step_down()
+        rs.elect(1)
+        wait_until(lambda: members_in_metrics(gw).get(rs.members[1]) == "primary", what="the new primary")
+        with c.start_session() as s:
+            s.with_transaction(lambda s: coll.insert_one({"a": 99}, session=s))
+        assert rs.served(1, "commitTransaction") == 1, rs.counts()
+        assert coll.count_documents({}) == 6
