@@ -38,6 +38,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 import mongowire as w
 from conftest import free_port, start_ferretdb, start_gateway, wait_until
 from mongowire import AUTHENTICATION_FAILED, RawConn, ScramClient, refused_before_reply
+from dns_fixtures import dns_server  # noqa: F401 - pytest fixture
 from security_fixtures import (CURSOR_NOT_FOUND, UNAUTHORIZED, GatewayFactory, gateway_bin, gateway_supports, make_pki,
                                make_user, metric, metrics_text, rfc3339, sighup, timed, write_config)
 
@@ -840,6 +841,30 @@ def test_upstream_over_tls_with_custom_ca(gateways, sec_ferret, users, login, pk
             login(bad, users["rw"]).sec_uptls.docs.find_one()
         assert code_of(e) == 133, (uri, e.value.details)
         assert "TLS" in e.value.details["errmsg"], e.value.details
+
+
+def test_upstream_tls_host_names_are_checked_unless_allowed(gateways, sec_ferret, users, login, pki, dns_server):
+    """FerretDB's certificate names localhost and 127.0.0.1. Reached as `other.test` (which the
+    test's DNS server maps to 127.0.0.1, through --upstream-resolver), the name check fails;
+    with tlsAllowInvalidHostnames=true the chain is still verified and the name check skipped."""
+    dns_server.set_a("other.test", "127.0.0.1")
+    cfg = write_config(gateways.logdir / "up-tls-name.toml", [users["rw"]])
+    base = (f"mongodb://other.test:{sec_ferret.tls_port}/?authSource=admin&tls=true"
+            f"&tlsCAFile={pki.ca}&serverSelectionTimeoutMS=1000")
+    strict = gateways("--config", cfg, "--upstream-resolver", dns_server.address, upstream_uri=base)
+    with pytest.raises(OperationFailure) as e:
+        login(strict, users["rw"]).sec_uptls.docs.find_one()
+    assert code_of(e) == 133 and "TLS" in e.value.details["errmsg"], e.value.details
+    lax = gateways("--config", cfg, "--upstream-resolver", dns_server.address,
+                   upstream_uri=f"{base}&tlsAllowInvalidHostnames=true")
+    login(lax, users["rw"]).sec_uptls.docs.find_one()
+    # A CA that did not sign the certificate is still refused.
+    other_ca = base.replace(str(pki.ca), str(pki.other_ca))
+    bad = gateways("--config", cfg, "--upstream-resolver", dns_server.address,
+                   upstream_uri=f"{other_ca}&tlsAllowInvalidHostnames=true")
+    with pytest.raises(OperationFailure) as e:
+        login(bad, users["rw"]).sec_uptls.docs.find_one()
+    assert code_of(e) == 133, e.value.details
 
 
 # ---------------------------------------------------------------------------

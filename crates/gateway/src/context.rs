@@ -132,7 +132,9 @@ impl Shared {
         if let Some(address) = settings.upstream_resolver {
             match crate::upstream::srv::SrvResolver::new(Some(address)) {
                 Ok(r) => upstream.resolver = Some(r),
-                Err(e) => tracing::error!(error = %e, "the upstream resolver cannot be used; member names go to the system resolver"),
+                Err(e) => {
+                    tracing::error!(error = %e, "the upstream resolver cannot be used; member names go to the system resolver")
+                }
             }
         }
         let metrics = Arc::new(Metrics::default());

@@ -101,16 +101,101 @@ pub fn server_config(
 
 /// TLS settings for upstream connections: the given CA file, or the public web PKI roots.
 pub fn client_config(ca: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    upstream_client_config(ca, None, false)
+}
+
+/// The upstream's TLS settings: trusted roots (`tlsCAFile`, else the web PKI), a client
+/// certificate (`tlsCertificateKeyFile`: chain and key in one PEM file, MongoDB's convention),
+/// and whether a certificate whose names do not match the member's host is accepted
+/// (`tlsAllowInvalidHostnames`: the chain is still verified; only the name check is skipped).
+pub fn upstream_client_config(
+    ca: Option<&PathBuf>,
+    cert_key: Option<&Path>,
+    allow_invalid_hostnames: bool,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let roots = match ca {
         Some(path) => roots(path)?,
         None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     };
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+    let invalid = |e: String| ConfigError::Invalid(format!("TLS: {e}"));
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::Invalid(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| invalid(e.to_string()))?;
+    let builder = if allow_invalid_hostnames {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| invalid(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyHostname(inner)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let cfg = match cert_key {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let chain = certs(path)?;
+            let key = PrivateKeyDer::from_pem_file(path).map_err(|_| {
+                ConfigError::Invalid(format!("{}: cannot read a PEM private key", path.display()))
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| invalid(e.to_string()))?
+        }
+    };
     Ok(Arc::new(cfg))
+}
+
+/// Verifies the chain as the web PKI verifier does, but accepts a certificate whose names do
+/// not include the host (`tlsAllowInvalidHostnames`).
+#[derive(Debug)]
+struct AnyHostname(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyHostname {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -248,7 +248,11 @@ fn upstream(raw: &RawConfig) -> Result<UpstreamParts, ConfigError> {
                     ))
                 })?;
             }
-            Some(crate::tls::client_config(upstream.tls_ca_file.as_ref())?)
+            Some(crate::tls::upstream_client_config(
+                upstream.tls_ca_file.as_ref(),
+                upstream.tls_certificate_key_file.as_deref(),
+                upstream.tls_allow_invalid_hostnames,
+            )?)
         }
         false => None,
     };
