@@ -17,6 +17,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_preferences import Nearest, Primary, PrimaryPreferred, Secondary, SecondaryPreferred
 
 from conftest import start_gateway
+from procnet import ESTABLISHED, socket_inodes, sockets
 from dns_fixtures import dns_server  # noqa: F401 - pytest fixture
 from rs_fixtures import failover_time  # noqa: F401 - fixtures below
 from rs_fixtures import make_replset, replset  # noqa: F401 - pytest fixtures
@@ -25,10 +26,11 @@ from security_fixtures import metrics_text
 FAST = {"heartbeatFrequencyMS": 500, "serverSelectionTimeoutMS": 5000}
 
 
-def gateway_for(rs, ferretdb, logdir, seed=0, name="mongomux-rs", **options):
+def gateway_for(rs, ferretdb, logdir, seed=0, name="mongomux-rs", pool_size=10, extra_args=(), **options):
     opts = {**FAST, **options}
     gw = start_gateway(ferretdb, logdir, name=f"{name}-{uuid.uuid4().hex[:4]}", metrics=True,
-                       upstream_uri=rs.uri(seed=seed, **opts), credentials_in_env=False)
+                       upstream_uri=rs.uri(seed=seed, **opts), credentials_in_env=False,
+                       pool_size=pool_size, extra_args=extra_args)
     return gw
 
 
@@ -295,3 +297,78 @@ def test_a_transaction_stays_on_one_member(make_replset, nx, logdir, gw_stop):
             s.with_transaction(lambda s: coll.insert_one({"a": 99}, session=s))
         assert rs.served(1, "commitTransaction") == 1, rs.counts()
         assert coll.count_documents({}) == 6
+
+
+def test_pool_bounds_per_member_and_in_total(replset, ferretdb, logdir, gw_stop):
+    """pool_size bounds each member, max_upstream_connections all of them together, counted
+    from outside (/proc/net/tcp) while 40 clients write to the primary and read from the
+    secondaries; monitoring connections (opened before the load, never pooled) are subtracted."""
+    rs = replset
+    per_member, total = 4, 6
+    gw = gateway_for(rs, ferretdb, logdir, pool_size=per_member,
+                     extra_args=("--max-upstream-connections", total))
+    gw_stop.append(gw)
+    ports = [rs.address(i)[1] for i in range(3)]
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    time.sleep(1.0)  # every monitor (and RTT) connection is open
+
+    def connections() -> list[int]:
+        # One snapshot for all members: per-port reads at different moments would count a
+        # connection closed on one member and its replacement opened on another both.
+        owned = socket_inodes(gw.pid)
+        mine = [s.remote_port for s in sockets() if s.inode in owned and s.state == ESTABLISHED]
+        return [mine.count(p) for p in ports]
+
+    # The harness streams hello, so each member has two monitoring connections (see
+    # docs/configuration.md "Connections per member"); what is beyond them is pooled, as the
+    # gateway's own gauge confirms before the load.
+    before = connections()
+    pooled = int(float(re.search(r"^mongomux_upstream_connections (\S+)$", metrics_text(gw), re.M).group(1)))
+    baseline = [2, 2, 2]
+    assert sum(before) - sum(baseline) == pooled and all(n >= 2 for n in before), (before, pooled)
+    peaks = [0, 0, 0]
+    peak_total = 0
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def sample():
+        nonlocal peak_total
+        while not stop.is_set():
+            now = [n - b for n, b in zip(connections(), baseline)]
+            for i, n in enumerate(now):
+                peaks[i] = max(peaks[i], n)
+            peak_total = max(peak_total, sum(now))
+            time.sleep(0.01)
+
+    def work(k: int):
+        pref = "primary" if k % 2 == 0 else "secondary"
+        try:
+            with gw.client(readPreference=pref, maxPoolSize=1) as c:
+                coll = c.rs_pool_bounds.docs
+                for j in range(25):
+                    if pref == "primary":
+                        coll.insert_one({"_id": f"{k}-{j}"})
+                    else:
+                        list(coll.find({"_id": f"{k}-{j}"}))
+        except PyMongoError as e:
+            errors.append(f"{k}: {e}")
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(40)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    stop.set()
+    sampler.join()
+    print(f"connections per member before the load {before} ({pooled} pooled); pooled peaks per member {peaks}, "
+          f"all members {peak_total} (pool_size {per_member}, max_upstream_connections {total})")
+    assert not errors, errors[:5]
+    with gw.client() as c:
+        assert c.rs_pool_bounds.docs.count_documents({}) == 20 * 25
+        c.rs_pool_bounds.docs.drop()
+    assert all(p <= per_member for p in peaks), peaks
+    assert peak_total <= total, peak_total
+    assert peaks[0] >= 1 and peaks[1] + peaks[2] >= 1, peaks
+    assert rs.served(1, "find") + rs.served(2, "find") >= 20 * 25

@@ -181,6 +181,7 @@ impl Shared {
 pub fn pool_shape(settings: &Settings) -> PoolShape {
     PoolShape {
         size: settings.pool_size,
+        total: settings.max_upstream_connections,
         max_pinned: settings.max_pinned,
         limits: PoolLimits {
             checkout_timeout: settings.checkout_timeout,

@@ -93,9 +93,13 @@ struct ServeArgs {
     /// Upstream password, overriding the URI's (prefer the environment variable).
     #[arg(long, env = "MONGOMUX_UPSTREAM_PASSWORD", hide_env_values = true)]
     upstream_password: Option<String>,
-    /// Most upstream connections [default: 10].
+    /// Most pooled connections per upstream member [default: 10].
     #[arg(long, env = "MONGOMUX_POOL_SIZE")]
     pool_size: Option<usize>,
+    /// Most pooled connections across all upstream members [default: no cap beyond
+    /// pool-size per member].
+    #[arg(long, env = "MONGOMUX_MAX_UPSTREAM_CONNECTIONS")]
+    max_upstream_connections: Option<usize>,
     /// Longest wait for an upstream connection, e.g. 500ms, 5s [default: 5s].
     #[arg(long, env = "MONGOMUX_CHECKOUT_TIMEOUT", value_parser = humantime::parse_duration)]
     checkout_timeout: Option<Duration>,
@@ -252,6 +256,9 @@ impl ServeArgs {
         cfg.allow_anonymous_non_loopback |= self.allow_anonymous_non_loopback;
         if self.max_pinned.is_some() {
             cfg.max_pinned = self.max_pinned;
+        }
+        if self.max_upstream_connections.is_some() {
+            cfg.max_upstream_connections = self.max_upstream_connections;
         }
         Ok(cfg)
     }

@@ -30,6 +30,8 @@ use crate::tls::TlsMode;
 
 /// Largest `pool_size`.
 const MAX_POOL_SIZE: usize = 10_000;
+/// Largest `max_upstream_connections`.
+const MAX_UPSTREAM_CONNECTIONS: usize = 100_000;
 
 /// Validated settings with everything they describe already built. Only
 /// [`Settings::from_raw`] makes one (the struct is `non_exhaustive`).
@@ -48,8 +50,11 @@ pub struct Settings {
     pub upstream_resolver: Option<SocketAddr>,
     /// Replaces the SRV rescan interval of the polling specification (tests).
     pub upstream_srv_rescan_interval: Option<Duration>,
-    /// Hard cap on upstream connections.
+    /// Hard cap on pooled connections per upstream member.
     pub pool_size: usize,
+    /// Hard cap on pooled connections across all upstream members; `None`: no cap beyond
+    /// `pool_size` per member.
+    pub max_upstream_connections: Option<usize>,
     /// Effective bound on pinned upstream connections (default: half the pool, at least one).
     pub max_pinned: usize,
     /// How long a request waits for an upstream connection.
@@ -121,6 +126,7 @@ impl Settings {
             upstream_resolver: raw.upstream_resolver,
             upstream_srv_rescan_interval: raw.upstream_srv_rescan_interval,
             pool_size: raw.pool_size,
+            max_upstream_connections: raw.max_upstream_connections,
             checkout_timeout: raw.checkout_timeout,
             connect_timeout: raw.connect_timeout,
             idle_timeout: raw.idle_timeout,
@@ -189,6 +195,13 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
     }
     if raw.max_clients == 0 {
         return Err(invalid("max_clients must be at least 1"));
+    }
+    if let Some(t) = raw.max_upstream_connections {
+        if t == 0 || t > MAX_UPSTREAM_CONNECTIONS {
+            return Err(invalid(
+                "max_upstream_connections must be between 1 and 100000",
+            ));
+        }
     }
     if let Some(p) = raw.max_pinned {
         if p == 0 || p > raw.pool_size {

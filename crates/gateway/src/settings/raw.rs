@@ -38,8 +38,11 @@ pub struct RawConfig {
     /// Overrides the URI's password.
     #[serde(deserialize_with = "de_secret")]
     pub upstream_password: Option<Secret>,
-    /// Hard cap on upstream connections.
+    /// Hard cap on pooled connections per upstream member.
     pub pool_size: usize,
+    /// Hard cap on pooled connections across all upstream members (default: none beyond
+    /// `pool_size` per member).
+    pub max_upstream_connections: Option<usize>,
     /// How long a request waits for an upstream connection.
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
@@ -115,6 +118,7 @@ impl Default for RawConfig {
             upstream_username: None,
             upstream_password: None,
             pool_size: 10,
+            max_upstream_connections: None,
             checkout_timeout: Duration::from_secs(5),
             max_clients: 10_000,
             metrics_listen: None,

@@ -91,6 +91,7 @@ const FIELDS: &[Field] = &[
     // The pool grows at once and shrinks as connections come back (`Pool::resize`); its
     // timeouts are read on every use (`Pool::set_limits`).
     live!("pool_size", pool_size),
+    live!("max_upstream_connections", max_upstream_connections),
     live!("max_pinned", max_pinned),
     live!("checkout_timeout", checkout_timeout),
     live!("connect_timeout", connect_timeout),

@@ -44,6 +44,10 @@ fn each_problem_is_named_once() {
             "max_pinned must be between 1 and pool_size",
         ),
         (
+            "max_upstream_connections = 0\n",
+            "max_upstream_connections must be between 1 and 100000",
+        ),
+        (
             "sts_max_concurrency = 0\n",
             "sts_max_concurrency must be at least 1",
         ),
@@ -179,7 +183,7 @@ async fn a_bad_reload_keeps_the_running_settings() {
 /// A file that changes live and restart settings against `context("max_clients = 7\n")`.
 const CHANGED: &str = "listen = \"127.0.0.1:1\"\nupstream = \"mongodb://v:pw@127.0.0.1:27017\"\n\
     max_clients = 9\nhandshake_timeout = \"3s\"\npool_size = 20\nsts_timeout = \"1s\"\n\
-    max_connections_per_source = 4\n";
+    max_connections_per_source = 4\nmax_upstream_connections = 25\n";
 
 #[tokio::test]
 async fn reload_applies_live_settings_and_reports_restart_ones() {
@@ -193,6 +197,7 @@ async fn reload_applies_live_settings_and_reports_restart_ones() {
             "max_connections_per_source",
             "sts_timeout",
             "pool_size",
+            "max_upstream_connections",
             "max_pinned",
         ]
     );
@@ -206,6 +211,7 @@ async fn reload_applies_live_settings_and_reports_restart_ones() {
     assert_eq!(now.pool_size, 20, "the pool is resized live");
     assert_eq!(now.max_pinned, 10);
     assert_eq!(ctx.upstream.shape().size, 20);
+    assert_eq!(ctx.upstream.shape().total, Some(25));
     assert_eq!(now.upstream.scram_user().map(|u| u.0), Some("u"));
     assert_eq!(ctx.live.reload_count(), 1);
 

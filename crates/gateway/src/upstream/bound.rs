@@ -63,6 +63,20 @@ impl Bound {
         })
     }
 
+    /// A permit if one is free now, without waiting.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let permit = self.sem.clone().try_acquire_owned().ok()?;
+        Some(Permit {
+            permit: Some(permit),
+            bound: self.clone(),
+        })
+    }
+
+    /// Whether a shrink is still being paid by returning permits.
+    pub(crate) fn in_debt(&self) -> bool {
+        self.debt.load(Ordering::Acquire) > 0
+    }
+
     /// The capacity in force (the target, while a shrink is still being paid).
     pub(crate) fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Acquire)

@@ -1,7 +1,7 @@
 //! Everything on the upstream side: single authenticated connections ([`conn`], with the
 //! MONGODB-AWS login in `aws_login` and its credential source in `aws_credentials`), what the
-//! pool needs from them ([`connector`]), the bounded pool that hands them out ([`pool`]), and
-//! the one error type for all of it ([`error`]); the deployment's description ([`config`],
+//! pool needs from them ([`connector`]), the bounded pool per member that hands them out
+//! ([`pool`]) under a budget shared by all members ([`total`]), and the one error type for all of it ([`error`]); the deployment's description ([`config`],
 //! [`read_pref`]) and the DNS lookups of a `mongodb+srv` name ([`srv`]).
 
 mod aws_credentials;
@@ -18,6 +18,7 @@ pub mod read_pref;
 pub mod srv;
 pub mod summary;
 pub mod topology;
+pub mod total;
 
 pub use aws_credentials::AwsCredentialSource;
 pub use config::{
@@ -26,4 +27,4 @@ pub use config::{
 pub use conn::{ConnMeta, Flavor, UpstreamConn, UpstreamInfo};
 pub use connector::{Connector, PoolConn, TcpConnector};
 pub use error::UpstreamError;
-pub use pool::{Pool, PoolLimits, PoolSettings, Pooled, PooledConn, UpstreamPool};
+pub use pool::{Pool, PoolLimits, Pooled, PooledConn, UpstreamPool};

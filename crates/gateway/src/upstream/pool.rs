@@ -1,7 +1,8 @@
-//! The bounded pool of upstream connections.
+//! The bounded pool of connections to one upstream member.
 //!
-//! Owns the guarantee users buy mongomux for: the upstream never sees more than `size`
-//! connections from this gateway. A checkout takes a slot from a fair (FIFO) bound with `size`
+//! Owns the guarantee users buy mongomux for: the member never sees more than `size`
+//! connections from this gateway's pool, and all members together never more than the shared
+//! [`Total`] allows. A checkout takes a slot from a fair (FIFO) bound with `size`
 //! permits, waiting at most the checkout timeout; only a checkout holding a slot may open a
 //! connection, and only when no idle one is left, so idle + in-use never exceeds the slots.
 //! The waiting queue is bounded by the client limit, since a client connection has at most one
@@ -26,10 +27,10 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use super::bound::{Bound, Permit};
-use super::config::UpstreamConfig;
 use super::conn::UpstreamInfo;
 use super::connector::{Connector, PoolConn, TcpConnector};
 use super::error::UpstreamError;
+use super::total::{IdleSource, Total};
 use crate::metrics::{Counter, Gauge, Metrics};
 
 /// An idle connection with open cursors is kept this long at most (MongoDB's own idle-cursor
@@ -93,36 +94,6 @@ impl LiveLimits {
     }
 }
 
-/// Start-up settings of the production pool.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// Where and as whom to connect.
-    pub upstream: UpstreamConfig,
-    /// TLS settings when the upstream URI asks for TLS.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// Most connections.
-    pub size: usize,
-    /// Most connections pinned by transactions.
-    pub max_pinned: usize,
-    /// Longest wait for a slot.
-    pub checkout_timeout: Duration,
-    /// Longest time to open and authenticate a connection.
-    pub connect_timeout: Duration,
-    /// Idle connections older than this are closed.
-    pub idle_timeout: Duration,
-}
-
-impl PoolSettings {
-    /// The reloadable part.
-    pub fn limits(&self) -> PoolLimits {
-        PoolLimits {
-            checkout_timeout: self.checkout_timeout,
-            connect_timeout: self.connect_timeout,
-            idle_timeout: self.idle_timeout,
-        }
-    }
-}
-
 /// The production pool.
 pub type UpstreamPool = Pool<TcpConnector>;
 /// A connection checked out of the production pool.
@@ -135,6 +106,7 @@ pub struct Pool<C: Connector = TcpConnector> {
     limits: LiveLimits,
     slots: Arc<Bound>,
     pins: Arc<Bound>,
+    total: Arc<Total>,
     stock: Mutex<Stock<C::Conn>>,
     ids: AtomicU64,
     info: ArcSwap<Option<UpstreamInfo>>,
@@ -145,10 +117,18 @@ pub struct Pool<C: Connector = TcpConnector> {
 #[derive(Debug)]
 struct Stock<T> {
     /// Most recently returned last, so checkouts reuse warm connections and old ones age out.
-    idle: Vec<(T, Instant)>,
+    idle: Vec<Idle<T>>,
     /// Open connections: idle plus checked out.
     open: usize,
     closed: bool,
+}
+
+/// An idle connection, when it went idle, and its permit of the shared [`Total`].
+#[derive(Debug)]
+struct Idle<T> {
+    conn: T,
+    since: Instant,
+    total: Permit,
 }
 
 /// A checked-out connection. Dropping it closes the connection; [`PooledConn::release`]
@@ -160,31 +140,13 @@ pub struct PooledConn<C: Connector = TcpConnector> {
     // Declared after `conn` and `pool`: the slot is released only once the connection is back.
     _slot: Permit,
     pin: Option<Permit>,
-}
-
-impl Pool<TcpConnector> {
-    /// The production pool, with no connections yet.
-    pub fn new(settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Self> {
-        let limits = settings.limits();
-        // Until discovery lands, the pool talks to the first seed.
-        let address = match &settings.upstream.seeds {
-            super::config::Seeds::Hosts(hosts) => hosts.first().cloned().unwrap_or_default(),
-            super::config::Seeds::Srv { host, .. } => format!("{host}:27017"),
-        };
-        let connector = TcpConnector::new(Arc::new(settings.upstream), address, settings.tls);
-        Pool::with_connector(
-            connector,
-            settings.size,
-            settings.max_pinned,
-            limits,
-            metrics,
-        )
-    }
+    /// The connection's permit of the shared [`Total`]; goes with it to the idle list.
+    total: Option<Permit>,
 }
 
 impl<C: Connector> Pool<C> {
     /// A pool of at most `size` connections (at most `max_pinned` of them pinned) opened by
-    /// `connector`, with no connections yet.
+    /// `connector`, with no connections yet and no bound shared with other pools.
     pub fn with_connector(
         connector: C,
         size: usize,
@@ -192,11 +154,30 @@ impl<C: Connector> Pool<C> {
         limits: PoolLimits,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new(Pool {
+        Self::sharing(
+            connector,
+            (size, max_pinned),
+            limits,
+            metrics,
+            Total::new(None),
+        )
+    }
+
+    /// [`Pool::with_connector`], its connections also counted in `total` (shared by the pools
+    /// of all members); `bounds` is (size, max_pinned).
+    pub fn sharing(
+        connector: C,
+        bounds: (usize, usize),
+        limits: PoolLimits,
+        metrics: Arc<Metrics>,
+        total: Arc<Total>,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Pool {
             connector,
             limits: LiveLimits::new(limits),
-            slots: Bound::new(size),
-            pins: Bound::new(max_pinned),
+            slots: Bound::new(bounds.0),
+            pins: Bound::new(bounds.1),
+            total: total.clone(),
             stock: Mutex::new(Stock {
                 idle: Vec::new(),
                 open: 0,
@@ -205,7 +186,10 @@ impl<C: Connector> Pool<C> {
             ids: AtomicU64::new(0),
             info: ArcSwap::from_pointee(None),
             metrics,
-        })
+        });
+        let weak: std::sync::Weak<dyn IdleSource> = Arc::downgrade(&pool) as _;
+        total.register(weak);
+        pool
     }
 
     /// What the upstream last said about itself, if any connection succeeded yet.
@@ -248,8 +232,8 @@ impl<C: Connector> Pool<C> {
         let excess = stock.open.saturating_sub(size).min(stock.idle.len());
         // The oldest are at the front.
         let doomed: Vec<_> = stock.idle.drain(..excess).collect();
-        for (conn, _) in doomed {
-            self.discard(&mut stock, conn);
+        for idle in doomed {
+            self.discard(&mut stock, idle.conn);
         }
     }
 
@@ -276,13 +260,14 @@ impl<C: Connector> Pool<C> {
         };
         self.metrics.checkout_wait.observe(started.elapsed());
         // On error `slot` drops here, so a failed connect never keeps a slot.
-        let conn = self.take_idle_or_connect().await?;
+        let (conn, total) = self.take_idle_or_connect(started + timeout).await?;
         gauge_add(&self.metrics.upstream_in_use, 1);
         Ok(PooledConn {
             conn: Some(conn),
             pool: self.clone(),
             _slot: slot,
             pin: None,
+            total: Some(total),
         })
     }
 
@@ -301,10 +286,20 @@ impl<C: Connector> Pool<C> {
         Ok(conn)
     }
 
-    async fn take_idle_or_connect(&self) -> Result<C::Conn, UpstreamError> {
-        if let Some(conn) = self.take_idle() {
-            return Ok(conn);
+    /// An idle connection, or a new one once the shared [`Total`] grants a permit for it
+    /// (waiting until `deadline`, the checkout's); with the connection's permit.
+    async fn take_idle_or_connect(
+        &self,
+        deadline: Instant,
+    ) -> Result<(C::Conn, Permit), UpstreamError> {
+        if let Some(idle) = self.take_idle() {
+            return Ok(idle);
         }
+        let Some(permit) = self.total.acquire(deadline).await else {
+            let timeout = self.limits.checkout();
+            self.note_checkout_timeout(timeout);
+            return Err(UpstreamError::CheckoutTimeout(timeout));
+        };
         let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
         let limit = self.limits.connect();
         let result = match tokio::time::timeout(limit, self.connector.connect(id)).await {
@@ -319,7 +314,7 @@ impl<C: Connector> Pool<C> {
                 self.lock().open += 1;
                 self.note_opened();
                 tracing::debug!(conn = id, "opened upstream connection");
-                Ok(conn)
+                Ok((conn, permit))
             }
             Err(e) => {
                 count(&self.metrics.upstream_connect_failures_total);
@@ -331,25 +326,30 @@ impl<C: Connector> Pool<C> {
     }
 
     /// The most recently returned healthy idle connection; broken ones met on the way close.
-    fn take_idle(&self) -> Option<C::Conn> {
+    fn take_idle(&self) -> Option<(C::Conn, Permit)> {
         let mut stock = self.lock();
-        while let Some((conn, _)) = stock.idle.pop() {
-            if conn.is_healthy() {
-                return Some(conn);
+        while let Some(idle) = stock.idle.pop() {
+            if idle.conn.is_healthy() {
+                return Some((idle.conn, idle.total));
             }
-            self.discard(&mut stock, conn);
+            self.discard(&mut stock, idle.conn);
         }
         None
     }
 
     /// Takes a connection that came back cleanly: kept idle unless the pool is closed or has
-    /// shrunk below the connections open.
-    fn put_back(&self, conn: C::Conn) {
+    /// shrunk below the connections open, or another checkout (of any member) waits for the
+    /// shared total's permit this connection holds.
+    fn put_back(&self, conn: C::Conn, total: Permit) {
         let mut stock = self.lock();
-        if stock.closed || stock.open > self.slots.capacity() {
+        if stock.closed || stock.open > self.slots.capacity() || self.total.wants_permits() {
             self.discard(&mut stock, conn);
         } else {
-            stock.idle.push((conn, Instant::now()));
+            stock.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+                total,
+            });
         }
     }
 
@@ -367,17 +367,17 @@ impl<C: Connector> Pool<C> {
         let now = Instant::now();
         let idle_timeout = self.limits.idle();
         let mut stock = self.lock();
-        let (keep, expired): (Vec<_>, Vec<_>) = stock.idle.drain(..).partition(|(conn, since)| {
-            let limit = if conn.meta().open_cursors.load(Ordering::Relaxed) > 0 {
+        let (keep, expired): (Vec<_>, Vec<_>) = stock.idle.drain(..).partition(|idle| {
+            let limit = if idle.conn.meta().open_cursors.load(Ordering::Relaxed) > 0 {
                 CURSOR_KEEPALIVE.max(idle_timeout)
             } else {
                 idle_timeout
             };
-            now.duration_since(*since) < limit && conn.is_healthy()
+            now.duration_since(idle.since) < limit && idle.conn.is_healthy()
         });
         stock.idle = keep;
-        for (conn, _) in expired {
-            self.discard(&mut stock, conn);
+        for idle in expired {
+            self.discard(&mut stock, idle.conn);
         }
     }
 
@@ -385,8 +385,8 @@ impl<C: Connector> Pool<C> {
     pub fn close_idle(&self) {
         let mut stock = self.lock();
         let all: Vec<_> = stock.idle.drain(..).collect();
-        for (conn, _) in all {
-            self.discard(&mut stock, conn);
+        for idle in all {
+            self.discard(&mut stock, idle.conn);
         }
     }
 
@@ -433,8 +433,8 @@ impl<C: Connector> PooledConn<C> {
 
     /// Returns a connection whose last exchange completed cleanly to the pool.
     pub fn release(mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.put_back(conn);
+        if let (Some(conn), Some(total)) = (self.conn.take(), self.total.take()) {
+            self.pool.put_back(conn, total);
         }
         // The slot is released when `self` drops, after the push above.
     }
@@ -450,6 +450,22 @@ impl<C: Connector> Drop for PooledConn<C> {
             let mut stock = self.pool.lock();
             self.pool.discard(&mut stock, conn);
         }
+    }
+}
+
+impl<C: Connector> IdleSource for Pool<C> {
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.lock().idle.first().map(|idle| idle.since)
+    }
+
+    fn close_oldest_idle(&self) -> bool {
+        let mut stock = self.lock();
+        if stock.idle.is_empty() {
+            return false;
+        }
+        let idle = stock.idle.remove(0);
+        self.discard(&mut stock, idle.conn);
+        true
     }
 }
 

@@ -36,6 +36,7 @@ use super::conn::UpstreamInfo;
 use super::connector::TcpConnector;
 use super::error::UpstreamError;
 use super::pool::{Pool, PoolLimits, Pooled, UpstreamPool};
+use super::total::Total;
 use crate::metrics::Metrics;
 
 /// How each member's pool is shaped; changed by reloads, applied to every member.
@@ -43,6 +44,8 @@ use crate::metrics::Metrics;
 pub struct PoolShape {
     /// Most connections per member.
     pub size: usize,
+    /// Most connections across all members; `None` is `size` per member and no more bound.
+    pub total: Option<usize>,
     /// Most of them pinned by transactions.
     pub max_pinned: usize,
     /// Timeouts.
@@ -72,6 +75,7 @@ pub struct Topology {
     cfg: Arc<UpstreamConfig>,
     tls: Option<Arc<rustls::ClientConfig>>,
     shape: Mutex<PoolShape>,
+    total: Arc<Total>,
     state: watch::Sender<Arc<TopologyDescription>>,
     members: Mutex<BTreeMap<String, Member>>,
     info: ArcSwap<Option<UpstreamInfo>>,
@@ -98,6 +102,7 @@ impl Topology {
             cfg: Arc::new(cfg),
             tls,
             shape: Mutex::new(shape),
+            total: Total::new(shape.total),
             state,
             members: Mutex::new(BTreeMap::new()),
             info: ArcSwap::from_pointee(None),
@@ -258,12 +263,12 @@ impl Topology {
     fn spawn_member(self: &Arc<Self>, address: &str) -> Member {
         let shape = *self.shape.lock().expect("shape lock");
         let connector = TcpConnector::new(self.cfg.clone(), address.to_string(), self.tls.clone());
-        let pool = Pool::with_connector(
+        let pool = Pool::sharing(
             connector,
-            shape.size,
-            shape.max_pinned,
+            (shape.size, shape.max_pinned),
             shape.limits,
             self.metrics.clone(),
+            self.total.clone(),
         );
         let monitor = Arc::new(MonitorHandle::default());
         let mut tasks = Vec::new();
@@ -483,6 +488,7 @@ impl Topology {
     /// Applies a reload's pool size and timeouts to every member, and to members added later.
     pub fn reshape(&self, shape: PoolShape) {
         *self.shape.lock().expect("shape lock") = shape;
+        self.total.resize(shape.total);
         for pool in self.pools() {
             pool.resize(shape.size, shape.max_pinned);
             pool.set_limits(shape.limits);
