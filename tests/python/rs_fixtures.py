@@ -129,6 +129,10 @@ class ReplicaSet:
     def lag(self, i: int, secs: float):
         return self.control("lag", member=i, secs=secs)
 
+    def clock_offset(self, i: int, secs: int):
+        """Member i's cluster clock runs `secs` ahead of the others (behind if negative)."""
+        return self.control("clock_offset", member=i, secs=secs)
+
     def hang(self, i: int, on: bool = True):
         return self.control("hang", member=i, on=on)
 

@@ -372,3 +372,32 @@ def test_pool_bounds_per_member_and_in_total(replset, ferretdb, logdir, gw_stop)
     assert peak_total <= total, peak_total
     assert peaks[0] >= 1 and peaks[1] + peaks[2] >= 1, peaks
     assert rs.served(1, "find") + rs.served(2, "find") >= 20 * 25
+
+
+def test_cluster_time_gossip_lets_a_causal_session_read_its_write_on_a_lagging_clock(replset, ferretdb, logdir,
+                                                                                    gw_stop):
+    """The primary's cluster clock runs 100 s ahead of the secondaries'. A causally consistent
+    session writes on the primary, then reads on a secondary with afterClusterTime = that
+    write's operationTime: the secondary serves it only if the request's $clusterTime
+    (gossiped from the primary's reply, through the gateway) advanced its clock first."""
+    rs = replset
+    rs.clock_offset(0, 100)
+    # The control: a client that only ever talked to a secondary cannot ask it for that time.
+    with rs.client(seed=1, direct=True) as direct:
+        from bson import Timestamp
+        ahead = Timestamp(int(time.time()) + 90, 1)
+        with pytest.raises(OperationFailure) as refused:
+            direct.rs_causal.command("find", "docs", readConcern={"afterClusterTime": ahead},
+                                     read_preference=Secondary())
+        assert refused.value.code == 72, refused.value.details
+    gw = gateway_for(rs, ferretdb, logdir)
+    gw_stop.append(gw)
+    with gw.client() as c:
+        with c.start_session(causal_consistency=True) as s:
+            c.rs_causal.get_collection("docs", read_preference=Primary()).insert_one({"_id": 1}, session=s)
+            wrote_at = s.operation_time
+            assert wrote_at.time >= time.time() + 90, wrote_at
+            got = c.rs_causal.get_collection("docs", read_preference=Secondary()).find_one({"_id": 1}, session=s)
+        assert got == {"_id": 1}
+        c.rs_causal.docs.drop()
+    assert rs.served(1, "afterClusterTime") + rs.served(2, "afterClusterTime") == 1

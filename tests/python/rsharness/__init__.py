@@ -28,7 +28,10 @@ What is faithful, and what is not (read before trusting a gateway test built on 
 - Not replicated: members relay to one FerretDB (or to one each, which never sync). Reads on a
   secondary are never behind; `lag` only moves lastWrite. writeConcern is whatever FerretDB
   does with it (it accepts w: "majority" and answers at once). The cluster time is a clock,
-  not tied to writes, and afterClusterTime is dropped, so causal consistency is not tested.
+  not tied to writes; each member's can be shifted (`clock_offset`), a request's $clusterTime
+  advances it (signatures are not checked) and a read whose afterClusterTime is beyond it is
+  refused with 72, as mongod does; since reads are never behind, afterClusterTime then is
+  dropped. So $clusterTime gossip across members is tested, replication waits are not.
 - FerretDB 1.24 accepts and ignores $clusterTime, $readPreference and
   readConcern.afterClusterTime (the harness strips them anyway); it has no transactions
   (`startTransaction` is refused with FailedToParse, commit/abortTransaction are unknown:

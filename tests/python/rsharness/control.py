@@ -88,6 +88,8 @@ class Control:
         elif op == "lag":
             self._member(req).ms.lag_secs = float(req["secs"])
             st.changed()
+        elif op == "clock_offset":
+            self._member(req).ms.clock_offset = int(req["secs"])
         elif op == "hang":
             self._member(req).set_hung(bool(req.get("on", True)))
         elif op == "disappear":

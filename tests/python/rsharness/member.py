@@ -220,13 +220,14 @@ class ClientConn:
     async def command(self, body: dict, sequences: bytes, secondary_ok: bool) -> dict:
         """A non-hello command: refused as the member's role demands, answered, or relayed."""
         name = next(iter(body), "")
-        refusal = self.refusal(body, secondary_ok)
+        self.state.clock.learn(self.ms, body.get("$clusterTime"))
+        refusal = self.refusal(body, secondary_ok) or self.causal_refusal(body)
         if refusal is not None:
             self.member.refused[name] += 1
             # mongod 4.4+ puts its topologyVersion in every state-change error, so a driver can
             # tell an error that reflects what it already knows (ignored) from news.
             refusal["topologyVersion"] = self.ms.topology_version()
-            return {**refusal, **self.state.clock.gossip()}
+            return {**refusal, **self.state.clock.gossip(self.ms)}
         self.member.served[name] += 1
         if name == "endSessions":
             reply = {"ok": 1.0}
@@ -236,7 +237,7 @@ class ClientConn:
             reply = await self.relay(sanitize(body), sequences)
             if name == "saslContinue":
                 reply = await self.finish_scram(body, reply)
-        reply.update(self.state.clock.gossip())
+        reply.update(self.state.clock.gossip(self.ms))
         return reply
 
     def refusal(self, body: dict, secondary_ok: bool) -> dict | None:
@@ -256,6 +257,20 @@ class ClientConn:
             return error(10107, "not primary", labels)
         if not secondary_ok:
             return error(13435, "not primary and secondaryOk=false")
+        return None
+
+    def causal_refusal(self, body: dict) -> dict | None:
+        """mongod refuses a read that must wait for a cluster time beyond its own (after
+        learning the request's $clusterTime): the time cannot have happened yet."""
+        rc = body.get("readConcern")
+        after = rc.get("afterClusterTime") if isinstance(rc, dict) else None
+        if after is None:
+            return None
+        now = self.state.clock.tick_for(self.ms)
+        if after > now:
+            return error(72, "readConcern afterClusterTime value must not be greater than the current "
+                             f"clusterTime. Requested clusterTime: {after}; current clusterTime: {now}")
+        self.member.served["afterClusterTime"] += 1
         return None
 
     # --- SCRAM -----------------------------------------------------------------------------
@@ -294,7 +309,7 @@ class ClientConn:
             for key in ("saslSupportedMechs", "speculativeAuthenticate"):
                 if key in upstream:
                     doc[key] = upstream[key]
-        doc.update(self.state.clock.gossip())
+        doc.update(self.state.clock.gossip(self.ms))
         return doc
 
     async def hello(self, msg: wire.Message) -> None:

@@ -47,13 +47,30 @@ class ClusterClock:
             self.inc += 1
         return Timestamp(self.secs, self.inc)
 
-    def gossip(self) -> dict:
-        """`$clusterTime` and `operationTime` as every reply carries them."""
+    def tick_for(self, ms: "MemberState") -> Timestamp:
+        """The next cluster time as member `ms` sees it: its own clock (the set's, shifted by
+        the member's `clock_offset`), never behind a time it learned from a client."""
         ts = self.tick()
+        own = Timestamp(max(ts.time + ms.clock_offset, 0), ts.inc)
+        if ms.known is not None and ms.known > own:
+            return ms.known
+        return own
+
+    def gossip(self, ms: "MemberState") -> dict:
+        """`$clusterTime` and `operationTime` as every reply of member `ms` carries them."""
+        ts = self.tick_for(ms)
         return {
             "$clusterTime": {"clusterTime": ts, "signature": {"hash": b"\0" * 20, "keyId": Int64(0)}},
             "operationTime": ts,
         }
+
+    @staticmethod
+    def learn(ms: "MemberState", gossip) -> None:
+        """A request's `$clusterTime` advances the member's clock, as mongod's does (the
+        signature is not checked here)."""
+        ts = gossip.get("clusterTime") if isinstance(gossip, dict) else None
+        if isinstance(ts, Timestamp) and (ms.known is None or ts > ms.known):
+            ms.known = ts
 
 
 @dataclass
@@ -69,6 +86,10 @@ class MemberState:
     # A stale primary claims to be primary with an older (electionId, setVersion).
     stale_claim: tuple[ObjectId, int] | None = None
     recovering_code: int = 11600
+    # Seconds this member's cluster clock runs ahead (or behind) the set's, and the highest
+    # cluster time a request's $clusterTime taught it.
+    clock_offset: int = 0
+    known: Timestamp | None = None
     process_id: ObjectId = field(default_factory=ObjectId)
     tv_counter: int = 0
 
