@@ -13,13 +13,16 @@ import re
 import secrets
 import uuid
 
+import struct
+
+import bson
 import pytest
 from bson import Int64
 from bson.binary import Binary, UuidRepresentation
 from pymongo.errors import OperationFailure
 
 from conftest import free_port, start_gateway, wait_until
-from mongowire import RawConn, op_msg
+from mongowire import RawConn, next_request_id, op_msg, recv_message
 from security_fixtures import (CURSOR_NOT_FOUND, UNAUTHORIZED, GatewayFactory, make_user, metric, sighup,
                                write_config)
 
@@ -164,6 +167,65 @@ def test_a_session_whose_request_got_no_answer_is_not_recorded(gateways):
         for _ in range(3):
             r = raw.command({"find": "x", "lsid": lsid()}, db="sec_conn")
             assert r.get("ok") == 0 and r.get("code") != TOO_MANY_SESSIONS, r
+
+
+# ---------------------------------------------------------------------------
+# Item 4: duplicate keys that matter for security or routing are refused
+
+
+def raw_doc(pairs: list[tuple[str, object]]) -> bytes:
+    """A BSON document that may repeat a key (a dict cannot)."""
+    body = b"".join(bson.encode({k: v})[4:-1] for k, v in pairs)
+    return struct.pack("<i", len(body) + 5) + body + b"\x00"
+
+
+def raw_command(raw: RawConn, pairs: list[tuple[str, object]]) -> dict:
+    rid = next_request_id()
+    raw.sock.sendall(op_msg(raw_doc(pairs), request_id=rid))
+    msg = recv_message(raw.sock, 10.0)
+    assert msg is not None and msg.response_to == rid
+    return msg.doc
+
+
+def test_duplicate_session_and_routing_keys_are_refused(gateways, users):
+    """B sends A's session id as a second `lsid` (and, in turn, every other key that matters
+    twice): each is refused with an error naming the key, A's cursor stays A's, and the same
+    commands with each key once work."""
+    a, b = users["a"], users["b"]
+    cfg = write_config(gateways.logdir / f"conn-{secrets.token_hex(3)}.toml", [a, b],
+                       session_key=secrets.token_hex(32))
+    gw = gateways("--config", cfg)
+    victim = uuid.uuid4()
+    with RawConn(gw.port) as ra, RawConn(gw.port) as rb:
+        assert ra.auth(a.name, a.password)["ok"] == 1
+        assert rb.auth(b.name, b.password)["ok"] == 1
+        seed(ra, "sec_conn", "dups", 6)
+        cid = Int64(open_cursor(ra, "sec_conn", "dups", lsid=lsid(victim))["cursor"]["id"])
+        own = lsid()
+        attacks = {
+            "lsid": [("getMore", cid), ("collection", "dups"), ("lsid", own), ("lsid", lsid(victim)),
+                     ("$db", "sec_conn")],
+            "getMore": [("getMore", Int64(1)), ("collection", "dups"), ("getMore", cid), ("$db", "sec_conn")],
+            "$db": [("find", "dups"), ("$db", "sec_conn"), ("$db", "admin")],
+            "txnNumber": [("find", "dups"), ("lsid", own), ("txnNumber", Int64(1)),
+                          ("txnNumber", Int64(2)), ("$db", "sec_conn")],
+            "$readPreference": [("find", "dups"), ("$readPreference", {"mode": "primary"}),
+                                ("$readPreference", {"mode": "secondary"}), ("$db", "sec_conn")],
+            "cursors": [("killCursors", "dups"), ("cursors", [Int64(1)]), ("cursors", [cid]),
+                        ("$db", "sec_conn")],
+        }
+        for key, pairs in attacks.items():
+            r = raw_command(rb, pairs)
+            assert r.get("ok") == 0 and "nextBatch" not in str(r), (key, r)
+            assert key in r.get("errmsg", ""), (key, r)
+        # A's cursor is untouched, in A's session; the same commands with each key once work.
+        r = ra.command({"getMore": cid, "collection": "dups", "batchSize": 1, "lsid": lsid(victim)},
+                       db="sec_conn")
+        assert r.get("ok") == 1 and r["cursor"]["nextBatch"] == [{"_id": 1}], r
+        r = raw_command(rb, [("find", "dups"), ("lsid", own), ("$readPreference", {"mode": "primary"}),
+                             ("$db", "sec_conn")])
+        assert r.get("ok") == 1, r
+        ra.command({"killCursors": "dups", "cursors": [cid], "lsid": lsid(victim)}, db="sec_conn")
 
 
 # ---------------------------------------------------------------------------

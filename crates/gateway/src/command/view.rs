@@ -100,6 +100,8 @@ mod once {
     pub const READ_PREFERENCE: u8 = 8;
     pub const AUTOCOMMIT: u8 = 16;
     pub const START_TRANSACTION: u8 = 32;
+    /// `killCursors`' ids: checked for ownership on one copy, sent with both.
+    pub const CURSORS: u8 = 64;
 }
 
 fn bad_bson(e: impl std::fmt::Display) -> GatewayError {
@@ -150,6 +152,7 @@ impl CommandView {
                 b"$readPreference" => once::READ_PREFERENCE,
                 b"autocommit" => once::AUTOCOMMIT,
                 b"startTransaction" => once::START_TRANSACTION,
+                b"cursors" => once::CURSORS,
                 key if key == first.key => {
                     return Err(GatewayError::BadCommand(format!(
                         "the command name {} appears twice",

@@ -50,6 +50,7 @@ fn duplicate_routing_fields_are_refused() {
         rawdoc! { "find": "c", "txnNumber": 1i64, "txnNumber": 2i64, "$db": "a" },
         rawdoc! { "find": "c", "find": "d", "$db": "a" },
         rawdoc! { "find": "c", "$readPreference": {}, "$readPreference": {}, "$db": "a" },
+        rawdoc! { "killCursors": "c", "cursors": [1i64], "cursors": [2i64], "$db": "a" },
     ] {
         let err = view_of(&body).unwrap_err();
         assert!(matches!(err, GatewayError::BadCommand(_)), "{err}");
