@@ -1,4 +1,5 @@
-"""Replica sets for tests: FerretDB behind the rsharness stand-in, and a small API to fault it.
+"""Replica sets and sharded-cluster routers for tests: FerretDB behind the rsharness stand-in,
+and a small API to fault them.
 
 The gateway must discover replica sets, route by read preference and follow failovers, but no
 MongoDB server can run here. `rsharness` (see its package docstring) poses as the members of a
@@ -26,6 +27,15 @@ which member served a read (by default all share one, so data survives a failove
 `make_replset(backend=nx)` puts the set in front of nx-27017, which has transactions.
 `failover_time(rs, client, new_primary, election_delay=0)` measures step-down to the first
 successful write; `wait_for_primary(client, rs.address(i))` waits for a driver to follow.
+
+Routers of a sharded cluster (the harness's mongos persona, `rsharness/mongos.py`):
+
+    sc = make_mongos(n=3)               # 3 routers in front of the session's FerretDB
+    sc.members, sc.address(i), sc.uri(seed=[0, 1, 2]), sc.client(...)   # as above, no replicaSet
+    sc.served(i, "find"), sc.counts(), sc.reset_counts()
+    sc.hello_delay(i, ms, jitter_ms=0)  # router i answers every hello ms (± jitter) later: a slow router
+    sc.quiesce(i) / sc.quiesce(i, on=False)   # hello and commands answer 91 ShutdownInProgress
+    sc.disappear(i) / sc.reappear(i); sc.hang(i); sc.status()
 """
 
 from __future__ import annotations
@@ -53,9 +63,10 @@ SHARED_USER = "rsharness"
 
 
 @dataclass
-class ReplicaSet:
+class Harness:
+    """One rsharness process (a replica set or a cluster's routers) and its control channel."""
+
     proc: Proc
-    set_name: str
     members: list[str]
     backends: list[Upstream]
     control_addr: tuple[str, int]
@@ -67,12 +78,16 @@ class ReplicaSet:
 
     # --- connecting ----------------------------------------------------------------------
 
+    def topology_options(self, direct: bool) -> dict:
+        """The URI options that say what the seeds are."""
+        return {"directConnection": "true"} if direct else {}
+
     def uri(self, seed: int | list[int] = 0, direct: bool = False, credentials: bool = True, **options) -> str:
         """A URI seeded with member(s) `seed`; `options` become URI options (True -> "true")."""
         seeds = [seed] if isinstance(seed, int) else seed
         auth = f"{self.username}:{self.password}@" if credentials and self.username else ""
         opts = {"authSource": "admin"} if auth else {}
-        opts.update({"directConnection": "true"} if direct else {"replicaSet": self.set_name})
+        opts.update(self.topology_options(direct))
         opts.update({k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items()})
         return f"mongodb://{auth}{','.join(self.members[i] for i in seeds)}/?{urlencode(opts)}"
 
@@ -105,6 +120,15 @@ class ReplicaSet:
             raise AssertionError(f"rsharness {op}: {reply['error']}")
         return reply["result"]
 
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        self.proc.stop()
+
     def status(self) -> dict:
         return self.control("status")
 
@@ -120,6 +144,23 @@ class ReplicaSet:
     def refused(self, i: int, command: str) -> int:
         return self.counts()[self.members[i]]["refused"].get(command, 0)
 
+    def hang(self, i: int, on: bool = True):
+        return self.control("hang", member=i, on=on)
+
+    def disappear(self, i: int):
+        return self.control("disappear", member=i)
+
+    def reappear(self, i: int):
+        return self.control("reappear", member=i)
+
+
+@dataclass
+class ReplicaSet(Harness):
+    set_name: str = "rs0"
+
+    def topology_options(self, direct: bool) -> dict:
+        return {"directConnection": "true"} if direct else {"replicaSet": self.set_name}
+
     def step_down(self):
         return self.control("step_down")
 
@@ -132,15 +173,6 @@ class ReplicaSet:
     def clock_offset(self, i: int, secs: int):
         """Member i's cluster clock runs `secs` ahead of the others (behind if negative)."""
         return self.control("clock_offset", member=i, secs=secs)
-
-    def hang(self, i: int, on: bool = True):
-        return self.control("hang", member=i, on=on)
-
-    def disappear(self, i: int):
-        return self.control("disappear", member=i)
-
-    def reappear(self, i: int):
-        return self.control("reappear", member=i)
 
     def add_member(self) -> int:
         result = self.control("add_member")
@@ -159,26 +191,26 @@ class ReplicaSet:
     def stale_primary(self, i: int):
         return self.control("stale_primary", member=i)
 
-    def close(self) -> None:
-        for c in self._clients:
-            c.close()
-        self._clients.clear()
-        if self._ctl is not None:
-            self._ctl.close()
-            self._ctl = None
-        self.proc.stop()
+
+@dataclass
+class MongosCluster(Harness):
+    """The routers of a sharded cluster (mongos personas)."""
+
+    def hello_delay(self, i: int, ms: float, jitter_ms: float = 0):
+        return self.control("hello_delay", member=i, ms=ms, jitter_ms=jitter_ms)
+
+    def quiesce(self, i: int, on: bool = True):
+        return self.control("quiesce", member=i, on=on)
 
 
-def start_replset(logdir: Path, backends: list[Upstream], n: int = 3, set_name: str = "rs0",
-                  member_ips: list[str] | None = None, timeout: float = 15.0) -> ReplicaSet:
-    """Start the harness with `n` members relaying to `backends` (one shared, or one each)."""
-    assert len(backends) in (1, n), "one backend for all members, or one per member"
-    cmd = [sys.executable, "-m", "rsharness", "--set-name", set_name, "--members", n,
-           "--member-ips", ",".join(member_ips or ["127.0.0.1"])]
+def _start_harness(logdir: Path, name: str, args: list, backends: list[Upstream],
+                   timeout: float) -> tuple[Proc, dict]:
+    """Runs `python -m rsharness ARGS --backend ...` and waits for its ready line."""
+    cmd = [sys.executable, "-m", "rsharness", *args]
     for b in backends:
         cmd += ["--backend", f"127.0.0.1:{b.port}"]
     env = dict(os.environ, PYTHONPATH=str(HARNESS_DIR), PYTHONUNBUFFERED="1")
-    popen, log = _spawn(f"rsharness-{set_name}", cmd, logdir, env, stdout_pipe=True)
+    popen, log = _spawn(name, cmd, logdir, env, stdout_pipe=True)
     lines: queue.Queue = queue.Queue()
 
     def pump():  # keep draining stdout so the pipe never fills
@@ -203,10 +235,21 @@ def start_replset(logdir: Path, backends: list[Upstream], n: int = 3, set_name: 
         if line.startswith(READY):
             info = json.loads(line[len(READY):])
             break
-    host, port = info["control"].rsplit(":", 1)
-    proc = Proc(f"rsharness-{set_name}", popen, int(port), log, stop_timeout=5.0)
+    port = int(info["control"].rsplit(":", 1)[1])
+    proc = Proc(name, popen, port, log, stop_timeout=5.0)
     _running.append(proc)
-    rs = ReplicaSet(proc, set_name, info["members"], backends, (host, int(port)))
+    return proc, info
+
+
+def start_replset(logdir: Path, backends: list[Upstream], n: int = 3, set_name: str = "rs0",
+                  member_ips: list[str] | None = None, timeout: float = 15.0) -> ReplicaSet:
+    """Start the harness with `n` members relaying to `backends` (one shared, or one each)."""
+    assert len(backends) in (1, n), "one backend for all members, or one per member"
+    args = ["--set-name", set_name, "--members", n, "--member-ips", ",".join(member_ips or ["127.0.0.1"])]
+    proc, info = _start_harness(logdir, f"rsharness-{set_name}", args, backends, timeout)
+    host, port = info["control"].rsplit(":", 1)
+    rs = ReplicaSet(proc=proc, members=info["members"], backends=backends,
+                    control_addr=(host, int(port)), set_name=set_name)
     rs.username, rs.password = backends[0].username, backends[0].password
     if len(backends) > 1:
         # Each FerretDB has its own random setup password: give them one common user, so a
@@ -216,6 +259,17 @@ def start_replset(logdir: Path, backends: list[Upstream], n: int = 3, set_name: 
             with b.client() as c:
                 c.admin.command("createUser", SHARED_USER, pwd=rs.password, roles=[])  # FerretDB 1.24: no roles
     return rs
+
+
+def start_mongos(logdir: Path, backend: Upstream, n: int = 3, timeout: float = 15.0) -> MongosCluster:
+    """Start `n` mongos personas relaying to `backend`."""
+    proc, info = _start_harness(logdir, f"rsharness-mongos-{secrets.token_hex(2)}",
+                                ["--mongos", "--members", n], [backend], timeout)
+    host, port = info["control"].rsplit(":", 1)
+    sc = MongosCluster(proc=proc, members=info["members"], backends=[backend],
+                       control_addr=(host, int(port)))
+    sc.username, sc.password = backend.username, backend.password
+    return sc
 
 
 def wait_for_primary(client: pymongo.MongoClient, address: tuple[str, int], timeout: float = 10.0) -> None:
@@ -293,3 +347,19 @@ def make_replset(ferretdb, logdir, tmp_path):
 def replset(make_replset) -> ReplicaSet:
     """Three members (0 primary, 1 and 2 secondaries) in front of the session's FerretDB."""
     return make_replset()
+
+
+@pytest.fixture
+def make_mongos(ferretdb, logdir):
+    """make_mongos(n=3, backend=None): `n` mongos personas in front of the session's FerretDB
+    (or `backend`), stopped at teardown."""
+    made: list[MongosCluster] = []
+
+    def make(n: int = 3, backend: Upstream | None = None) -> MongosCluster:
+        sc = start_mongos(logdir, backend or ferretdb, n)
+        made.append(sc)
+        return sc
+
+    yield make
+    for sc in made:
+        sc.close()

@@ -12,7 +12,12 @@ and the Rust driver run their full SDAM logic against it:
             streaming), refuses what a real member in its state would refuse, and relays the
             rest to its FerretDB backend on a connection of its own per client connection, so
             SCRAM passes through untouched.
-- `control` the line-JSON control channel the tests drive faults through.
+- `mongos`  the other persona (`--mongos`): routers of a sharded cluster (`msg: "isdbgrid"`),
+            each relaying to FerretDB as a member does, with a hello delay (a slow router),
+            quiesce mode (91 ShutdownInProgress) and a disappearance that never cuts a
+            relayed command in half.
+- `control` the line-JSON control channel the tests drive faults through (`MongosControl`
+            for routers).
 - `__main__` the process: `python -m rsharness --help`.
 
 The Python API for tests is `tests/python/rs_fixtures.py`; nothing else should speak the

@@ -7,6 +7,9 @@ Binds every member and the control port first, then prints exactly one line to s
 and serves until SIGTERM/SIGINT. Member 0 starts as primary, the others as secondaries.
 With one --backend every member relays to it (one shared FerretDB, so data survives a
 failover); with one --backend per member each relays to its own.
+
+With --mongos the members are the routers of a sharded cluster instead (rsharness.mongos):
+the ready line then says `"mongos": true` and has no set name.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import json
 import signal
 import sys
 
-from .control import Control, bind
+from .control import Control, MongosControl, bind
 from .member import Member
+from .mongos import ClusterState, Router
 from .state import SetState
 
 
@@ -36,6 +40,8 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--backend", action="append", required=True, type=parse_addr,
                    help="FerretDB HOST:PORT, once for all members or once per member")
     p.add_argument("--control", default="127.0.0.1:0", type=parse_addr)
+    p.add_argument("--mongos", action="store_true",
+                   help="routers of a sharded cluster (msg: isdbgrid) instead of a replica set")
     args = p.parse_args(argv)
 
     n = args.members
@@ -47,11 +53,18 @@ async def main(argv: list[str]) -> int:
 
     socks = [bind(ip, 0) for ip in ips]
     hosts = [f"{ip}:{s.getsockname()[1]}" for ip, s in zip(ips, socks)]
-    state = SetState(args.set_name, hosts, backends)
-    members = [Member(state, ms) for ms in state.members]
+    if args.mongos:
+        state = ClusterState(hosts, backends)
+        members = [Router(state, r) for r in state.members]
+        control = MongosControl(state, members)
+        info = {"mongos": True}
+    else:
+        state = SetState(args.set_name, hosts, backends)
+        members = [Member(state, ms) for ms in state.members]
+        control = Control(state, members)
+        info = {"set_name": args.set_name}
     for m, s in zip(members, socks):
         await m.listen(s)
-    control = Control(state, members)
     server = await asyncio.start_server(control.handle, *args.control, limit=1 << 16)
     cport = server.sockets[0].getsockname()[1]
 
@@ -59,7 +72,7 @@ async def main(argv: list[str]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print("rsharness: ready " + json.dumps({"set_name": args.set_name, "members": hosts,
+    print("rsharness: ready " + json.dumps({**info, "members": hosts,
                                              "control": f"{args.control[0]}:{cport}"}), flush=True)
     await stop.wait()
     server.close()

@@ -143,3 +143,30 @@ def bind(ip: str, port: int) -> socket.socket:
     sock.bind((ip, port))
     return sock
 
+
+
+class MongosControl(Control):
+    """The control channel of a `--mongos` harness. Operations (member = router index):
+
+        status                          the routers (mongos.ClusterState.status)
+        counts   [reset: bool]          per router host, as for a replica set
+        hello_delay member, ms, [jitter_ms]  router waits `ms` (± `jitter_ms`, at most `ms`) before
+                                    answering each hello (0 ends it)
+        quiesce  member, [on: bool]     router in quiesce mode: hello and commands answer 91
+        hang     member, [on: bool]     requests are read and never answered
+        disappear member                listener closed, idle connections cut, busy ones finish
+        reappear member                 listening again, a new processId, not quiescing
+    """
+
+    async def apply(self, req: dict):
+        op, st = req.get("op"), self.state
+        if op in ("status", "counts", "hang", "disappear", "reappear"):
+            return await super().apply(req)
+        if op == "hello_delay":
+            self._member(req).set_hello_delay(float(req["ms"]) / 1000.0,
+                                              float(req.get("jitter_ms", 0)) / 1000.0)
+        elif op == "quiesce":
+            self._member(req).set_quiesce(bool(req.get("on", True)))
+        else:
+            raise ValueError(f"unknown op {op!r} for a mongos harness")
+        return st.status()

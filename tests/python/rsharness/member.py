@@ -96,12 +96,16 @@ def sanitize(body: dict) -> dict:
 class Member:
     """A member's listener, its live client connections and its command counters."""
 
+    # The per-connection handler; the mongos persona (`mongos.Router`) brings its own.
+    conn_class: type["ClientConn"]
+
     def __init__(self, state: SetState, ms: MemberState) -> None:
         self.state, self.ms = state, ms
         self.served: collections.Counter = collections.Counter()
         self.refused: collections.Counter = collections.Counter()
         self.server: asyncio.base_events.Server | None = None
         self.tasks: set[asyncio.Task] = set()
+        self.conns: dict[asyncio.Task, ClientConn] = {}
         self.unhung = asyncio.Event()
         self.unhung.set()
 
@@ -143,7 +147,8 @@ class Member:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self.tasks.add(task)
-        conn = ClientConn(self, reader, writer)
+        conn = self.conn_class(self, reader, writer)
+        self.conns[task] = conn
         try:
             await conn.run()
         except (asyncio.IncompleteReadError, ConnectionError, wire.ProtocolError, OSError):
@@ -152,6 +157,7 @@ class Member:
             pass  # disappear()
         finally:
             self.tasks.discard(task)
+            self.conns.pop(task, None)
             conn.close()
 
 
@@ -171,6 +177,9 @@ class ClientConn:
         self.backend: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         # The client asked for SCRAM's skipEmptyExchange (see finish_scram).
         self.skip_empty_exchange = False
+        # Between reading a non-hello request and flushing its reply (a mongos that goes away
+        # lets such a request finish: see mongos.Router.disappear).
+        self.busy = False
 
     def close(self) -> None:
         self.writer.transport.abort()
@@ -179,14 +188,16 @@ class ClientConn:
             self.backend = None
 
     async def run(self) -> None:
-        while True:
+        while not self.ms.gone:
             head, rest = await read_frame(self.reader)
             msg = wire.parse(head, rest)
+            self.busy = msg.command not in HELLO_NAMES
             await self.member.unhung.wait()  # hung: the request is read and never answered
             if msg.opcode == wire.OP_QUERY:
                 await self.on_query(msg)
             else:
                 await self.on_msg(msg)
+            self.busy = False
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -328,7 +339,8 @@ class ClientConn:
             doc = await self.hello_doc(body if first else {}, legacy_name)
             first = False
             request_id = wire.next_id()
-            more = exhaust and not self.ms.gone
+            # An error reply (a quiescing mongos) ends a stream, as it does on a server.
+            more = exhaust and not self.ms.gone and doc.get("ok") == 1.0
             self.writer.write(wire.op_msg(doc, response_to=response_to,
                                           flags=wire.MORE_TO_COME if more else 0, request_id=request_id))
             await self.writer.drain()
@@ -367,3 +379,6 @@ class ClientConn:
                 self.backend[1].transport.abort()
                 self.backend = None
             return error(6, f"harness backend {self.ms.backend[0]}:{self.ms.backend[1]}: {e!r}")
+
+
+Member.conn_class = ClientConn

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use self::monitor::MonitorHandle;
 use self::select::{Need, NoMember};
-use self::server::{normalize, ServerDescription, ServerType, TopologyVersion};
+use self::server::{normalize, smooth_rtt, ServerDescription, ServerType, TopologyVersion};
 use self::state::{TopologyDescription, TopologyType};
 use super::config::{Seeds, UpstreamConfig};
 use super::conn::UpstreamInfo;
@@ -154,12 +154,26 @@ impl Topology {
         self.tls.clone()
     }
 
-    /// A monitor's result for one member.
+    /// A monitor's result for one member (its `rtt` already what the member's should be).
     pub(crate) fn on_check(self: &Arc<Self>, sd: ServerDescription) {
+        self.apply_check(sd, false);
+    }
+
+    /// The result of an awaitable (streaming) `hello`, whose delay is not a round trip: the
+    /// member keeps the round-trip time it has (from the round-trip task), whatever `sd` says.
+    pub(crate) fn on_streamed_check(self: &Arc<Self>, sd: ServerDescription) {
+        self.apply_check(sd, true);
+    }
+
+    fn apply_check(self: &Arc<Self>, mut sd: ServerDescription, keep_rtt: bool) {
         let before = sd.server_type;
         let address = sd.address.clone();
         let mut members = self.lock_members();
         let mut desc = (**self.state.borrow()).clone();
+        if keep_rtt {
+            // Read under the lock, so that a sample recorded meanwhile is not lost.
+            sd.rtt = desc.servers.get(&address).and_then(|s| s.rtt);
+        }
         let old = desc.servers.get(&address).map(|s| s.server_type);
         if !desc.apply(sd) {
             return;
@@ -170,14 +184,20 @@ impl Topology {
         self.publish(&mut members, desc);
     }
 
-    /// A round-trip sample from a streaming member's latency task.
-    pub(crate) fn on_rtt(&self, address: &str, rtt: Duration) {
+    /// A round-trip sample from a streaming member's latency task, folded into the member's
+    /// average.
+    pub(crate) fn on_rtt(&self, address: &str, sample: Duration) {
         let _members = self.lock_members();
         let mut desc = (**self.state.borrow()).clone();
         if let Some(s) = desc.servers.get_mut(address) {
-            s.rtt = Some(rtt);
+            s.rtt = Some(smooth_rtt(s.rtt, sample));
             self.state.send_replace(Arc::new(desc));
         }
+    }
+
+    /// The smoothed round-trip time recorded for the member at `address`, if any.
+    pub fn rtt_of(&self, address: &str) -> Option<Duration> {
+        self.state.borrow().servers.get(address).and_then(|s| s.rtt)
     }
 
     /// An operation on `address` failed in a way that puts the member's state in doubt
@@ -542,3 +562,7 @@ fn no_member_message(desc: &TopologyDescription, need: Need<'_>, waited: Duratio
         members.join(", ")
     )
 }
+
+#[cfg(test)]
+#[path = "rtt_tests.rs"]
+mod rtt_tests;

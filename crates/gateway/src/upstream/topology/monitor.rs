@@ -6,8 +6,10 @@
 //! `hello` (`topologyVersion` + `maxAwaitTimeMS`): the member answers at once when its state
 //! changes (an election, a step-down), otherwise after one heartbeat. A separate round-trip
 //! task with a second connection then measures latency, since an awaitable reply's delay is not
-//! a round trip. Members without `topologyVersion` are polled every heartbeat on the first
-//! connection, which also gives the round trip. A check requested after an operation failed
+//! a round trip: such a reply keeps the round-trip time the topology holds for the member, and
+//! must never replace it. Members without `topologyVersion` are polled every heartbeat on the
+//! first connection, which also gives the round trip. Both kinds of sample feed one average per
+//! member, kept in the topology description ([`Topology::on_rtt`], [`Topology::rtt_of`]). A check requested after an operation failed
 //! (not primary, network error) abandons a pending awaitable `hello` (closing that connection)
 //! and checks at once, at most once per [`MIN_HEARTBEAT`].
 //!
@@ -72,7 +74,6 @@ fn hello(first: bool, version: Option<TopologyVersion>, heartbeat: Duration) -> 
 pub async fn run(topology: Weak<Topology>, address: String, handle: Arc<MonitorHandle>) {
     let mut conn: Option<UpstreamConn> = None;
     let mut version: Option<TopologyVersion> = None;
-    let mut rtt: Option<Duration> = None;
     let mut last_check: Option<Instant> = None;
     let mut was_known = false;
     loop {
@@ -131,15 +132,20 @@ pub async fn run(topology: Weak<Topology>, address: String, handle: Arc<MonitorH
         };
         match outcome {
             Ok(Ok(reply)) => {
-                if !awaitable {
-                    rtt = Some(smooth_rtt(rtt, started.elapsed()));
-                }
-                let sd = ServerDescription::from_hello(&address, &reply, rtt);
+                let elapsed = started.elapsed();
+                let Some(t) = topology.upgrade() else { return };
+                let mut sd = ServerDescription::from_hello(&address, &reply, None);
                 version = sd.topology_version;
                 handle.streaming.store(version.is_some(), Ordering::Relaxed);
                 was_known = true;
-                let Some(t) = topology.upgrade() else { return };
-                t.on_check(sd);
+                if awaitable {
+                    // The reply came when the member's state changed or the wait ran out: its
+                    // delay says nothing about latency. The round-trip task's figure stands.
+                    t.on_streamed_check(sd);
+                } else {
+                    sd.rtt = Some(smooth_rtt(t.rtt_of(&address), elapsed));
+                    t.on_check(sd);
+                }
                 drop(t);
                 if version.is_none() {
                     wait(&handle, heartbeat).await;
@@ -166,7 +172,7 @@ pub async fn run(topology: Weak<Topology>, address: String, handle: Arc<MonitorH
 /// Measures round trips on a connection of its own while the monitor streams.
 pub async fn measure_rtt(topology: Weak<Topology>, address: String, handle: Arc<MonitorHandle>) {
     let mut conn: Option<UpstreamConn> = None;
-    let mut rtt: Option<Duration> = None;
+    let mut first = true;
     loop {
         let Some(t) = topology.upgrade() else { return };
         let (heartbeat, connect_timeout, tls) = (t.heartbeat(), t.connect_timeout(), t.tls());
@@ -186,16 +192,11 @@ pub async fn measure_rtt(topology: Weak<Topology>, address: String, handle: Arc<
         }
         let Some(c) = conn.as_mut() else { continue };
         let started = Instant::now();
-        match timeout(
-            connect_timeout,
-            c.command(&hello(rtt.is_none(), None, heartbeat)),
-        )
-        .await
-        {
+        match timeout(connect_timeout, c.command(&hello(first, None, heartbeat))).await {
             Ok(Ok(_)) => {
-                rtt = Some(smooth_rtt(rtt, started.elapsed()));
-                if let (Some(t), Some(r)) = (topology.upgrade(), rtt) {
-                    t.on_rtt(&address, r);
+                first = false;
+                if let Some(t) = topology.upgrade() {
+                    t.on_rtt(&address, started.elapsed());
                 }
             }
             _ => conn = None,
