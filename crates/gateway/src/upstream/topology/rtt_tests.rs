@@ -28,6 +28,7 @@ fn topology(seeds: &[&str]) -> Arc<Topology> {
     };
     let shape = PoolShape {
         size: 1,
+        total: None,
         max_pinned: 1,
         limits,
     };
