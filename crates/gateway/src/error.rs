@@ -41,6 +41,9 @@ pub enum GatewayError {
     /// A feature this gateway does not offer.
     #[error("{0}")]
     NotSupported(String),
+    /// A client's `loadBalanced` does not match what the listener serves.
+    #[error("{0}")]
+    LoadBalancerMismatch(String),
     /// The client's authentication failed.
     #[error("Authentication failed.")]
     AuthenticationFailed,
@@ -81,6 +84,7 @@ impl GatewayError {
             GatewayError::BadCommand(_) => (9, "FailedToParse"),
             GatewayError::UnsupportedValue(_) => (2, "BadValue"),
             GatewayError::NotSupported(_) => (115, "CommandNotSupported"),
+            GatewayError::LoadBalancerMismatch(_) => (354, "LoadBalancerSupportMismatch"),
             GatewayError::AuthenticationFailed => (18, "AuthenticationFailed"),
             GatewayError::Unauthorized(_) => (13, "Unauthorized"),
             GatewayError::MechanismUnavailable(_) => (334, "MechanismUnavailable"),

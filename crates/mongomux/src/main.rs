@@ -136,6 +136,9 @@ struct ServeArgs {
     /// TLS for clients: disabled, allowed or required [default: disabled].
     #[arg(long, env = "MONGOMUX_TLS_MODE")]
     tls_mode: Option<mongomux_gateway::tls::TlsMode>,
+    /// Load-balanced clients (loadBalanced=true): allow, off or required [default: allow].
+    #[arg(long, env = "MONGOMUX_LOAD_BALANCED")]
+    load_balanced: Option<mongomux_gateway::settings::LoadBalancedMode>,
     /// Server certificate chain, PEM.
     #[arg(long, env = "MONGOMUX_TLS_CERT_FILE")]
     tls_cert_file: Option<PathBuf>,
@@ -217,6 +220,7 @@ impl ServeArgs {
             max_connections_per_source
         );
         set!(tls_mode, aws_sts_host, sts_max_concurrency, sts_timeout);
+        set!(load_balanced);
         set!(
             max_cursors_per_client,
             max_cursors_per_user,

@@ -34,6 +34,13 @@ impl Leftovers {
         self.sessions.push(doc);
     }
 
+    /// Adds an open transaction to abort, of a session that lives on.
+    pub fn abort_transaction(&mut self, lsid: Vec<u8>, pinned: Pinned) {
+        if let Ok(doc) = RawDocumentBuf::from_bytes(lsid) {
+            self.transactions.push((doc, pinned));
+        }
+    }
+
     /// Sessions to end.
     pub fn ended_sessions(&self) -> usize {
         self.sessions.len()

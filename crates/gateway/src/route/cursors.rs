@@ -162,14 +162,22 @@ impl Cursors {
         self.per_user.get(user).copied().unwrap_or(0)
     }
 
-    /// Removes and returns the cursors of a departed connection and of departed sessions.
-    pub fn take_orphans(&mut self, connection: i64, gone: &HashSet<Vec<u8>>) -> Vec<(i64, Cursor)> {
+    /// Removes and returns the cursors of a departed connection and of departed sessions;
+    /// with `opened`, also every cursor that connection opened, whatever its session.
+    pub fn take_orphans(
+        &mut self,
+        connection: i64,
+        gone: &HashSet<Vec<u8>>,
+        opened: bool,
+    ) -> Vec<(i64, Cursor)> {
         let ids: Vec<i64> = self
             .by_id
             .iter()
             .filter(|(_, c)| match &c.owner {
                 Owner::Connection(id) => *id == connection,
-                Owner::Session(s) => gone.contains(s),
+                Owner::Session(s) => {
+                    gone.contains(s) || (opened && c.opener.connection == connection)
+                }
             })
             .map(|(id, _)| *id)
             .collect();
@@ -255,7 +263,7 @@ mod tests {
         );
         t.remove(3);
         assert_eq!((t.held_by_connection(1), t.held_by_user("admin.u")), (1, 1));
-        let gone = t.take_orphans(1, &HashSet::new());
+        let gone = t.take_orphans(1, &HashSet::new(), false);
         assert_eq!(gone.len(), 1);
         assert!(t.per_connection.is_empty() && t.per_user.is_empty());
         // A replaced id is counted once.
@@ -305,7 +313,7 @@ mod tests {
         t.insert(4, cursor(Owner::Session(b"B".to_vec())));
         let gone: HashSet<Vec<u8>> = [b"A".to_vec()].into();
         let mut ids: Vec<i64> = t
-            .take_orphans(7, &gone)
+            .take_orphans(7, &gone, false)
             .into_iter()
             .map(|(id, _)| id)
             .collect();

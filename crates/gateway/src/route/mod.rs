@@ -143,8 +143,10 @@ impl Routes {
     }
 
     /// A client connection left: takes its own cursors, and everything of the sessions it was
-    /// the last user of, for [`Leftovers::release`].
-    pub fn leave(&self, connection: i64, used: &UsedSessions) -> Leftovers {
+    /// the last user of, for [`Leftovers::release`]. A load-balanced connection (`bound`) also
+    /// takes every cursor it opened and the open transaction of every session it used, since
+    /// a load-balanced driver pins those to the connection.
+    pub fn leave(&self, connection: i64, used: &UsedSessions, bound: bool) -> Leftovers {
         let mut out = Leftovers::default();
         let orphans = {
             let mut tables = self.lock();
@@ -153,7 +155,14 @@ impl Routes {
             for e in ended {
                 out.end_session(e.lsid, e.pinned);
             }
-            tables.cursors.take_orphans(connection, &gone)
+            if bound {
+                for lsid in used.keys().iter().filter(|k| !gone.contains(*k)) {
+                    if let Some(pinned) = tables.sessions.take_pinned(lsid) {
+                        out.abort_transaction(lsid.clone(), pinned);
+                    }
+                }
+            }
+            tables.cursors.take_orphans(connection, &gone, bound)
         };
         let mut by_ns: HashMap<(Arc<str>, String), Vec<i64>> = HashMap::new();
         for (id, c) in orphans {
@@ -246,7 +255,7 @@ mod tests {
         assert!(routes.may_use_cursor(1, Some(&s), 9, &UsedSessions::default()));
         assert!(routes.may_use_cursor(2, None, 7, &used));
         assert!(!routes.may_use_cursor(2, None, 8, &used));
-        let left = routes.leave(7, &used);
+        let left = routes.leave(7, &used, false);
         assert_eq!(left.cursors.len(), 2, "both namespaces");
         assert_eq!(left.ended_sessions(), 1);
         assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);
@@ -270,12 +279,32 @@ mod tests {
                 LIMITS,
             )
             .unwrap();
-        let left = routes.leave(1, &a);
+        let left = routes.leave(1, &a, false);
         assert!(left.cursors.is_empty() && left.ended_sessions() == 0);
         assert!(routes.may_use_cursor(1, None, 2, &b));
         assert_eq!(routes.remove_cursor(1).as_deref(), Some("db.a"));
         assert_eq!(routes.remove_cursor(1), None);
         assert!(!routes.may_use_cursor(1, None, 2, &b));
         assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_load_balanced_connection_takes_the_cursors_it_opened_though_the_session_lives_on() {
+        let routes = Routes::new(Arc::new(Metrics::default()));
+        let conn = Arc::new(ConnMeta::default());
+        let (mut a, mut b) = (UsedSessions::default(), UsedSessions::default());
+        routes.note_session(&mut a, b"S");
+        routes.note_session(&mut b, b"S");
+        for (id, opened_by) in [(1, 1), (2, 2)] {
+            let owner = Owner::Session(b"S".to_vec());
+            routes
+                .add_cursor(id, "db.a", owner, opener(opened_by), &conn, LIMITS)
+                .unwrap();
+        }
+        let left = routes.leave(1, &a, true);
+        assert_eq!(left.ended_sessions(), 0, "B still uses the session");
+        let killed: Vec<i64> = left.cursors.values().flatten().copied().collect();
+        assert_eq!(killed, [1], "only the cursor connection 1 opened");
+        assert!(routes.may_use_cursor(2, None, 2, &b));
     }
 }

@@ -174,7 +174,8 @@ impl Session {
         if had_identity {
             tracing::info!(peer = %self.peer, "client logged out");
             let used = std::mem::take(&mut self.used_sessions);
-            let left = self.shared.routes.leave(self.connection_id, &used);
+            let bound = self.load_balanced == Some(true);
+            let left = self.shared.routes.leave(self.connection_id, &used, bound);
             Box::pin(left.release(&self.shared.upstream)).await;
         }
         if view.more_to_come {

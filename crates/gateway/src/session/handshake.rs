@@ -17,7 +17,9 @@ use mongomux_wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_SIZE, MAX_WRITE_BATCH_SIZE
 use super::reply::Outcome;
 use super::Session;
 use crate::command::CommandView;
+use crate::error::GatewayError;
 use crate::identity::users::UserStore;
+use crate::settings::LoadBalancedMode;
 use crate::upstream::topology::Topology;
 use crate::upstream::UpstreamInfo;
 
@@ -80,6 +82,39 @@ impl Session {
         )
     }
 
+    /// Checks a `hello`'s `loadBalanced` against the listener's mode and the connection's first
+    /// `hello`, as a mongos does (354 LoadBalancerSupportMismatch).
+    pub(super) fn check_load_balanced(&mut self, body: &RawDocument) -> Result<(), GatewayError> {
+        let asked = body.get_bool("loadBalanced").unwrap_or(false);
+        let mode = self.shared.live.settings.load().load_balanced;
+        match (mode, asked) {
+            (LoadBalancedMode::Off, true) => {
+                return Err(GatewayError::LoadBalancerMismatch(
+                    "this gateway does not serve load-balanced clients (load_balanced = off); \
+                     remove loadBalanced=true from the connection string"
+                        .into(),
+                ))
+            }
+            (LoadBalancedMode::Required, false) => {
+                return Err(GatewayError::LoadBalancerMismatch(
+                    "this gateway serves load-balanced clients only (load_balanced = required); \
+                     add loadBalanced=true to the connection string"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        match self.load_balanced {
+            Some(first) if first != asked => Err(GatewayError::LoadBalancerMismatch(
+                "loadBalanced differs from this connection's first hello".into(),
+            )),
+            _ => {
+                self.load_balanced = Some(asked);
+                Ok(())
+            }
+        }
+    }
+
     /// Answers `hello`, with the authentication fields when client authentication is on.
     pub(super) async fn hello(
         &mut self,
@@ -87,6 +122,9 @@ impl Session {
         view: &CommandView,
         body: &RawDocument,
     ) -> Outcome {
+        if let Err(e) = self.check_load_balanced(body) {
+            return self.replier().error(view.request_id, e, false);
+        }
         let mut reply = self.hello_document(&view.name, body).await;
         if users.auth_required() {
             Box::pin(self.hello_auth_fields(users, body, &mut reply)).await;

@@ -26,6 +26,9 @@ impl Session {
         };
         self.shared.metrics.count_op(&name);
         if q.is_command() && table::lookup(&name).kind == Kind::Hello {
+            if let Err(e) = self.check_load_balanced(cmd) {
+                return self.replier().legacy_error(q.header.request_id, e, false);
+            }
             let reply = self.hello_document(&name, cmd).await;
             return self.replier().legacy_reply(q.header.request_id, &reply);
         }

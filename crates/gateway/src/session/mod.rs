@@ -46,6 +46,8 @@ struct Session {
     /// The logical sessions this connection has used, for cursor ownership and clean-up.
     used_sessions: UsedSessions,
     auth: EdgeAuth,
+    /// What the client's first `hello` said of `loadBalanced`; later ones must say the same.
+    load_balanced: Option<bool>,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -76,13 +78,18 @@ pub async fn run(
         greeted: false,
         used_sessions: UsedSessions::default(),
         auth: EdgeAuth::default(),
+        load_balanced: None,
     };
     tracing::debug!(peer = %peer, conn = session.connection_id, "client connected");
     session.serve().await;
     session.framed.shutdown().await;
-    let left = shared
-        .routes
-        .leave(session.connection_id, &session.used_sessions);
+    // A load-balanced client's cursors and transaction belong to its connection (the drivers'
+    // load-balancer specification): closing it releases them even if the session lives on.
+    let left = shared.routes.leave(
+        session.connection_id,
+        &session.used_sessions,
+        session.load_balanced == Some(true),
+    );
     Box::pin(left.release(&shared.upstream)).await;
     shared.metrics.client_connections.dec();
     tracing::debug!(peer = %peer, "client disconnected");

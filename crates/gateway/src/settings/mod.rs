@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::config_error::ConfigError;
-pub use raw::RawConfig;
+pub use raw::{LoadBalancedMode, RawConfig};
 pub use reload::SettingsChange;
 pub use uri::{parse_uri, parse_uri_report, UpstreamConfig, UriReport};
 pub use uri_options::IGNORED as IGNORED_URI_OPTIONS;
@@ -75,6 +75,8 @@ pub struct Settings {
     pub max_connections_per_source: usize,
     /// TLS for clients.
     pub tls_mode: TlsMode,
+    /// Which clients the listener serves: load-balanced ones, the others, or both.
+    pub load_balanced: LoadBalancedMode,
     /// The listener's TLS configuration; `Some` exactly when `tls_mode` is not disabled.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// The STS host handed to MONGODB-AWS clients.
@@ -135,6 +137,7 @@ impl Settings {
             drain_timeout: raw.drain_timeout,
             max_connections_per_source: raw.max_connections_per_source,
             tls_mode: raw.tls_mode,
+            load_balanced: raw.load_balanced,
             aws_sts_host: raw.aws_sts_host,
             sts_endpoint,
             sts_tls,

@@ -76,6 +76,8 @@ pub struct RawConfig {
     pub max_connections_per_source: usize,
     /// TLS for clients.
     pub tls_mode: TlsMode,
+    /// Whether clients may, must or must not connect in load-balanced mode.
+    pub load_balanced: LoadBalancedMode,
     /// Server certificate chain (PEM).
     pub tls_cert_file: Option<PathBuf>,
     /// Server private key (PEM).
@@ -137,6 +139,7 @@ impl Default for RawConfig {
             sts_max_concurrency: 32,
             sts_timeout: Duration::from_secs(10),
             tls_mode: TlsMode::Disabled,
+            load_balanced: LoadBalancedMode::Allow,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -173,4 +176,34 @@ fn de_upstream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Upstream
 
 fn de_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
+
+/// Which clients the listener serves, by the `loadBalanced` field of their first `hello` (the
+/// drivers' load-balancer specification). One listener serves both kinds: the handshake says
+/// which a client is, so no second port (and no second target group) is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancedMode {
+    /// Both kinds.
+    #[default]
+    Allow,
+    /// Only clients that do not say `loadBalanced: true`; the others get error 354.
+    Off,
+    /// Only load-balanced clients; the others get error 354.
+    Required,
+}
+
+impl std::str::FromStr for LoadBalancedMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(LoadBalancedMode::Allow),
+            "off" => Ok(LoadBalancedMode::Off),
+            "required" => Ok(LoadBalancedMode::Required),
+            other => Err(format!(
+                "unknown load-balanced mode {:?}: use allow, off or required",
+                other.escape_debug().to_string()
+            )),
+        }
+    }
 }

@@ -58,6 +58,7 @@ const FIELDS: &[Field] = &[
     live!("drain_timeout", drain_timeout),
     live!("max_connections_per_source", max_connections_per_source),
     live!("tls_mode", tls_mode),
+    live!("load_balanced", load_balanced),
     live!("aws_sts_host", aws_sts_host),
     live!("sts_timeout", sts_timeout),
     // Read on every cursor reply and every new session of a client.
