@@ -1022,6 +1022,35 @@ def test_secrets_never_logged(gateways, sec_ferret, pki, login):
                     "exercised", pytrace=False)
 
 
+def test_user_controlled_strings_cannot_forge_log_lines(gateways, users, login):
+    """Debug logging; a user name, an application name, a database and a collection name, each
+    carrying CR/LF and a fake log line: every one reaches the log escaped, never as a line of
+    its own."""
+    alice = users["rw"]
+    cfg = write_config(gateways.logdir / "escape.toml", [alice])
+    gw = gateways("--config", cfg, "--log-level", "debug")
+    forged = "\r\n2026-01-01T00:00:00Z  INFO FORGED"
+    with RawConn(gw.port) as raw:
+        raw.command({"hello": 1, "client": {"application": {"name": "app" + forged},
+                                            "driver": {"name": "d" + forged, "version": "1"},
+                                            "os": {"type": "t" + forged}}})
+        r = raw.auth("nobody" + forged, "whatever")
+        assert r.get("ok") == 0
+    with RawConn(gw.port) as raw:
+        assert raw.auth(alice.name, alice.password)["ok"] == 1
+        raw.command({"find": "c" + forged, "filter": {}}, db="sec_logs")
+        raw.command({"find": "c", "filter": {}}, db="db" + forged)
+        raw.command({"nosuchcommand" + forged: 1}, db="sec_logs")
+    time.sleep(0.3)
+    gw.proc.stop()
+    log = gw.proc.log.read_text(errors="replace")
+    assert "DEBUG" in log, "the gateway did not log at debug level; the test proves nothing"
+    lines = [line for line in log.splitlines() if "FORGED" in line]
+    assert lines, "the strings did not reach the log at all; the test proves nothing"
+    assert not [line for line in lines if line.lstrip().startswith("2026-01-01")], lines
+    assert all("\\r\\n" in line or "\\\\r\\\\n" in line for line in lines), lines
+
+
 def test_upstream_auth_failure_reveals_no_secret(gateways, sec_ferret, users, login):
     """The gateway's own upstream credentials are wrong: the client gets an error, and
     neither that error nor the log carries the (wrong) upstream password."""
