@@ -23,18 +23,29 @@ pub struct ReplyFacts<'a> {
     pub cursor: Option<(i64, &'a str)>,
     /// The error code of an `{ok: 0}` reply.
     pub error_code: Option<i32>,
+    /// Offset, in the reply body, of `cursor.id` when it is an int64 (for masking it).
+    pub cursor_id_at: Option<usize>,
 }
 
 impl<'a> ReplyFacts<'a> {
     /// Reads a reply body.
     pub fn read(body: &'a RawDocument) -> ReplyFacts<'a> {
-        let (mut failed, mut code, mut cursor) = (false, None, None);
-        if let Ok(elements) = scan::elements(body.as_bytes()) {
+        let (mut failed, mut code, mut cursor, mut cursor_id_at) = (false, None, None, None);
+        let bytes = body.as_bytes();
+        if let Ok(elements) = scan::elements(bytes) {
             for element in elements.map_while(Result::ok) {
                 match element.key {
                     b"ok" => failed = is_zero(&element),
                     b"code" => code = element.as_i64().map(|c| c as i32),
-                    b"cursor" => cursor = element.as_document().and_then(cursor_of),
+                    b"cursor" => {
+                        if let Some(doc) = element.as_document() {
+                            if let Some((id, ns, id_at)) = cursor_of(doc) {
+                                cursor = Some((id, ns));
+                                let doc_at = doc.as_ptr() as usize - bytes.as_ptr() as usize;
+                                cursor_id_at = id_at.map(|at| doc_at + at);
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -42,6 +53,7 @@ impl<'a> ReplyFacts<'a> {
         ReplyFacts {
             cursor,
             error_code: if failed { code } else { None },
+            cursor_id_at,
         }
     }
 }
@@ -55,18 +67,22 @@ fn is_zero(element: &scan::Element<'_>) -> bool {
     }
 }
 
-/// `id` and `ns` of a cursor document.
-fn cursor_of(cursor: &[u8]) -> Option<(i64, &str)> {
-    let (mut id, mut ns) = (None, "");
+/// `id` and `ns` of a cursor document, and the offset in it of `id` when that is an int64.
+fn cursor_of(cursor: &[u8]) -> Option<(i64, &str, Option<usize>)> {
+    let (mut id, mut ns, mut id_at) = (None, "", None);
     for element in scan::elements(cursor).ok()? {
         let element = element.ok()?;
         match element.key {
-            b"id" => id = element.as_i64(),
+            b"id" => {
+                id = element.as_i64();
+                id_at = (element.kind == scan::kind::INT64)
+                    .then(|| element.value.as_ptr() as usize - cursor.as_ptr() as usize);
+            }
             b"ns" => ns = element.as_str().unwrap_or(""),
             _ => {}
         }
     }
-    Some((id?, ns))
+    Some((id?, ns, id_at))
 }
 
 #[cfg(test)]
@@ -78,6 +94,8 @@ mod tests {
     fn cursor_and_error_of_replies() {
         let r = rawdoc! { "cursor": { "id": 5i64, "ns": "a.b", "firstBatch": [] }, "ok": 1.0 };
         assert_eq!(ReplyFacts::read(&r).cursor, Some((5, "a.b")));
+        let at = ReplyFacts::read(&r).cursor_id_at.unwrap();
+        assert_eq!(&r.as_bytes()[at..at + 8], &5i64.to_le_bytes());
         assert_eq!(ReplyFacts::read(&r).error_code, None);
         let e = rawdoc! { "ok": 0.0, "code": 43, "errmsg": "x" };
         assert_eq!(ReplyFacts::read(&e).error_code, Some(43));

@@ -90,6 +90,8 @@ pub struct CommandView {
     end_session_uuids: Vec<usize>,
     /// Offset in the message of the `lsid` document.
     lsid_at: usize,
+    /// Offset in the message of a `getMore`'s cursor id, when it is an int64.
+    cursor_id_at: Option<usize>,
 }
 
 /// Top-level fields that may appear once, as bits.
@@ -135,6 +137,7 @@ impl CommandView {
             read_preference: None,
             end_session_uuids: Vec::new(),
             lsid_at: 0,
+            cursor_id_at: None,
         };
         let mut seen = 0u8;
         let mut elements = scan::elements(body).map_err(bad_bson)?;
@@ -214,6 +217,9 @@ impl CommandView {
         self.spec = table::lookup(&self.name);
         if self.spec.kind == Kind::GetMore {
             self.cursor_id = first.as_i64();
+            if first.kind == scan::kind::INT64 {
+                self.cursor_id_at = Some(body_at + offset_in(body, first.value));
+            }
         }
         if self.spec.kind == Kind::KillCursors {
             self.collection = first.as_str().map(str::to_string);
@@ -294,6 +300,15 @@ impl CommandView {
     pub fn has_session_ids(&self) -> bool {
         self.lsid.as_ref().is_some_and(|l| l.uuid_at.is_some())
             || !self.end_session_uuids.is_empty()
+    }
+
+    /// Replaces a `getMore`'s cursor id by `id`, in `message` (when it is an int64 there) and in
+    /// the view.
+    pub fn set_cursor_id(&mut self, message: &mut [u8], id: i64) {
+        if let Some(at) = self.cursor_id_at {
+            message[at..at + 8].copy_from_slice(&id.to_le_bytes());
+        }
+        self.cursor_id = Some(id);
     }
 
     /// Replaces every 16-byte session UUID of the request (`lsid.id`, and each id `endSessions`

@@ -86,6 +86,12 @@ impl SessionKey {
         }
     }
 
+    /// Whether the key was configured (shared by the deployment's gateways) rather than drawn
+    /// for this process.
+    pub fn is_configured(&self) -> bool {
+        self.configured
+    }
+
     /// The key material, for the MAC only.
     pub(crate) fn expose(&self) -> &[u8] {
         &self.bytes

@@ -1,4 +1,5 @@
-//! Routing state shared by all client connections: cursor ownership ([`cursors`]), the sessions
+//! Routing state shared by all client connections: cursor ownership ([`cursors`]) and the ids
+//! clients see for cursors ([`cursor_ids`]), the sessions
 //! each client uses and the transactions pinned to upstream connections ([`sessions`]), and the
 //! clean-up upstream when clients leave ([`cleanup`]).
 //!
@@ -8,6 +9,7 @@
 //! so it is never held while talking to the upstream.
 
 pub mod cleanup;
+pub mod cursor_ids;
 pub mod cursors;
 pub mod sessions;
 

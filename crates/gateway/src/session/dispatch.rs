@@ -146,19 +146,8 @@ impl Session {
             }
         }
         match view.spec.kind {
-            Kind::GetMore => match view.cursor_id {
-                Some(id) if self.may_use_cursor(id, &view) => self.forward(frame, &view).await,
-                Some(id) => {
-                    self.replier()
-                        .error(view.request_id, GatewayError::CursorNotFound(id), false)
-                }
-                None => self.replier().error(
-                    view.request_id,
-                    GatewayError::BadCommand("getMore needs an integer cursor id".into()),
-                    false,
-                ),
-            },
-            Kind::KillCursors => Box::pin(self.kill_cursors(frame, &view)).await,
+            Kind::GetMore => Box::pin(self.get_more(frame, &mut view)).await,
+            Kind::KillCursors => Box::pin(self.kill_cursors(&view)).await,
             Kind::EndSessions => Box::pin(self.end_sessions(frame, &view)).await,
             _ => self.forward(frame, &view).await,
         }

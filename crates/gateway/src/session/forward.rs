@@ -158,7 +158,7 @@ impl Session {
     ) -> Outcome {
         let in_txn = view.in_transaction;
         let meta = conn.conn().meta.clone();
-        let (logged_out, release) = match OpMsg::parse(&reply) {
+        let (logged_out, release, cursor_at) = match OpMsg::parse(&reply) {
             Ok(msg) => {
                 // Only now has the upstream seen the session: a request that never got an
                 // answer leaves nothing behind to end or to own.
@@ -169,7 +169,9 @@ impl Session {
                 }
                 let facts = ReplyFacts::read(msg.body);
                 let release = self.track_reply(facts, view, &meta);
-                (upstream_logged_out(facts, msg.body), release)
+                let body_at = msg.body.as_bytes().as_ptr() as usize - reply.as_ptr() as usize;
+                let cursor_at = facts.cursor_id_at.map(|at| body_at + at);
+                (upstream_logged_out(facts, msg.body), release, cursor_at)
             }
             Err(_) if view.more_to_come => return Outcome::Silent,
             Err(e) => {
@@ -199,7 +201,13 @@ impl Session {
         match (refusal, view.more_to_come) {
             (_, true) => Outcome::Silent,
             (Some(e), false) => self.replier().error(view.request_id, e, in_txn),
-            (None, false) => self.relay(reply, view),
+            (None, false) => {
+                let mut reply = reply;
+                if let Some(at) = cursor_at {
+                    super::cursors::mask_reply_cursor(&mut reply, at, self.cursor_mask(view));
+                }
+                self.relay(reply, view)
+            }
         }
     }
 
@@ -299,6 +307,10 @@ impl Session {
                     routes.remove_cursor(id);
                     None
                 }
+                // Continued here, opened through another gateway: this one tracks it now.
+                Some((_, ns)) if routes.cursor_member(id).is_none() => {
+                    self.adopt_cursor(id, ns, view, meta)
+                }
                 Some(_) => None,
                 None if facts.error_code.is_some() => {
                     let ns = routes.remove_cursor(id)?;
@@ -311,6 +323,19 @@ impl Session {
         if view.more_to_come {
             return Some(Release::quietly(id, ns.to_string()));
         }
+        self.adopt_cursor(id, ns, view, meta)
+    }
+
+    /// Records cursor `id` as the client's (its session's, or this connection's), unless that
+    /// would exceed a bound: then the cursor is returned for killing, with the refusal.
+    fn adopt_cursor(
+        &self,
+        id: i64,
+        ns: &str,
+        view: &CommandView,
+        meta: &Arc<ConnMeta>,
+    ) -> Option<Release> {
+        let routes = &self.shared.routes;
         let owner = match &view.lsid {
             Some(lsid) => Owner::Session(lsid.as_bytes().to_vec()),
             None => Owner::Connection(self.connection_id),
@@ -342,64 +367,6 @@ impl Session {
             ns: ns.to_string(),
             refusal: Some(GatewayError::TooManyCursors(why)),
         })
-    }
-
-    /// killCursors: only the client's own cursors reach the upstream; the others are reported
-    /// as not found, exactly as a server reports unknown ids.
-    pub(super) async fn kill_cursors(&mut self, frame: BytesMut, view: &CommandView) -> Outcome {
-        let Some(ids) = &view.kill_cursor_ids else {
-            return self.replier().error(
-                view.request_id,
-                GatewayError::BadCommand("killCursors needs a cursors array".into()),
-                false,
-            );
-        };
-        let (owned, foreign): (Vec<i64>, Vec<i64>) =
-            ids.iter().partition(|id| self.may_use_cursor(**id, view));
-        // Cursors of one killCursors come from one find or aggregate: one member.
-        let member = owned
-            .first()
-            .and_then(|id| self.shared.routes.cursor_member(*id));
-        for id in &owned {
-            self.shared.routes.remove_cursor(*id);
-        }
-        if foreign.is_empty() {
-            return self.forward_on(frame, view, member).await;
-        }
-        let mut reply = doc! {
-            "cursorsKilled": [], "cursorsNotFound": foreign.clone(),
-            "cursorsAlive": [], "cursorsUnknown": [], "ok": 1.0,
-        };
-        if !owned.is_empty() {
-            let coll = view.collection.clone().unwrap_or_default();
-            let kill = doc! { "killCursors": coll, "cursors": owned, "$db": &view.db };
-            let conn = match &member {
-                Some(m) => self.shared.upstream.checkout_on(m).await,
-                None => self.shared.upstream.checkout(Need::Write).await,
-            };
-            let mut conn = match conn {
-                Ok(c) => c,
-                Err(e) => return self.replier().error(view.request_id, e.into(), false),
-            };
-            let up = match conn.conn().command(&kill).await {
-                Ok(up) => up,
-                Err(e) => return self.replier().error(view.request_id, e.into(), false),
-            };
-            conn.release();
-            for key in ["cursorsKilled", "cursorsAlive", "cursorsUnknown"] {
-                if let Ok(v) = up.get_array(key) {
-                    reply.insert(key, v.clone());
-                }
-            }
-            let mut not_found: Vec<bson::Bson> =
-                up.get_array("cursorsNotFound").cloned().unwrap_or_default();
-            not_found.extend(foreign.into_iter().map(bson::Bson::Int64));
-            reply.insert("cursorsNotFound", not_found);
-        }
-        if view.more_to_come {
-            return Outcome::Silent;
-        }
-        self.replier().reply(view.request_id, &reply)
     }
 
     /// endSessions: forwarded when the upstream knows sessions; always answered `ok`, since a

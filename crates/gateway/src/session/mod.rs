@@ -6,6 +6,7 @@
 //!   authorizes it, and decides by the command table's kind what happens to it;
 //! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
 //! - [`forward`]: the exchange with the upstream and the cursor/session/transaction bookkeeping;
+//! - [`cursors`]: the cursor ids a client sends and sees (`getMore`, `killCursors`, masking);
 //! - [`legacy`]: OP_QUERY, where only the handshake is served; [`reply`]: framing the gateway's
 //!   own replies and errors.
 //!
@@ -15,6 +16,7 @@
 //! requestID is known) and is closed.
 
 mod auth;
+mod cursors;
 mod dispatch;
 mod forward;
 pub mod handshake;
