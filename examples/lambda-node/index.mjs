@@ -10,7 +10,7 @@
 // Environment:
 //
 //   MONGODB_URI     the gateway's load balancer, no credentials, the database in the path:
-//                   mongodb://NLB:27018/app?loadBalanced=true&authMechanism=MONGODB-AWS&authSource=%24external
+//                   mongodb://NLB:27018/app?loadBalanced=true&authMechanism=MONGODB-AWS&authSource=$external
 //                   loadBalanced=true because several gateways stand behind the NLB: the driver
 //                   then pins each cursor and transaction to the one connection (so the one
 //                   gateway) that opened it, and opens no monitoring connections of its own.

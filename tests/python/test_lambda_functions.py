@@ -102,7 +102,7 @@ def nlb_uri(gw, db: str) -> str:
     """The connection string deploy/template.yaml gives the functions, with this gateway in
     place of the NLB: no credentials, load-balanced, MONGODB-AWS."""
     return (f"mongodb://127.0.0.1:{gw.port}/{db}"
-            "?loadBalanced=true&authMechanism=MONGODB-AWS&authSource=%24external")
+            "?loadBalanced=true&authMechanism=MONGODB-AWS&authSource=$external")
 
 
 def start_function(fn: Function, gw, fn_dir: Path, db: str, creds_env: dict, name: str) -> Emulator:
