@@ -27,7 +27,8 @@ What must hold, for each language:
 - no credential reaches the function's log;
 - with a wrong secret key, the invocation fails with the gateway's AuthenticationFailed (STS,
   that is moto, denied the signature); with no credentials at all, it fails with the driver's
-  own clear error and the gateway is not asked to log anyone in.
+  own clear error and the gateway is not asked to log anyone in;
+- the connection string and handlers tested here are the ones deploy/template.yaml deploys.
 """
 
 from __future__ import annotations
@@ -98,11 +99,30 @@ def iam_gateway(ferretdb, fn_dir, moto):
     gw.proc.stop()
 
 
+# The options of the connection string deploy/template.yaml gives the functions (checked below).
+NLB_URI_OPTIONS = "?loadBalanced=true&authMechanism=MONGODB-AWS&authSource=$external"
+
+
 def nlb_uri(gw, db: str) -> str:
     """The connection string deploy/template.yaml gives the functions, with this gateway in
     place of the NLB: no credentials, load-balanced, MONGODB-AWS."""
-    return (f"mongodb://127.0.0.1:{gw.port}/{db}"
-            "?loadBalanced=true&authMechanism=MONGODB-AWS&authSource=$external")
+    return f"mongodb://127.0.0.1:{gw.port}/{db}{NLB_URI_OPTIONS}"
+
+
+def test_template_gives_the_functions_the_tested_connection_string():
+    """What these tests run is what the template deploys: the Node.js and Python functions'
+    MONGODB_URI is the NLB, the database, and exactly NLB_URI_OPTIONS."""
+    template = (ROOT / "deploy/template.yaml").read_text()
+    for resource, runtime_param, code, handler in (("NodeFunction", "NodeFunctionRuntime", "lambda-node", "index.handler"),
+                                                   ("PythonFunction", "PythonFunctionRuntime", "lambda-python", "app.handler")):
+        m = re.search(rf"^  {resource}:\n(?:    .*\n|      .*\n|\s*\n)+", template, re.M)
+        assert m, f"{resource} is not in deploy/template.yaml"
+        block = m.group(0)
+        assert f"CodeUri: ../examples/{code}\n" in block and f"Handler: {handler}\n" in block, block
+        assert f"Runtime: !Ref {runtime_param}\n" in block, block
+        uri = re.search(r'MONGODB_URI: !Sub "(.*)"', block)
+        assert uri and uri.group(1) == "mongodb://${LoadBalancer.DNSName}:${GatewayPort}/${DatabaseName}" + NLB_URI_OPTIONS, \
+            block
 
 
 def start_function(fn: Function, gw, fn_dir: Path, db: str, creds_env: dict, name: str) -> Emulator:
