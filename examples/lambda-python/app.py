@@ -29,6 +29,7 @@ it built in; tests/python/test_lambda_functions.py runs this function with it un
 Interface Emulator (scripts/install-lambda-functions installs both into .venv here).
 """
 
+import json
 import os
 import threading
 
@@ -95,9 +96,10 @@ client = MongoClient(
 _stats["clients_created"] += 1
 # What the client will do, never a credential (the URI has none, but only its hosts and its
 # authentication mechanism are printed).
-_uri_options = {k.lower(): v for k, v in uri_parser.parse_uri(_URI)["options"].items()}
+_parsed = uri_parser.parse_uri(_URI)
+_uri_options = {k.lower(): v for k, v in _parsed["options"].items()}
 print(f"mongomux-lambda-python: created client "
-      f"(hosts={','.join(f'{h}:{p}' for h, p in uri_parser.parse_uri(_URI)['nodelist'])} "
+      f"(hosts={','.join(f'{h}:{p}' for h, p in _parsed['nodelist'])} "
       f"load_balanced={str(client.options.load_balanced).lower()} "
       f"auth={_uri_options.get('authmechanism', 'none')} "
       f"app_name={os.environ.get('AWS_LAMBDA_FUNCTION_NAME')} max_pool_size={client.options.pool_options.max_pool_size})",
@@ -110,11 +112,13 @@ def handler(event, context):
     events = client.get_default_database()[_COLLECTION]
     op = event.get("op") if isinstance(event, dict) else None
     if op == "insert":
-        doc = json_util.loads(json_util.dumps(event.get("doc") or {}))
+        # Extended JSON ({"$date": ...}) becomes BSON types, as in the Node.js and Rust examples.
+        doc = json_util.loads(json.dumps(event.get("doc") or {}))
         inserted = events.insert_one(doc).inserted_id
         answer = {"op": "insert", "inserted_id": {"$oid": str(inserted)}}
     elif op == "count":
-        answer = {"op": "count", "count": events.count_documents(event.get("filter") or {})}
+        query = json_util.loads(json.dumps(event.get("filter") or {}))
+        answer = {"op": "count", "count": events.count_documents(query)}
     elif op == "ping":
         client.admin.command("ping")
         answer = {"op": "ping"}

@@ -14,7 +14,8 @@ gateway's only user is that role's ARN.
 
 What must hold, for each language:
 
-- every invocation succeeds and its answer is right (inserted ids unique, counts exact);
+- every invocation succeeds and its answer is right (inserted ids unique, counts exact); a bad
+  event fails only its own invocation;
 - the environment creates one client and opens one connection, whatever the number of
   invocations: every answer says clients_created = 1 and connections_created = 1 (the driver's
   own connection-pool events), the function logs "created client" once, the emulator keeps one
@@ -199,6 +200,12 @@ def test_function_one_client_one_iam_login(language, ferretdb, iam_gateway, fn_d
 
         with ferretdb.client() as c:
             assert c[db]["events"].count_documents({"tag": language}) == len(inserted) == INVOCATIONS // 2
+
+        # A bad event is that invocation's error; the environment and its client carry on.
+        with pytest.raises(InvokeError, match="function error.*unknown op"):
+            em.invoke({"op": "drop_everything"})
+        check_answer(em.invoke({"op": "ping"}), "ping", INVOCATIONS + 2)
+        assert em.function_pids() == [fn_pid] and gauges(iam_gateway) == baseline
 
         created = created_client_lines(em)
         assert len(created) == 1, f"'created client' logged {len(created)} times:\n" + "\n".join(created)
