@@ -122,7 +122,9 @@ class Proc:
                 _running.remove(self)
 
 
-def _spawn(name: str, cmd: list, logdir: Path, env: dict | None = None, stdout_pipe: bool = False):
+def _spawn(name: str, cmd: list, logdir: Path, env: dict | None = None, stdout_pipe: bool = False,
+           cwd: Path | None = None):
+    """Start `cmd` with its output in logdir/NAME.log, in `cwd` (default: logdir)."""
     log = logdir / f"{name}.log"
     log_f = open(log, "ab")
     popen = subprocess.Popen(
@@ -131,7 +133,7 @@ def _spawn(name: str, cmd: list, logdir: Path, env: dict | None = None, stdout_p
         stdout=subprocess.PIPE if stdout_pipe else log_f,
         stderr=log_f,
         env=env,
-        cwd=logdir,
+        cwd=cwd or logdir,
         start_new_session=True,  # a Ctrl-C on pytest must not hit the servers before teardown
     )
     log_f.close()

@@ -162,12 +162,17 @@ class Emulator:
                     pass
 
 
-def start_emulator(bootstrap: Path, logdir: Path, env: dict, name: str | None = None,
+def start_emulator(bootstrap: Path | list, logdir: Path, env: dict, name: str | None = None,
                    function_name: str = "mongomux-example", max_concurrency: int | None = None,
-                   timeout: float = 20.0) -> Emulator:
+                   timeout: float = 20.0, cwd: Path | None = None) -> Emulator:
     """aws-lambda-rie on 127.0.0.1 (free ports) running `bootstrap` with `env` on top of the
     standard Lambda variables; returns once it accepts connections (the function itself starts
-    on the first invocation)."""
+    on the first invocation).
+
+    `bootstrap` is a binary (the Rust examples), or a command with arguments, such as a runtime
+    interface client and its handler (`[node, .../aws-lambda-ric/bin/index.mjs, index.handler]`);
+    the emulator runs it in `cwd` (default: `logdir`), which the Node.js and Python runtime
+    interface clients take as the function's folder."""
     port, api_port = free_port(), free_port()
     name = name or f"rie-{function_name}-{port}"
     full_env = {k: v for k, v in os.environ.items()
@@ -181,10 +186,10 @@ def start_emulator(bootstrap: Path, logdir: Path, env: dict, name: str | None = 
            "--runtime-interface-emulator-address", f"127.0.0.1:{port}",
            "--runtime-api-address", f"127.0.0.1:{api_port}",
            "--log-level", "info",
-           bootstrap]
+           *(bootstrap if isinstance(bootstrap, list) else [bootstrap])]
     if max_concurrency is not None:
         cmd = _managed_instances_wrapper(bootstrap, logdir / f"{name}-var") + cmd
-    popen, log = _spawn(name, cmd, logdir, full_env)
+    popen, log = _spawn(name, cmd, logdir, full_env, cwd=cwd)
     proc = Proc(name, popen, port, log, stop_timeout=10.0)
     _running.append(proc)
     em = Emulator(proc, api_port, function_name)
