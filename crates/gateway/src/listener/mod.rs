@@ -124,7 +124,9 @@ impl Gateway {
             metrics_listener,
             drain_tx,
         } = self;
-        let accepting = Arc::new(AtomicBool::new(false));
+        // The client socket is bound (the kernel queues connections from here on) and the
+        // accept loop starts below; it turns false when the loop stops.
+        let accepting = Arc::new(AtomicBool::new(true));
         // The metrics endpoint outlives the drain (its `/readyz` says 503 meanwhile) and stops
         // when this function returns and drops `_stop_metrics`.
         let (_stop_metrics, stop_rx) = watch::channel(false);
@@ -142,7 +144,6 @@ impl Gateway {
             let deadline = shared.live.settings.load().handshake_timeout;
             async move { session::handshake::ensure_upstream_info(&pool, deadline).await }
         });
-        accepting.store(true, Ordering::Relaxed);
         accept_loop(&shared, listener, shutdown).await;
         accepting.store(false, Ordering::Relaxed);
         let _ = drain_tx.send(true);
