@@ -6,6 +6,7 @@ member is selectable for writes and the gateway is not draining, else 503 with a
 from __future__ import annotations
 
 import signal
+import time
 import urllib.error
 import urllib.request
 
@@ -76,6 +77,7 @@ def test_not_ready_while_draining(gateways):
         # Half a request keeps the drain going until its deadline (2s in these tests): the
         # gateway waits for the rest of a message it has begun to receive.
         c.sock.sendall(op_msg({"ping": 1, "$db": "admin"})[:10])
+        time.sleep(0.3)  # let the gateway read those bytes before the drain starts
         gw.proc.popen.send_signal(signal.SIGTERM)
         wait_until(lambda: get(gw, "/readyz") == (503, "not ready: draining\n"), 1.5,
                    what="/readyz 503 while draining")

@@ -135,7 +135,7 @@ struct ServeArgs {
     max_connections_per_source: Option<usize>,
     /// PROXY protocol headers from load balancers: off, optional or required [default: off].
     #[arg(long, env = "MONGOMUX_PROXY_PROTOCOL")]
-    proxy_protocol: Option<mongomux_gateway::listener::proxy::ProxyMode>,
+    proxy_protocol: Option<mongomux_gateway::proxy::ProxyMode>,
     /// Address or CIDR block allowed to send a PROXY header (the load balancers); repeat or
     /// separate with commas. Required when --proxy-protocol is not off.
     #[arg(

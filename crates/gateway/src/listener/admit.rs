@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
-use super::proxy::{self, Decision, ProxyMode, Refusal};
 use crate::context::Shared;
 use crate::limits::client_limit::ClientPermit;
+use crate::proxy::{self, Decision, ProxyMode, Refusal};
 use crate::session;
 
 /// Least time between two warnings of one kind.

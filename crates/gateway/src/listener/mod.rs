@@ -1,7 +1,7 @@
 //! The listener, the accept loop and the drain.
 //!
 //! Each accepted socket is admitted in its own task ([`admit`]): the PROXY protocol step
-//! ([`proxy`]) when it is on, so the client's effective address is known before the access
+//! ([`crate::proxy`]) when it is on, so the client's effective address is known before the access
 //! list, the per-source limit and the session see it; peers whose address cannot change are
 //! judged by the access list in the accept loop, before a byte of theirs is read. The readiness
 //! probe of the metrics endpoint's `/readyz` lives here too, next to what it reports on.
@@ -13,7 +13,6 @@
 //! immediately close a new client instead of spinning on EMFILE, while existing clients carry on.
 
 mod admit;
-pub mod proxy;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -112,7 +112,7 @@ pub struct Metrics {
     /// Client connections refused by the access list.
     pub client_connections_denied: Counter,
     /// Client connections refused at the PROXY protocol step, in
-    /// [`crate::listener::proxy::REFUSAL_LABELS`] order.
+    /// [`crate::proxy::REFUSAL_LABELS`] order.
     proxy_refused: Vec<Counter>,
     /// Upstream connections open now (idle or in use).
     pub upstream_connections: Gauge,
@@ -181,7 +181,7 @@ impl Default for Metrics {
                 "mongomux_client_connections_proxy_refused_total",
                 "Client connections refused at the PROXY protocol step, by reason.",
                 "reason",
-                crate::listener::proxy::REFUSAL_LABELS.iter().copied(),
+                crate::proxy::REFUSAL_LABELS.iter().copied(),
             ),
             upstream_connections: r.gauge(
                 "mongomux_upstream_connections",
@@ -301,9 +301,9 @@ impl Metrics {
     }
 
     /// Counts a connection refused at the PROXY protocol step; reasons outside
-    /// [`crate::listener::proxy::REFUSAL_LABELS`] are not counted.
+    /// [`crate::proxy::REFUSAL_LABELS`] are not counted.
     pub fn count_proxy_refused(&self, reason: &str) {
-        let labels = crate::listener::proxy::REFUSAL_LABELS;
+        let labels = crate::proxy::REFUSAL_LABELS;
         if let Some(i) = labels.iter().position(|r| *r == reason) {
             self.proxy_refused[i].inc();
         }

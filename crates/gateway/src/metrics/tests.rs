@@ -195,7 +195,7 @@ fn label_sets_stay_closed() {
     );
     assert_eq!(
         samples(&text, "mongomux_client_connections_proxy_refused_total").count(),
-        crate::listener::proxy::REFUSAL_LABELS.len()
+        crate::proxy::REFUSAL_LABELS.len()
     );
 }
 

@@ -26,7 +26,7 @@ use crate::access::{AccessList, IpBlock};
 use crate::identity::session_key::SessionKey;
 use crate::identity::sts::StsEndpoint;
 use crate::identity::users::UserStore;
-use crate::listener::proxy::ProxyMode;
+use crate::proxy::ProxyMode;
 use crate::tls::TlsMode;
 
 /// Largest `pool_size`.

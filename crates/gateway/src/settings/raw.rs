@@ -16,7 +16,7 @@ use super::uri::{parse_uri, UpstreamConfig};
 use super::ConfigError;
 use crate::access::AccessEntryConfig;
 use crate::identity::users::UserConfig;
-use crate::listener::proxy::ProxyMode;
+use crate::proxy::ProxyMode;
 use crate::tls::TlsMode;
 
 /// All settings of `mongomux serve` as written: one layer (file, environment, flags) or the

@@ -352,7 +352,7 @@ fn resolver_settings_need_a_restart() {
 
 #[test]
 fn proxy_protocol_needs_its_sources() {
-    use crate::listener::proxy::ProxyMode;
+    use crate::proxy::ProxyMode;
     let s = Settings::from_raw(raw("")).unwrap();
     assert_eq!(s.proxy_protocol, ProxyMode::Off);
     assert!(!s.trusts_proxy("127.0.0.1".parse().unwrap()));
