@@ -90,7 +90,7 @@ impl IpBlock {
 
 /// Whether `blocks` together admit every address of one family: `0.0.0.0/1` plus
 /// `128.0.0.0/1` is as open as `0.0.0.0/0`, so the guard judges the union, not single entries.
-fn union_admits_any(blocks: &[IpBlock]) -> bool {
+pub(crate) fn union_admits_any(blocks: &[IpBlock]) -> bool {
     [(true, u128::from(u32::MAX)), (false, u128::MAX)]
         .into_iter()
         .any(|(v4, last)| {

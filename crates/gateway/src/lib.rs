@@ -13,7 +13,7 @@
 //!
 //! Beside the request path: [`identity`] (users, SCRAM/MONGODB-AWS conversations, STS),
 //! [`settings`] (raw configuration, validated [`Settings`]) with [`reload`] applying new ones,
-//! [`access`] (the IP access list), [`limits`] (client, per-source and failed-login limits), [`tls`], [`framed`] (whole messages out of a byte stream),
+//! [`access`] (the IP access list), [`proxy`] (PROXY protocol headers and who may send them), [`limits`] (client, per-source and failed-login limits), [`tls`], [`framed`] (whole messages out of a byte stream),
 //! [`metrics`], and [`error`], the one place errors become MongoDB replies.
 //!
 //! State shared between tasks is a few small parts ([`context::Shared`]), built once; the
@@ -32,6 +32,7 @@ pub mod identity;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod session;

@@ -133,6 +133,17 @@ struct ServeArgs {
     /// Most concurrent connections from one source address; 0 = no limit [default: 0].
     #[arg(long, env = "MONGOMUX_MAX_CONNECTIONS_PER_SOURCE")]
     max_connections_per_source: Option<usize>,
+    /// PROXY protocol headers from load balancers: off, optional or required [default: off].
+    #[arg(long, env = "MONGOMUX_PROXY_PROTOCOL")]
+    proxy_protocol: Option<mongomux_gateway::proxy::ProxyMode>,
+    /// Address or CIDR block allowed to send a PROXY header (the load balancers); repeat or
+    /// separate with commas. Required when --proxy-protocol is not off.
+    #[arg(
+        long = "proxy-protocol-sources",
+        env = "MONGOMUX_PROXY_PROTOCOL_SOURCES",
+        value_delimiter = ','
+    )]
+    proxy_protocol_sources: Vec<String>,
     /// TLS for clients: disabled, allowed or required [default: disabled].
     #[arg(long, env = "MONGOMUX_TLS_MODE")]
     tls_mode: Option<mongomux_gateway::tls::TlsMode>,
@@ -255,6 +266,12 @@ impl ServeArgs {
                     comment: None,
                 })
                 .collect();
+        }
+        if let Some(v) = self.proxy_protocol {
+            cfg.proxy_protocol = v;
+        }
+        if !self.proxy_protocol_sources.is_empty() {
+            cfg.proxy_protocol_sources = self.proxy_protocol_sources;
         }
         cfg.allow_any_address |= self.allow_any_address;
         cfg.allow_anonymous_non_loopback |= self.allow_anonymous_non_loopback;

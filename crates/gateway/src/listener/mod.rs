@@ -1,24 +1,33 @@
 //! The listener, the accept loop and the drain.
 //!
+//! Each accepted socket is admitted in its own task ([`admit`]): the PROXY protocol step
+//! ([`crate::proxy`]) when it is on, so the client's effective address is known before the access
+//! list, the per-source limit and the session see it; peers whose address cannot change are
+//! judged by the access list in the accept loop, before a byte of theirs is read. The readiness
+//! probe of the metrics endpoint's `/readyz` lives here too, next to what it reports on.
+//!
 //! Owns admission through the client limit ([`crate::limits::client_limit`], whose permits travel with
 //! each session task, so "no permit held" means "no client left") and the reaction to running
 //! out of file descriptors:
 //! a spare descriptor is kept open so that, at the limit, the gateway can still accept and
 //! immediately close a new client instead of spinning on EMFILE, while existing clients carry on.
 
+mod admit;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::context::Shared;
 use crate::settings::Settings;
+use crate::upstream::topology::select::Need;
 use crate::{metrics, session};
-
-/// Least time between two warnings about refused clients.
-const WARN_EVERY: Duration = Duration::from_secs(5);
+use admit::Warnings;
 
 /// Why a gateway with valid settings could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +123,18 @@ impl Gateway {
             metrics_listener,
             drain_tx,
         } = self;
+        // The client socket is bound (the kernel queues connections from here on) and the
+        // accept loop starts below; it turns false when the loop stops.
+        let accepting = Arc::new(AtomicBool::new(true));
+        // The metrics endpoint outlives the drain (its `/readyz` says 503 meanwhile) and stops
+        // when this function returns and drops `_stop_metrics`.
+        let (_stop_metrics, stop_rx) = watch::channel(false);
         if let Some(l) = metrics_listener {
             tokio::spawn(metrics::serve(
                 l,
                 shared.metrics.clone(),
-                shared.draining.clone(),
+                readiness(&shared, &accepting),
+                stop_rx,
             ));
         }
         tokio::spawn(reaper(shared.clone()));
@@ -128,6 +144,7 @@ impl Gateway {
             async move { session::handshake::ensure_upstream_info(&pool, deadline).await }
         });
         accept_loop(&shared, listener, shutdown).await;
+        accepting.store(false, Ordering::Relaxed);
         let _ = drain_tx.send(true);
         let deadline = shared.live.settings.load().drain_timeout;
         tracing::info!(clients = shared.clients.held(), "draining");
@@ -145,83 +162,21 @@ impl Gateway {
 async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut spare = std::fs::File::open("/dev/null").ok();
-    let mut last_warn: Option<Instant> = None;
-    let mut warn = |msg: &str, peer: Option<SocketAddr>| {
-        if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            last_warn = Some(Instant::now());
-            tracing::warn!(peer = ?peer, "{msg}");
-        }
-    };
-    let mut last_denied: Option<Instant> = None;
-    let mut suppressed = 0u64;
-    let mut denied_warn = |msg: &str| {
-        if last_denied.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            last_denied = Some(Instant::now());
-            tracing::warn!(suppressed, "{msg}");
-            suppressed = 0;
-        } else {
-            suppressed += 1;
-        }
-    };
+    let warnings = Arc::new(Warnings::default());
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer))
-                if !shared
-                    .live
-                    .settings
-                    .load()
-                    .access
-                    .allows(peer.ip(), SystemTime::now()) =>
-            {
-                // Refused before reading a byte: nothing from this peer is parsed.
-                shared.metrics.client_connections_denied.inc();
-                denied_warn(&format!(
-                    "connection from {peer} refused: address not in the access list"
-                ));
-                drop(stream);
-            }
-            Ok((stream, peer)) => match shared.clients.try_acquire() {
-                Some(permit) => {
-                    let limit = shared.live.settings.load().max_connections_per_source;
-                    match shared.sources.admit(peer.ip(), limit) {
-                        Some(slot) => {
-                            tokio::spawn(session::run(
-                                shared.clone(),
-                                stream,
-                                peer,
-                                (permit, slot),
-                            ));
-                        }
-                        None => {
-                            shared.metrics.client_connections_rejected.inc();
-                            warn(
-                                "max-connections-per-source reached; refusing a client",
-                                Some(peer),
-                            );
-                        }
-                    }
-                }
-                None => {
-                    shared.metrics.client_connections_rejected.inc();
-                    warn(
-                        "max-clients reached; refusing new client connections",
-                        Some(peer),
-                    );
-                    drop(stream);
-                }
-            },
+            Ok((stream, peer)) => on_accept(shared, &warnings, stream, peer),
             Err(e) if is_fd_exhaustion(&e) => {
                 // Free the spare descriptor to accept and close the waiting client, so it
                 // learns now instead of hanging in the backlog.
                 shared.metrics.client_connections_rejected.inc();
-                warn(
-                    "file descriptor limit reached; refusing new client connections",
-                    None,
-                );
+                warnings.rejected.warn(|| {
+                    "file descriptor limit reached; refusing new client connections".into()
+                });
                 drop(spare.take());
                 if let Ok((stream, _)) = listener.accept().await {
                     refuse(stream);
@@ -235,6 +190,65 @@ async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Futu
             }
         }
     }
+}
+
+/// The checks that need no byte from the socket, then the admission task. A peer whose address
+/// cannot be replaced by a PROXY header (PROXY protocol off, or a peer not listed as a source)
+/// is judged by the access list here, before a single byte of it is read.
+fn on_accept(shared: &Shared, warnings: &Arc<Warnings>, stream: TcpStream, peer: SocketAddr) {
+    let (trusted, allowed) = {
+        let s = shared.live.settings.load();
+        (
+            s.trusts_proxy(peer.ip()),
+            s.access.allows(peer.ip(), SystemTime::now()),
+        )
+    };
+    if !trusted && !allowed {
+        admit::deny(shared, warnings, peer, peer);
+        return;
+    }
+    let Some(permit) = shared.clients.try_acquire() else {
+        shared.metrics.client_connections_rejected.inc();
+        warnings
+            .rejected
+            .warn(|| format!("max-clients reached; refusing new client connections (peer {peer})"));
+        return;
+    };
+    tokio::spawn(admit::admit(
+        shared.clone(),
+        stream,
+        peer,
+        permit,
+        !trusted,
+        warnings.clone(),
+    ));
+}
+
+/// The probe behind `GET /readyz`: ready while the listener accepts, the gateway is not
+/// draining, and the topology has a member selectable for writes now (a primary, a mongos, a
+/// standalone, or the load balancer), per the current description, without waiting. Writes,
+/// not reads, because a gateway that can only read would fail most of what clients send; a
+/// replica set election makes it unready for its few seconds, which an NLB (two failed checks
+/// 10 s apart) does not act on.
+fn readiness(shared: &Shared, accepting: &Arc<AtomicBool>) -> metrics::http::Readiness {
+    let accepting = accepting.clone();
+    let draining = shared.draining.clone();
+    let upstream = shared.upstream.clone();
+    Arc::new(move || {
+        if *draining.borrow() {
+            return Err("draining".into());
+        }
+        if !accepting.load(Ordering::Relaxed) {
+            return Err("the client listener is not accepting".into());
+        }
+        if upstream.select_now(Need::Write).is_none() {
+            let kind = upstream.description().kind.name();
+            return Err(format!(
+                "no upstream member selectable for writes (topology {kind})"
+            ));
+        }
+        Ok(())
+    })
 }
 
 fn refuse(stream: TcpStream) {

@@ -111,6 +111,9 @@ pub struct Metrics {
     pub client_connections_rejected: Counter,
     /// Client connections refused by the access list.
     pub client_connections_denied: Counter,
+    /// Client connections refused at the PROXY protocol step, in
+    /// [`crate::proxy::REFUSAL_LABELS`] order.
+    proxy_refused: Vec<Counter>,
     /// Upstream connections open now (idle or in use).
     pub upstream_connections: Gauge,
     /// Upstream connections checked out now.
@@ -173,6 +176,12 @@ impl Default for Metrics {
             client_connections_denied: r.counter(
                 "mongomux_client_connections_denied_total",
                 "Client connections refused by the IP access list.",
+            ),
+            proxy_refused: r.counter_family(
+                "mongomux_client_connections_proxy_refused_total",
+                "Client connections refused at the PROXY protocol step, by reason.",
+                "reason",
+                crate::proxy::REFUSAL_LABELS.iter().copied(),
             ),
             upstream_connections: r.gauge(
                 "mongomux_upstream_connections",
@@ -288,6 +297,15 @@ impl Metrics {
     pub fn count_sts(&self, result: &str) {
         if let Some(i) = STS_RESULTS.iter().position(|r| *r == result) {
             self.sts_results[i].inc();
+        }
+    }
+
+    /// Counts a connection refused at the PROXY protocol step; reasons outside
+    /// [`crate::proxy::REFUSAL_LABELS`] are not counted.
+    pub fn count_proxy_refused(&self, reason: &str) {
+        let labels = crate::proxy::REFUSAL_LABELS;
+        if let Some(i) = labels.iter().position(|r| *r == reason) {
+            self.proxy_refused[i].inc();
         }
     }
 

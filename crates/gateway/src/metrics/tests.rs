@@ -176,6 +176,7 @@ fn label_sets_stay_closed() {
         m.count_op(&format!("invented{i}"));
         m.count_sts(&format!("result{i}"));
         m.count_error(100_000 + i);
+        m.count_proxy_refused(&format!("reason{i}"));
     }
     let text = m.render();
     assert_eq!(text.lines().count(), before);
@@ -191,6 +192,10 @@ fn label_sets_stay_closed() {
     assert_eq!(
         samples(&text, "mongomux_gateway_errors_total").count(),
         ERROR_CODES.len()
+    );
+    assert_eq!(
+        samples(&text, "mongomux_client_connections_proxy_refused_total").count(),
+        crate::proxy::REFUSAL_LABELS.len()
     );
 }
 

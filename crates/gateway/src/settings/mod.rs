@@ -22,10 +22,11 @@ pub use reload::SettingsChange;
 pub use uri::{parse_uri, parse_uri_report, UpstreamConfig, UriReport};
 pub use uri_options::IGNORED as IGNORED_URI_OPTIONS;
 
-use crate::access::AccessList;
+use crate::access::{AccessList, IpBlock};
 use crate::identity::session_key::SessionKey;
 use crate::identity::sts::StsEndpoint;
 use crate::identity::users::UserStore;
+use crate::proxy::ProxyMode;
 use crate::tls::TlsMode;
 
 /// Largest `pool_size`.
@@ -73,6 +74,10 @@ pub struct Settings {
     pub access: AccessList,
     /// Most concurrent connections from one source; 0 means no limit.
     pub max_connections_per_source: usize,
+    /// PROXY protocol headers on the client listener.
+    pub proxy_protocol: ProxyMode,
+    /// Who may send a PROXY header; not empty unless `proxy_protocol` is off.
+    pub proxy_protocol_sources: Vec<IpBlock>,
     /// TLS for clients.
     pub tls_mode: TlsMode,
     /// Which clients the listener serves: load-balanced ones, the others, or both.
@@ -117,6 +122,8 @@ impl Settings {
             false => None,
         };
         Ok(Settings {
+            proxy_protocol_sources: proxy_sources(&raw)?,
+            proxy_protocol: raw.proxy_protocol,
             access: AccessList::from_config(&raw.access, raw.allow_any_address)?,
             users: Arc::new(UserStore::from_config(&raw.users)?),
             tls_server: tls_server(&raw)?,
@@ -162,6 +169,12 @@ impl Settings {
         }
     }
 
+    /// Whether `ip` may send a PROXY protocol header (never with `proxy_protocol` off).
+    pub fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.proxy_protocol != ProxyMode::Off
+            && self.proxy_protocol_sources.iter().any(|b| b.contains(ip))
+    }
+
     /// Parses and checks a TOML document with no other layer (tests, embedding).
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
         Settings::from_raw(RawConfig::from_toml(text)?)
@@ -189,6 +202,34 @@ fn check_anonymous(raw: &RawConfig) -> Result<(), ConfigError> {
 /// only with `allow_anonymous_non_loopback`; the binary warns about it at start).
 pub fn anonymous_beyond_loopback(settings: &Settings) -> bool {
     !settings.users.auth_required() && !settings.listen.ip().is_loopback()
+}
+
+/// The PROXY protocol sources: required when the protocol is on (an empty list would refuse
+/// every header, so `required` would refuse everyone), and never every address, which would
+/// let anyone choose the address the access list sees.
+fn proxy_sources(raw: &RawConfig) -> Result<Vec<IpBlock>, ConfigError> {
+    let blocks = raw
+        .proxy_protocol_sources
+        .iter()
+        .map(|s| {
+            IpBlock::parse(s).map_err(|_| {
+                invalid(format!(
+                    "proxy_protocol_sources: {s:?} is not an address or CIDR block"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if raw.proxy_protocol != ProxyMode::Off && blocks.is_empty() {
+        return Err(invalid(
+            "proxy_protocol is on but proxy_protocol_sources is empty: list the load balancers' addresses (e.g. the VPC CIDR) that may send PROXY headers",
+        ));
+    }
+    if crate::access::union_admits_any(&blocks) {
+        return Err(invalid(
+            "proxy_protocol_sources admits every address: anyone could then choose the client address the access list sees; list the load balancers' addresses only",
+        ));
+    }
+    Ok(blocks)
 }
 
 /// Bounds on counts and durations.

@@ -16,6 +16,7 @@ use super::uri::{parse_uri, UpstreamConfig};
 use super::ConfigError;
 use crate::access::AccessEntryConfig;
 use crate::identity::users::UserConfig;
+use crate::proxy::ProxyMode;
 use crate::tls::TlsMode;
 
 /// All settings of `mongomux serve` as written: one layer (file, environment, flags) or the
@@ -74,6 +75,11 @@ pub struct RawConfig {
     /// Most concurrent client connections from one source address; 0 means no limit (the
     /// default, because a whole Lambda fleet behind one NAT gateway shares one address).
     pub max_connections_per_source: usize,
+    /// PROXY protocol headers on the client listener: off, optional or required.
+    pub proxy_protocol: ProxyMode,
+    /// Addresses or CIDR blocks (the load balancers) allowed to send a PROXY header; required
+    /// when `proxy_protocol` is not off.
+    pub proxy_protocol_sources: Vec<String>,
     /// TLS for clients.
     pub tls_mode: TlsMode,
     /// Whether clients may, must or must not connect in load-balanced mode.
@@ -134,6 +140,8 @@ impl Default for RawConfig {
             allow_anonymous_non_loopback: false,
             users: Vec::new(),
             max_connections_per_source: 0,
+            proxy_protocol: ProxyMode::Off,
+            proxy_protocol_sources: Vec::new(),
             aws_sts_host: "sts.amazonaws.com".to_string(),
             sts_endpoint: None,
             sts_max_concurrency: 32,

@@ -57,6 +57,9 @@ const FIELDS: &[Field] = &[
     live!("handshake_timeout", handshake_timeout),
     live!("drain_timeout", drain_timeout),
     live!("max_connections_per_source", max_connections_per_source),
+    // Read on every accepted connection.
+    live!("proxy_protocol", proxy_protocol),
+    live!("proxy_protocol_sources", proxy_protocol_sources),
     live!("tls_mode", tls_mode),
     live!("load_balanced", load_balanced),
     live!("aws_sts_host", aws_sts_host),

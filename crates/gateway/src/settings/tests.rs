@@ -349,3 +349,56 @@ fn resolver_settings_need_a_restart() {
     ));
     assert!(s.upstream_tls.is_some());
 }
+
+#[test]
+fn proxy_protocol_needs_its_sources() {
+    use crate::proxy::ProxyMode;
+    let s = Settings::from_raw(raw("")).unwrap();
+    assert_eq!(s.proxy_protocol, ProxyMode::Off);
+    assert!(!s.trusts_proxy("127.0.0.1".parse().unwrap()));
+    for (extra, expected) in [
+        (
+            "proxy_protocol = \"required\"\n",
+            "proxy_protocol_sources is empty",
+        ),
+        (
+            "proxy_protocol = \"optional\"\n",
+            "proxy_protocol_sources is empty",
+        ),
+        (
+            "proxy_protocol = \"required\"\nproxy_protocol_sources = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n",
+            "admits every address",
+        ),
+        (
+            "proxy_protocol = \"required\"\nproxy_protocol_sources = [\"10.0.0.0/33\"]\n",
+            "\"10.0.0.0/33\" is not an address or CIDR block",
+        ),
+    ] {
+        let e = error_of(extra);
+        assert!(e.contains(expected), "{extra}: {e}");
+    }
+    assert!(RawConfig::from_toml("proxy_protocol = \"on\"").is_err());
+    let s = Settings::from_raw(raw(
+        "proxy_protocol = \"required\"\nproxy_protocol_sources = [\"10.40.0.0/16\", \"::1\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(s.proxy_protocol, ProxyMode::Required);
+    assert!(s.trusts_proxy("10.40.3.4".parse().unwrap()));
+    assert!(s.trusts_proxy("::1".parse().unwrap()));
+    assert!(!s.trusts_proxy("10.41.0.1".parse().unwrap()));
+}
+
+#[test]
+fn proxy_protocol_settings_are_live() {
+    let old = Settings::from_raw(raw("")).unwrap();
+    let mut new = Settings::from_raw(raw(
+        "proxy_protocol = \"optional\"\nproxy_protocol_sources = [\"127.0.0.1\"]\n",
+    ))
+    .unwrap();
+    let change = SettingsChange::reconcile(&old, &mut new);
+    assert_eq!(
+        change.applied,
+        vec!["proxy_protocol", "proxy_protocol_sources"]
+    );
+    assert!(change.needs_restart.is_empty());
+}

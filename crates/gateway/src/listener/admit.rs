@@ -1,0 +1,143 @@
+//! Admission of one accepted socket, in its own task: the PROXY protocol step (when on), then
+//! the access list for addresses only known after it, the per-source limit, and the session.
+//!
+//! The client's effective address is computed once, here ([`admit`]), and is the only address
+//! handed on: the access list, the per-source limit, the failed-login throttle (keyed by the
+//! session's peer), the logs (`peer=`) and the metrics all see it. It is the socket's peer
+//! unless a listed load balancer sent a PROXY header carrying another.
+//!
+//! Refusals are logged at most every [`WARN_EVERY`] per kind, with a count of those left out,
+//! so a flood of refused connections cannot flood the log.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpStream;
+
+use crate::context::Shared;
+use crate::limits::client_limit::ClientPermit;
+use crate::proxy::{self, Decision, ProxyMode, Refusal};
+use crate::session;
+
+/// Least time between two warnings of one kind.
+pub(super) const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// One kind of rate-limited warning.
+#[derive(Debug, Default)]
+pub(super) struct Throttle(Mutex<(Option<Instant>, u64)>);
+
+impl Throttle {
+    /// Logs `msg()` as a warning unless one of this kind was logged less than [`WARN_EVERY`]
+    /// ago; the next logged one says how many were left out.
+    pub(super) fn warn(&self, msg: impl FnOnce() -> String) {
+        let mut state = self.0.lock().expect("throttle lock");
+        let (last, suppressed) = &mut *state;
+        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(suppressed = *suppressed, "{}", msg());
+            *suppressed = 0;
+        } else {
+            *suppressed += 1;
+        }
+    }
+}
+
+/// The listener's rate-limited warnings, shared by the accept loop and admission tasks.
+#[derive(Debug, Default)]
+pub(super) struct Warnings {
+    /// Limits reached (max-clients, per source, descriptors).
+    pub(super) rejected: Throttle,
+    /// Access list.
+    pub(super) denied: Throttle,
+    /// PROXY protocol refusals.
+    pub(super) proxy: Throttle,
+}
+
+/// Logs and counts a connection refused by the access list.
+pub(super) fn deny(shared: &Shared, warnings: &Warnings, client: SocketAddr, peer: SocketAddr) {
+    shared.metrics.client_connections_denied.inc();
+    warnings.denied.warn(|| {
+        format!(
+            "connection from {client}{} refused: address not in the access list",
+            via(client, peer)
+        )
+    });
+}
+
+/// " (via BALANCER)" when the client's address came from a PROXY header.
+fn via(client: SocketAddr, peer: SocketAddr) -> String {
+    match client == peer {
+        true => String::new(),
+        false => format!(" (via {peer})"),
+    }
+}
+
+/// Admits the socket accepted from `peer` (which already holds a client permit): works out
+/// the effective client address, applies the checks that need it, and serves the session.
+/// `access_checked` says the accept loop already judged `peer` against the access list, which
+/// it does for every peer whose address cannot change (not a listed PROXY source).
+pub(super) async fn admit(
+    shared: Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: ClientPermit,
+    access_checked: bool,
+    warnings: std::sync::Arc<Warnings>,
+) {
+    let (mode, trusted, deadline) = {
+        let s = shared.live.settings.load();
+        (
+            s.proxy_protocol,
+            s.trusts_proxy(peer.ip()),
+            s.handshake_timeout,
+        )
+    };
+    let client = match mode {
+        ProxyMode::Off => peer,
+        _ => {
+            let seen = Box::pin(proxy::read(&mut stream, trusted, deadline)).await;
+            match proxy::decide(mode, trusted, peer, seen) {
+                Decision::Admit(client) => client,
+                Decision::Refuse(why) => return refuse_proxy(&shared, &warnings, peer, why),
+            }
+        }
+    };
+    if !access_checked
+        && !shared
+            .live
+            .settings
+            .load()
+            .access
+            .allows(client.ip(), SystemTime::now())
+    {
+        return deny(&shared, &warnings, client, peer);
+    }
+    let limit = shared.live.settings.load().max_connections_per_source;
+    let Some(slot) = shared.sources.admit(client.ip(), limit) else {
+        shared.metrics.client_connections_rejected.inc();
+        warnings.rejected.warn(|| {
+            format!(
+                "max-connections-per-source reached; refusing a client from {client}{}",
+                via(client, peer)
+            )
+        });
+        return;
+    };
+    if client != peer {
+        tracing::debug!(peer = %client, via = %peer, "client address from PROXY header");
+    }
+    session::run(shared, stream, client, (permit, slot)).await;
+}
+
+fn refuse_proxy(shared: &Shared, warnings: &Warnings, peer: SocketAddr, why: Refusal) {
+    match why.label() {
+        Some(reason) => {
+            shared.metrics.count_proxy_refused(reason);
+            warnings
+                .proxy
+                .warn(|| format!("connection from {peer} refused: {}", why.describe()));
+        }
+        None => tracing::debug!(peer = %peer, "{}", why.describe()),
+    }
+}
