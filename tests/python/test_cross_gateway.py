@@ -122,3 +122,42 @@ def test_without_a_shared_key_another_gateway_says_cursor_not_found(gateways, us
         assert r.get("code") == CURSOR_NOT_FOUND, r
         r = get_more(r1, cid, session)
         assert r.get("ok") == 1, r
+
+
+def test_a_transaction_runs_across_gateways(logdir, nx, users):
+    """Each transaction starts on one gateway, continues on the second and ends on the third,
+    in sessions of their own; the first gateway's pool is small (4, so 2 pinned at most), so
+    a gateway holding on to transactions that ended elsewhere would soon refuse new ones."""
+    f = GatewayFactory(logdir, nx)
+    try:
+        key = secrets.token_hex(32)
+        gws = []
+        for _ in range(3):
+            cfg = write_config(logdir / f"xgw-nx-{secrets.token_hex(3)}.toml", list(users.values()), session_key=key)
+            gws.append(f("--config", cfg, "--checkout-timeout", "2s", pool_size=4))
+        with nx.client() as direct:
+            direct.xgw_txn.docs.drop()
+            direct.xgw_txn.create_collection("docs")
+        a = users["a"]
+        conns = [logged_in(gw, a) for gw in gws]
+        try:
+            for k in range(6):
+                session = lsid()
+                txn = {"lsid": session, "txnNumber": Int64(1), "autocommit": False}
+                r = conns[0].command({"insert": "docs", "documents": [{"_id": f"{k}-a"}], "startTransaction": True,
+                                      **txn}, db="xgw_txn")
+                assert r.get("ok") == 1, (k, r)
+                r = conns[1].command({"insert": "docs", "documents": [{"_id": f"{k}-b"}], **txn}, db="xgw_txn")
+                assert r.get("ok") == 1, (k, r)
+                end = "commitTransaction" if k % 2 == 0 else "abortTransaction"
+                r = conns[2].command({end: 1, **txn}, db="admin")
+                assert r.get("ok") == 1, (k, end, r)
+        finally:
+            for c in conns:
+                c.close()
+        with nx.client() as direct:
+            stored = sorted(d["_id"] for d in direct.xgw_txn.docs.find())
+            direct.xgw_txn.docs.drop()
+        assert stored == sorted(f"{k}-{x}" for k in range(0, 6, 2) for x in "ab")
+    finally:
+        f.stop_all()

@@ -249,8 +249,14 @@ impl Session {
         if let Some(p) = pinned {
             return Ok(p.conn);
         }
-        if view.in_transaction && view.start_transaction {
-            return upstream.checkout_pinned().await;
+        if view.in_transaction {
+            if self.pins_transactions() {
+                if view.start_transaction {
+                    return upstream.checkout_pinned().await;
+                }
+            } else if let Some(lsid) = &view.lsid {
+                return upstream.checkout_for_session(lsid.as_bytes()).await;
+            }
         }
         if let Some(member) = on {
             return upstream.checkout_on(member).await;
@@ -263,6 +269,19 @@ impl Session {
         }
         let default = upstream.default_read_preference();
         upstream.checkout(need_of(view, default)).await
+    }
+
+    /// Whether this client's transactions hold a pinned upstream connection from start to end.
+    /// They do on a gateway of its own, and for load-balanced clients (whose driver pins a
+    /// transaction to one connection, so to this gateway). With a shared `session_key`, a
+    /// plain driver's statements move between gateways: each statement then goes to the
+    /// transaction's member ([`Topology::checkout_for_session`]) on any connection, since the
+    /// server keeps a transaction by session, and no gateway holds a connection for a
+    /// transaction that may end elsewhere.
+    ///
+    /// [`Topology::checkout_for_session`]: crate::upstream::topology::Topology::checkout_for_session
+    fn pins_transactions(&self) -> bool {
+        self.load_balanced == Some(true) || !self.shared.edge.session_key.is_configured()
     }
 
     /// After a clean exchange: keep a transaction's connection pinned until the transaction

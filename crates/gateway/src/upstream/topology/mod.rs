@@ -462,6 +462,23 @@ impl Topology {
         conn
     }
 
+    /// Checks out a connection for a transaction statement that holds no pinned connection:
+    /// to the primary, or in a sharded cluster to the router the session picks
+    /// ([`select::router_for_session`]), the same on every gateway.
+    pub async fn checkout_for_session(
+        self: &Arc<Self>,
+        key: &[u8],
+    ) -> Result<Pooled, UpstreamError> {
+        let (_, pool) = self.select(Need::Write).await?;
+        let desc = self.description();
+        if let Some(router) = select::router_for_session(&desc, key) {
+            return self.checkout_on(router).await;
+        }
+        let conn = pool.checkout().await;
+        self.note_info(&pool);
+        conn
+    }
+
     /// Checks out a connection to the member at `address` (a cursor continues where it was
     /// opened); fails if the member has left.
     pub async fn checkout_on(self: &Arc<Self>, address: &str) -> Result<Pooled, UpstreamError> {

@@ -198,3 +198,27 @@ fn within_window(members: Vec<&ServerDescription>, threshold: Duration) -> Vec<&
 #[cfg(test)]
 #[path = "select_tests.rs"]
 mod tests;
+
+/// The router a transaction of the session with `key` goes to in a sharded cluster: one of the
+/// known mongos, picked by a stable hash of the key over them in address order, so that every
+/// gateway of a deployment sends one transaction to one router (a mongos cannot continue
+/// another's transaction). `None` outside a sharded cluster or with no router known.
+pub fn router_for_session<'a>(desc: &'a TopologyDescription, key: &[u8]) -> Option<&'a str> {
+    if desc.kind != TopologyType::Sharded {
+        return None;
+    }
+    let routers: Vec<&str> = desc
+        .servers
+        .values()
+        .filter(|s| s.server_type == ServerType::Mongos)
+        .map(|s| s.address.as_str())
+        .collect();
+    if routers.is_empty() {
+        return None;
+    }
+    // FNV-1a: stable across processes and builds, unlike the std hasher's promise.
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Some(routers[(hash % routers.len() as u64) as usize])
+}

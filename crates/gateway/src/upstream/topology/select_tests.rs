@@ -178,3 +178,44 @@ fn routers_share_the_window_and_single_takes_anything_known() {
         "direct connection: whatever it is"
     );
 }
+
+#[test]
+fn a_session_picks_one_router_the_same_way_everywhere() {
+    let routers = |order: &[&str]| {
+        let mut t = TopologyDescription::new(
+            &order.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            None,
+            false,
+            false,
+        );
+        for a in order {
+            t.apply(ServerDescription::from_hello(
+                a,
+                &doc! {"ok": 1, "msg": "isdbgrid"},
+                Some(Duration::from_millis(1)),
+            ));
+        }
+        t
+    };
+    let (a, b) = (
+        routers(&["m1:1", "m2:1", "m3:1"]),
+        routers(&["m3:1", "m1:1", "m2:1"]),
+    );
+    let mut used = std::collections::HashSet::new();
+    for key in 0u32..64 {
+        let key = key.to_be_bytes();
+        let picked = router_for_session(&a, &key).unwrap();
+        assert_eq!(
+            Some(picked),
+            router_for_session(&b, &key),
+            "discovery order does not matter"
+        );
+        used.insert(picked.to_string());
+    }
+    assert_eq!(used.len(), 3, "sessions spread over the routers");
+    assert_eq!(
+        router_for_session(&set(), b"k"),
+        None,
+        "a replica set has its primary"
+    );
+}
