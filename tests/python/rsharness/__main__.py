@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 
+from . import compress
 from .control import Control, bind
 from .member import Member
 from .state import SetState
@@ -36,6 +37,9 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--backend", action="append", required=True, type=parse_addr,
                    help="FerretDB HOST:PORT, once for all members or once per member")
     p.add_argument("--control", default="127.0.0.1:0", type=parse_addr)
+    p.add_argument("--compressors", default=",".join(compress.DEFAULT),
+                   help="comma-separated compressors the members offer, or 'none' "
+                        f"(default: {','.join(compress.DEFAULT) or 'none'}, those this Python can run)")
     args = p.parse_args(argv)
 
     n = args.members
@@ -47,7 +51,10 @@ async def main(argv: list[str]) -> int:
 
     socks = [bind(ip, 0) for ip in ips]
     hosts = [f"{ip}:{s.getsockname()[1]}" for ip, s in zip(ips, socks)]
-    state = SetState(args.set_name, hosts, backends)
+    compressors = [] if args.compressors in ("", "none") else args.compressors.split(",")
+    if unknown := [c for c in compressors if c not in compress.CODECS]:
+        p.error(f"--compressors: not available here: {unknown}")
+    state = SetState(args.set_name, hosts, backends, compressors)
     members = [Member(state, ms) for ms in state.members]
     for m, s in zip(members, socks):
         await m.listen(s)
