@@ -21,10 +21,14 @@ set in front of FerretDB; this module starts it and drives it. Everything a test
     rs.disappear(i) / rs.reappear(i)    # listener and connections closed / back, new processId
     rs.add_member() -> i; rs.remove_member(i); rs.set_tags(i, {...})
     rs.recovering(i, on=True, code=11600); rs.stale_primary(i); rs.status()
+    rs.set_compressors(["zstd"])         # what members offer to new connections ([] = none)
+    rs.compressed(i)                    # {compressor: requests member i got compressed}
+    rs.wire_bytes(i)                    # {"in": n, "out": n}: bytes on member i's client sockets
 
 `make_replset(separate_backends=True)` gives each member its own FerretDB, so a test can prove
 which member served a read (by default all share one, so data survives a failover).
 `make_replset(backend=nx)` puts the set in front of nx-27017, which has transactions.
+`make_replset(compressors=[...])` starts it offering those compressors (default: all it can run).
 `failover_time(rs, client, new_primary, election_delay=0)` measures step-down to the first
 successful write; `wait_for_primary(client, rs.address(i))` waits for a driver to follow.
 
@@ -191,6 +195,15 @@ class ReplicaSet(Harness):
     def stale_primary(self, i: int):
         return self.control("stale_primary", member=i)
 
+    def set_compressors(self, names: list[str]):
+        return self.control("compressors", names=names)
+
+    def compressed(self, i: int) -> dict:
+        return self.counts()[self.members[i]]["compressed"]
+
+    def wire_bytes(self, i: int) -> dict:
+        return self.counts()[self.members[i]]["wire"]
+
 
 @dataclass
 class MongosCluster(Harness):
@@ -204,11 +217,13 @@ class MongosCluster(Harness):
 
 
 def _start_harness(logdir: Path, name: str, args: list, backends: list[Upstream],
-                   timeout: float) -> tuple[Proc, dict]:
+                   timeout: float, compressors: list[str] | None = None) -> tuple[Proc, dict]:
     """Runs `python -m rsharness ARGS --backend ...` and waits for its ready line."""
     cmd = [sys.executable, "-m", "rsharness", *args]
     for b in backends:
         cmd += ["--backend", f"127.0.0.1:{b.port}"]
+    if compressors is not None:
+        cmd += ["--compressors", ",".join(compressors) or "none"]
     env = dict(os.environ, PYTHONPATH=str(HARNESS_DIR), PYTHONUNBUFFERED="1")
     popen, log = _spawn(name, cmd, logdir, env, stdout_pipe=True)
     lines: queue.Queue = queue.Queue()
@@ -242,11 +257,12 @@ def _start_harness(logdir: Path, name: str, args: list, backends: list[Upstream]
 
 
 def start_replset(logdir: Path, backends: list[Upstream], n: int = 3, set_name: str = "rs0",
-                  member_ips: list[str] | None = None, timeout: float = 15.0) -> ReplicaSet:
+                  member_ips: list[str] | None = None, timeout: float = 15.0,
+                  compressors: list[str] | None = None) -> ReplicaSet:
     """Start the harness with `n` members relaying to `backends` (one shared, or one each)."""
     assert len(backends) in (1, n), "one backend for all members, or one per member"
     args = ["--set-name", set_name, "--members", n, "--member-ips", ",".join(member_ips or ["127.0.0.1"])]
-    proc, info = _start_harness(logdir, f"rsharness-{set_name}", args, backends, timeout)
+    proc, info = _start_harness(logdir, f"rsharness-{set_name}", args, backends, timeout, compressors)
     host, port = info["control"].rsplit(":", 1)
     rs = ReplicaSet(proc=proc, members=info["members"], backends=backends,
                     control_addr=(host, int(port)), set_name=set_name)
@@ -311,7 +327,7 @@ def failover_time(rs: ReplicaSet, client: pymongo.MongoClient, new_primary: int,
 
 @pytest.fixture
 def make_replset(ferretdb, logdir, tmp_path):
-    """make_replset(n=3, separate_backends=False, set_name="rs0", backend=None): a fresh harness
+    """make_replset(n=3, separate_backends=False, set_name="rs0", backend=None, compressors=None): a fresh harness
     per call, stopped at teardown. Shared-backend sets use the session's FerretDB, or `backend`
     (e.g. the `nx` fixture, for transactions, which FerretDB 1.24 lacks); separate backends are
     started for the call (about a second each)."""
@@ -319,7 +335,7 @@ def make_replset(ferretdb, logdir, tmp_path):
     extra: list[Upstream] = []
 
     def make(n: int = 3, separate_backends: bool = False, set_name: str = "rs0",
-             backend: Upstream | None = None) -> ReplicaSet:
+             backend: Upstream | None = None, compressors: list[str] | None = None) -> ReplicaSet:
         if backend is not None:
             backends = [backend]
         elif separate_backends:
@@ -332,7 +348,7 @@ def make_replset(ferretdb, logdir, tmp_path):
                 backends.append(up)
         else:
             backends = [ferretdb]
-        rs = start_replset(logdir, backends, n, set_name)
+        rs = start_replset(logdir, backends, n, set_name, compressors=compressors)
         made.append(rs)
         return rs
 

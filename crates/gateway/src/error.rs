@@ -170,6 +170,7 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
         | U::ReplyMismatch
         | U::UnexpectedOpCode(_)
         | U::BadReply(_)
+        | U::Decompress(_)
         | U::BadReplyBson(_)
         | U::Auth(_)
         | U::AwsCredentials { .. }
@@ -202,6 +203,7 @@ fn upstream_retryable(e: &UpstreamError) -> bool {
         | U::ReplyMismatch
         | U::UnexpectedOpCode(_)
         | U::BadReply(_)
+        | U::Decompress(_)
         | U::BadReplyBson(_) => true,
     }
 }
@@ -261,6 +263,13 @@ mod tests {
             (UpstreamError::Closed, 6, true),
             (
                 UpstreamError::BadReply(mongomux_wire::WireError::BodyCount(0)),
+                6,
+                true,
+            ),
+            (
+                UpstreamError::Decompress(
+                    crate::upstream::compression::CompressionError::UnknownCompressor(9),
+                ),
                 6,
                 true,
             ),

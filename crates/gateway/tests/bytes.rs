@@ -506,24 +506,51 @@ async fn op_compressed_snappy_is_refused() {
     assert_usable(&mut s, 83).await;
 }
 
-/// A stand-in upstream that answers `hello` like a server and every other command with
-/// `reply`'s bytes (their responseTo patched to the request's id).
+/// A stand-in upstream that answers `hello` and `buildInfo` (the commands that set up a pooled
+/// connection) like a server and every other command with `reply`'s bytes (their responseTo
+/// patched to the request's id).
 async fn fake_upstream(reply: Vec<u8>) -> SocketAddr {
+    fake_upstream_counted(reply).await.0
+}
+
+/// What [`fake_upstream_counted`] saw: `find`s, and connections that carried at least one.
+#[derive(Debug, Default)]
+struct FindCounts {
+    finds: std::sync::atomic::AtomicUsize,
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+/// [`fake_upstream`], also counting the `find`s it answered and the connections they came on.
+async fn fake_upstream_counted(reply: Vec<u8>) -> (SocketAddr, std::sync::Arc<FindCounts>) {
+    use std::sync::atomic::Ordering::SeqCst;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let counts = std::sync::Arc::new(FindCounts::default());
+    let seen = counts.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let reply = reply.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
+                let mut first_find = true;
                 while let Some(req) = try_read_message(&mut s).await {
                     let msg = OpMsg::parse(&req).expect("gateway sends valid OP_MSG");
                     let id = msg.header.request_id;
+                    if msg.command_name().unwrap() == "find" {
+                        seen.finds.fetch_add(1, SeqCst);
+                        if std::mem::take(&mut first_find) {
+                            seen.connections.fetch_add(1, SeqCst);
+                        }
+                    }
                     let mut out = if msg.command_name().unwrap() == "hello" {
                         let body = rawdoc! {
                             "isWritablePrimary": true, "msg": "isdbgrid",
                             "minWireVersion": 0, "maxWireVersion": 21,
                             "logicalSessionTimeoutMinutes": 30, "ok": 1.0,
                         };
+                        encode_op_msg(1, id, 0, body.as_bytes(), &[])
+                    } else if msg.command_name().unwrap() == "buildInfo" {
+                        let body = rawdoc! { "version": "7.0.0", "ok": 1.0 };
                         encode_op_msg(1, id, 0, body.as_bytes(), &[])
                     } else {
                         reply.clone()
@@ -536,7 +563,7 @@ async fn fake_upstream(reply: Vec<u8>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, counts)
 }
 
 async fn start_gateway_with_upstream(upstream: SocketAddr) -> SocketAddr {
@@ -584,4 +611,91 @@ async fn upstream_unparseable_reply_becomes_an_error_reply() {
     send(&mut s, &op_msg(93, &rawdoc! { "find": "c", "$db": "test" })).await;
     let reply = read_msg_reply(&mut s, 93).await;
     assert_error(&reply);
+}
+
+/// A `find` reply with one document, as the upstream would send it plain.
+fn find_reply() -> Vec<u8> {
+    let body = rawdoc! {
+        "cursor": { "id": 0_i64, "ns": "test.c", "firstBatch": [{ "_id": 1, "text": "x".repeat(2000) }] },
+        "ok": 1.0,
+    };
+    encode_op_msg(1, 0, 0, body.as_bytes(), &[])
+}
+
+/// A reply the upstream sent as OP_COMPRESSED reaches the client as the plain OP_MSG inside it,
+/// whatever the compressor.
+#[tokio::test]
+async fn upstream_compressed_replies_reach_the_client_plain() {
+    use mongomux_gateway::upstream::compression::{compress_message, Compressor};
+    for (i, c) in [Compressor::Snappy, Compressor::Zlib, Compressor::Zstd]
+        .into_iter()
+        .enumerate()
+    {
+        let compressed = compress_message(c, &find_reply()).expect("a find reply compresses");
+        assert_eq!(
+            Header::parse(&compressed).unwrap().op_code,
+            OpCode::Compressed
+        );
+        let upstream = fake_upstream(compressed).await;
+        let addr = start_gateway_with_upstream(upstream).await;
+        let mut s = connect(addr).await;
+        let id = 100 + i as i32;
+        send(&mut s, &op_msg(id, &rawdoc! { "find": "c", "$db": "test" })).await;
+        let reply = read_msg_reply(&mut s, id).await;
+        let first = reply
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap();
+        assert_eq!(first.len(), 1, "{}: {reply}", c.name());
+        assert_eq!(
+            first[0]
+                .as_document()
+                .unwrap()
+                .get_str("text")
+                .unwrap()
+                .len(),
+            2000
+        );
+    }
+}
+
+/// A compressed reply that does not unwrap (unknown compressor id, or a declared size that is
+/// not the payload's) is an upstream protocol error: the client gets a retryable error reply
+/// and keeps its connection, and the upstream connection is closed, never reused.
+#[tokio::test]
+async fn upstream_compressed_replies_that_do_not_unwrap_close_the_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let plain = find_reply();
+    let header = Header::parse(&plain).unwrap();
+    let body = &plain[HEADER_LEN..];
+    let bad = [
+        OpCompressed::encode(&header, body.len(), 9, body),
+        OpCompressed::encode(&header, body.len() + 1, 0, body),
+        OpCompressed::encode(&header, body.len(), 3, body),
+    ];
+    for (i, frame) in bad.into_iter().enumerate() {
+        let (upstream, counts) = fake_upstream_counted(frame).await;
+        let addr = start_gateway_with_upstream(upstream).await;
+        let mut s = connect(addr).await;
+        for round in 0..2 {
+            let id = 110 + 10 * i as i32 + round;
+            send(&mut s, &op_msg(id, &rawdoc! { "find": "c", "$db": "test" })).await;
+            let reply = read_msg_reply(&mut s, id).await;
+            assert_eq!(assert_error(&reply), 6, "{reply}");
+            assert!(
+                labels(&reply).contains(&"RetryableWriteError".to_string()),
+                "{reply}"
+            );
+            let msg = reply.get_str("errmsg").unwrap();
+            assert!(msg.contains("compressed reply"), "{msg}");
+        }
+        assert_usable(&mut s, 119 + 10 * i as i32).await;
+        // Every find came on a connection of its own: none was reused after its bad reply.
+        let (finds, conns) = (counts.finds.load(SeqCst), counts.connections.load(SeqCst));
+        assert!(
+            finds >= 2 && finds == conns,
+            "case {i}: {finds} finds on {conns} connections"
+        );
+    }
 }

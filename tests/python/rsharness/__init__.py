@@ -6,6 +6,7 @@ This package makes FerretDB look like a replica set to a driver, closely enough 
 and the Rust driver run their full SDAM logic against it:
 
 - `wire`    the frames a member reads and writes (OP_MSG, OP_QUERY, OP_REPLY). No I/O.
+- `compress` the OP_COMPRESSED envelope and its codecs (zlib, zstd, snappy). No I/O.
 - `state`   the set's state (who is primary, terms, election ids, set version, per-member
             faults) and the `hello` reply it implies. No I/O.
 - `member`  one listening member: answers `hello` itself (also awaitable and exhaust
@@ -46,7 +47,16 @@ What is faithful, and what is not (read before trusting a gateway test built on 
   the Rust driver (mongodb 3.9) then fails with "expected SCRAM authentication to have
   completed", even against FerretDB directly. Members finish that step themselves when the
   client asked to skip it, as mongod would.
-- No TLS and no compression (never offered; an OP_COMPRESSED frame drops the connection).
+- Compression as mongod does it: a hello that lists `compression` is answered with that list
+  less what the set does not enable (`--compressors`, or the `compressors` control op; by
+  default zlib, zstd and snappy, those whose Python modules are installed); OP_COMPRESSED
+  requests are unwrapped (size bounded, length checked) and answered compressed with the same
+  compressor; a frame with a compressor not enabled, or that does not decompress, drops the
+  connection. Not replicated: mongod's refusal to compress the handshake and SASL replies
+  (clients never compress those requests, so replies in kind are plain anyway). Members count
+  compressed requests by compressor and the bytes on their client connections. FerretDB behind
+  the members is always spoken to uncompressed.
+- No TLS.
 - Counters count each command a member received, by name: `served` includes relayed commands
   FerretDB then failed; `refused` are the member's own refusals.
 """

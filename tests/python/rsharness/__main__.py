@@ -20,6 +20,7 @@ import json
 import signal
 import sys
 
+from . import compress
 from .control import Control, MongosControl, bind
 from .member import Member
 from .mongos import ClusterState, Router
@@ -42,6 +43,9 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--control", default="127.0.0.1:0", type=parse_addr)
     p.add_argument("--mongos", action="store_true",
                    help="routers of a sharded cluster (msg: isdbgrid) instead of a replica set")
+    p.add_argument("--compressors", default=",".join(compress.DEFAULT),
+                   help="comma-separated compressors the members offer, or 'none' "
+                        f"(default: {','.join(compress.DEFAULT) or 'none'}, those this Python can run)")
     args = p.parse_args(argv)
 
     n = args.members
@@ -53,13 +57,16 @@ async def main(argv: list[str]) -> int:
 
     socks = [bind(ip, 0) for ip in ips]
     hosts = [f"{ip}:{s.getsockname()[1]}" for ip, s in zip(ips, socks)]
+    compressors = [] if args.compressors in ("", "none") else args.compressors.split(",")
+    if unknown := [c for c in compressors if c not in compress.CODECS]:
+        p.error(f"--compressors: not available here: {unknown}")
     if args.mongos:
-        state = ClusterState(hosts, backends)
+        state = ClusterState(hosts, backends, compressors)
         members = [Router(state, r) for r in state.members]
         control = MongosControl(state, members)
         info = {"mongos": True}
     else:
-        state = SetState(args.set_name, hosts, backends)
+        state = SetState(args.set_name, hosts, backends, compressors)
         members = [Member(state, ms) for ms in state.members]
         control = Control(state, members)
         info = {"set_name": args.set_name}

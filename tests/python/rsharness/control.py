@@ -5,7 +5,11 @@ Request: `{"op": NAME, ...arguments}`. Reply: `{"ok": true, "result": ...}` or
 list the harness printed at start):
 
     status                          the set's state (state.SetState.status)
-    counts   [reset: bool]          per member host: {"served": {cmd: n}, "refused": {cmd: n}}
+    counts   [reset: bool]          per member host: {"served": {cmd: n}, "refused": {cmd: n},
+                                    "compressed": {compressor: requests}, "wire": {"in": bytes,
+                                    "out": bytes}}
+    compressors names               the compressors every member offers from now on (new
+                                    connections negotiate; [] offers none)
     step_down                       the primary becomes a secondary; no primary until `elect`
     elect    member, [bump_set_version]  a new term and electionId; member becomes primary
                                     (setVersion changes only when asked, as in mongod)
@@ -34,6 +38,7 @@ import asyncio
 import json
 import socket
 
+from . import compress
 from .member import Member
 from .state import RECOVERING, REMOVED, SECONDARY, MemberState, SetState
 
@@ -73,12 +78,21 @@ class Control:
         if op == "status":
             return st.status()
         if op == "counts":
-            out = {m.ms.host: {"served": dict(m.served), "refused": dict(m.refused)} for m in self.members}
+            out = {m.ms.host: {"served": dict(m.served), "refused": dict(m.refused),
+                               "compressed": dict(m.compressed), "wire": dict(m.wire_bytes)}
+                   for m in self.members}
             if req.get("reset"):
                 for m in self.members:
-                    m.served.clear()
-                    m.refused.clear()
+                    for counter in (m.served, m.refused, m.compressed, m.wire_bytes):
+                        counter.clear()
             return out
+        if op == "compressors":
+            names = list(req["names"])
+            unknown = [n for n in names if n not in compress.CODECS]
+            if unknown:
+                raise ValueError(f"compressors not available here: {unknown}")
+            st.compressors = names
+            return st.status()
         if op == "step_down":
             st.step_down()
         elif op == "elect":

@@ -26,7 +26,7 @@ import struct
 
 from bson import ObjectId
 
-from . import wire
+from . import compress, wire
 from .state import PRIMARY, RECOVERING, REMOVED, SECONDARY, MemberState, SetState
 
 HELLO_NAMES = {"hello", "isMaster", "ismaster"}
@@ -103,6 +103,10 @@ class Member:
         self.state, self.ms = state, ms
         self.served: collections.Counter = collections.Counter()
         self.refused: collections.Counter = collections.Counter()
+        # Requests that arrived as OP_COMPRESSED, by compressor; bytes read and written on
+        # client connections (frames as on the wire, compressed or not).
+        self.compressed: collections.Counter = collections.Counter()
+        self.wire_bytes: collections.Counter = collections.Counter()
         self.server: asyncio.base_events.Server | None = None
         self.tasks: set[asyncio.Task] = set()
         self.conns: dict[asyncio.Task, ClientConn] = {}
@@ -180,6 +184,8 @@ class ClientConn:
         # Between reading a non-hello request and flushing its reply (a mongos that goes away
         # lets such a request finish: see mongos.Router.disappear).
         self.busy = False
+        # The compressor of the request being answered: mongod replies in kind.
+        self.reply_compressor: str | None = None
 
     def close(self) -> None:
         self.writer.transport.abort()
@@ -190,6 +196,12 @@ class ClientConn:
     async def run(self) -> None:
         while not self.ms.gone:
             head, rest = await read_frame(self.reader)
+            self.member.wire_bytes["in"] += len(head) + len(rest)
+            self.reply_compressor = None
+            if wire.HEADER.unpack(head)[3] == wire.OP_COMPRESSED:
+                name, head, rest = compress.unwrap(head, rest, self.state.compressors)
+                self.member.compressed[name] += 1
+                self.reply_compressor = name
             msg = wire.parse(head, rest)
             self.busy = msg.command not in HELLO_NAMES
             await self.member.unhung.wait()  # hung: the request is read and never answered
@@ -211,7 +223,14 @@ class ClientConn:
         reply = await self.command(msg.body, msg.sequences, secondary_ok)
         if msg.flags & wire.MORE_TO_COME:
             return  # unacknowledged write: the client reads no reply
-        self.writer.write(wire.op_msg(reply, response_to=msg.request_id))
+        await self.send(wire.op_msg(reply, response_to=msg.request_id))
+
+    async def send(self, frame: bytes) -> None:
+        """Write one reply, compressed as its request was."""
+        if self.reply_compressor is not None:
+            frame = compress.wrap(frame, self.reply_compressor)
+        self.member.wire_bytes["out"] += len(frame)
+        self.writer.write(frame)
         await self.writer.drain()
 
     async def on_query(self, msg: wire.Message) -> None:
@@ -225,8 +244,7 @@ class ClientConn:
             reply = await self.hello_doc(body, legacy_name=msg.command != "hello")
         else:
             reply = await self.command(body, b"", bool(msg.flags & wire.QUERY_SECONDARY_OK))
-        self.writer.write(wire.op_reply(reply, msg.request_id))
-        await self.writer.drain()
+        await self.send(wire.op_reply(reply, msg.request_id))
 
     async def command(self, body: dict, sequences: bytes, secondary_ok: bool) -> dict:
         """A non-hello command: refused as the member's role demands, answered, or relayed."""
@@ -311,6 +329,9 @@ class ClientConn:
         doc = self.state.hello(self.ms, legacy_name, self.connection_id)
         if body.get("helloOk") is True:
             doc["helloOk"] = True
+        if isinstance(body.get("compression"), list):
+            # mongod answers with the client's list, in its order, less what it does not enable.
+            doc["compression"] = [c for c in body["compression"] if c in self.state.compressors]
         if "saslSupportedMechs" in body or "speculativeAuthenticate" in body:
             # Only FerretDB knows the user's mechanisms and can start its SCRAM conversation.
             fwd = {k: v for k, v in sanitize(body).items() if k not in ("topologyVersion", "maxAwaitTimeMS")}
@@ -344,6 +365,9 @@ class ClientConn:
             self.writer.write(wire.op_msg(doc, response_to=response_to,
                                           flags=wire.MORE_TO_COME if more else 0, request_id=request_id))
             await self.writer.drain()
+            more = exhaust and not self.ms.gone
+            await self.send(wire.op_msg(doc, response_to=response_to,
+                                        flags=wire.MORE_TO_COME if more else 0, request_id=request_id))
             if not more:
                 return
             # Each streamed reply answers the previous one, as mongod numbers them.

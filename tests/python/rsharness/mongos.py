@@ -82,9 +82,12 @@ class RouterState:
 class ClusterState:
     """The routers of one cluster: the clock and connection ids they share, and their hello."""
 
-    def __init__(self, hosts: list[str], backends: list[tuple[str, int]]) -> None:
+    def __init__(self, hosts: list[str], backends: list[tuple[str, int]],
+                 compressors: list[str] | None = None) -> None:
         self.members = [RouterState(i, h, b) for i, (h, b) in enumerate(zip(hosts, backends))]
         self.clock = rs_state.ClusterClock()
+        # The compressors every router enables (mongos's --networkMessageCompressors).
+        self.compressors = list(compressors) if compressors is not None else []
         self._connection_ids = iter(range(1, 1 << 31))
 
     def next_connection_id(self) -> int:

@@ -98,8 +98,11 @@ class MemberState:
 
 
 class SetState:
-    def __init__(self, set_name: str, hosts: list[str], backends: list[tuple[str, int]]) -> None:
+    def __init__(self, set_name: str, hosts: list[str], backends: list[tuple[str, int]],
+                 compressors: list[str] | None = None) -> None:
         self.set_name = set_name
+        # The compressors every member enables (mongod's --networkMessageCompressors).
+        self.compressors = list(compressors) if compressors is not None else []
         self.members = [MemberState(i, h, b) for i, (h, b) in enumerate(zip(hosts, backends))]
         self.term = 1
         self.set_version = 1
@@ -220,6 +223,7 @@ class SetState:
             "election_id": str(self.election_id),
             "primary": p.host if p else None,
             "hosts": self.hosts(),
+            "compressors": self.compressors,
             "members": [{
                 "index": m.index, "host": m.host, "role": m.role, "tags": m.tags,
                 "lag_secs": m.lag_secs, "hung": m.hung, "gone": m.gone,

@@ -174,7 +174,8 @@ pub struct UpstreamConfig {
     pub tls_certificate_key_file: Option<PathBuf>,
     /// `tlsAllowInvalidHostnames` (tests and private CAs only).
     pub tls_allow_invalid_hostnames: bool,
-    /// `compressors` the URI names, in order of preference.
+    /// `compressors` the URI names, in order of preference: offered in the `hello` of every
+    /// pooled connection, which then uses the first the member accepts (upstream::compression).
     pub compressors: Vec<String>,
     /// `appName` the gateway reports in its own `hello`.
     pub app_name: Option<String>,

@@ -4,6 +4,11 @@
 //! make a connection usable, and the strict request/reply exchange on it. A connection whose
 //! exchange did not complete cleanly must be dropped by its owner, never reused: a reply still
 //! in flight would otherwise reach the wrong client.
+//!
+//! Pooled connections offer the URI's `compressors` in their first `hello` and compress what
+//! they send with the one the server accepts ([`super::compression`]); every reply that arrives
+//! compressed is unwrapped in [`UpstreamConn::round_trip`], so nothing past it ever sees
+//! OP_COMPRESSED. Monitoring connections ([`UpstreamConn::open`] alone) never compress.
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use mongomux_auth::{Mechanism, ScramClient};
 use mongomux_wire::{encode_op_msg, rewrite_ids, Header, OpCode, OpMsg, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
+use super::compression::{self, Compressor};
 use super::config::{UpstreamAuth, UpstreamConfig};
 use super::srv::SrvResolver;
 
@@ -109,6 +115,8 @@ pub struct UpstreamConn {
     /// Shared facts about this connection.
     pub meta: Arc<ConnMeta>,
     next_request_id: i32,
+    /// The compressor negotiated in the handshake; None: everything is sent plain.
+    compressor: Option<Compressor>,
 }
 
 impl UpstreamConn {
@@ -154,6 +162,7 @@ impl UpstreamConn {
                 open_cursors: AtomicI64::new(0),
             }),
             next_request_id: 1,
+            compressor: None,
         })
     }
 
@@ -177,7 +186,19 @@ impl UpstreamConn {
         if let Some((user, source)) = cfg.scram_user() {
             hello.insert("saslSupportedMechs", format!("{source}.{user}"));
         }
+        if !cfg.compressors.is_empty() {
+            hello.insert("compression", cfg.compressors.clone());
+        }
         let reply = conn.command(&hello).await?;
+        // From here on requests may be compressed; the SASL steps below never are.
+        conn.compressor = compression::negotiate(&cfg.compressors, &reply);
+        if !cfg.compressors.is_empty() {
+            tracing::debug!(
+                address,
+                compressor = conn.compressor.map_or("none", Compressor::name),
+                "upstream compression negotiated"
+            );
+        }
         let mut info = UpstreamInfo {
             min_wire_version: int_field(&reply, "minWireVersion").unwrap_or(0),
             max_wire_version: int_field(&reply, "maxWireVersion").unwrap_or(17),
@@ -307,16 +328,20 @@ impl UpstreamConn {
         Ok(doc)
     }
 
-    /// Sends one request (its requestID is rewritten in place) and reads its reply. Any error
-    /// leaves the connection unusable.
+    /// Sends one request (its requestID is rewritten in place; compressed on the wire when a
+    /// compressor was negotiated and the command may be) and reads its reply, decompressed.
+    /// Any error leaves the connection unusable.
     pub async fn round_trip(&mut self, request: &mut [u8]) -> Result<BytesMut, UpstreamError> {
         let id = self.send(request).await?;
-        let reply = self
+        let mut reply = self
             .framed
             .read_frame()
             .await
             .map_err(UpstreamError::Receive)?
             .ok_or(UpstreamError::Closed)?;
+        if compression::is_compressed(&reply) {
+            reply = compression::decompress_message(&reply).map_err(UpstreamError::Decompress)?;
+        }
         let header = Header::parse(&reply).map_err(UpstreamError::BadReply)?;
         if header.response_to != id {
             return Err(UpstreamError::ReplyMismatch);
@@ -332,11 +357,19 @@ impl UpstreamConn {
         let id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         rewrite_ids(request, id, 0);
+        let compressed = self
+            .compressor
+            .and_then(|c| compression::compress_message(c, request));
         self.framed
-            .write_all(request)
+            .write_all(compressed.as_deref().unwrap_or(request))
             .await
             .map_err(UpstreamError::Send)?;
         Ok(id)
+    }
+
+    /// The compressor this connection sends with, if one was negotiated.
+    pub fn compressor(&self) -> Option<Compressor> {
+        self.compressor
     }
 
     /// Whether an idle connection is still usable: no bytes arrived unasked and the peer has

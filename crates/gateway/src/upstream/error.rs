@@ -80,6 +80,10 @@ pub enum UpstreamError {
     /// A reply that does not decode as a message.
     #[error("upstream unavailable: the upstream sent a reply that does not parse")]
     BadReply(#[source] WireError),
+    /// An OP_COMPRESSED reply that does not unwrap: unknown compressor, a declared size out of
+    /// bounds or not matching the payload, or a payload the codec refuses.
+    #[error("upstream unavailable: the upstream sent a compressed reply that does not decompress")]
+    Decompress(#[source] super::compression::CompressionError),
     /// A reply whose body is not valid BSON.
     #[error("upstream unavailable: the upstream sent a reply that does not parse")]
     BadReplyBson(#[source] bson::raw::Error),

@@ -1,12 +1,14 @@
 //! Everything on the upstream side: single authenticated connections ([`conn`], with the
-//! MONGODB-AWS login in `aws_login` and its credential source in `aws_credentials`), what the
-//! pool needs from them ([`connector`]), the bounded pool per member that hands them out
-//! ([`pool`]) under a budget shared by all members ([`total`]), and the one error type for all of it ([`error`]); the deployment's description ([`config`],
-//! [`read_pref`]) and the DNS lookups of a `mongodb+srv` name ([`srv`]).
+//! MONGODB-AWS login in `aws_login`, its credential source in `aws_credentials`, and wire
+//! compression in [`compression`]), what the pool needs from them ([`connector`]), the bounded
+//! pool per member that hands them out ([`pool`]) under a budget shared by all members
+//! ([`total`]), and the one error type for all of it ([`error`]); the deployment's description
+//! ([`config`], [`read_pref`]) and the DNS lookups of a `mongodb+srv` name ([`srv`]).
 
 mod aws_credentials;
 mod aws_login;
 mod bound;
+pub mod compression;
 pub mod config;
 pub mod conn;
 pub mod connector;
