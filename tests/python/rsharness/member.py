@@ -362,10 +362,6 @@ class ClientConn:
             request_id = wire.next_id()
             # An error reply (a quiescing mongos) ends a stream, as it does on a server.
             more = exhaust and not self.ms.gone and doc.get("ok") == 1.0
-            self.writer.write(wire.op_msg(doc, response_to=response_to,
-                                          flags=wire.MORE_TO_COME if more else 0, request_id=request_id))
-            await self.writer.drain()
-            more = exhaust and not self.ms.gone
             await self.send(wire.op_msg(doc, response_to=response_to,
                                         flags=wire.MORE_TO_COME if more else 0, request_id=request_id))
             if not more:
