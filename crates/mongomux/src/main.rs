@@ -45,6 +45,10 @@ enum Command {
         /// The settings `serve` takes; they override the file.
         #[command(flatten)]
         args: Box<ServeArgs>,
+        /// Also print the connection budget: the most upstream connections this many gateways
+        /// with this configuration open to each member and in total (docs/deploy.md).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        gateways: Option<u32>,
     },
 }
 
@@ -73,6 +77,10 @@ struct ServeArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "MONGOMUX_CONFIG")]
     config: Option<PathBuf>,
+    /// The TOML configuration itself, instead of a file (for containers without a shell or a
+    /// writable file system; prefer the environment variable, it may hold secrets).
+    #[arg(long, env = "MONGOMUX_CONFIG_TOML", hide_env_values = true)]
+    config_toml: Option<String>,
     /// Address clients connect to [default: 127.0.0.1:27018].
     #[arg(long, env = "MONGOMUX_LISTEN")]
     listen: Option<SocketAddr>,
@@ -196,9 +204,15 @@ impl ServeArgs {
     /// The file with the environment and flags layered over it; checked by
     /// [`Settings::from_raw`], not here.
     fn into_raw(self) -> Result<RawConfig, ConfigError> {
-        let mut cfg = match &self.config {
-            Some(path) => RawConfig::from_file(path)?,
-            None => RawConfig::default(),
+        let mut cfg = match (&self.config, &self.config_toml) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "give the configuration as a file (--config) or as text (MONGOMUX_CONFIG_TOML), not both".into(),
+                ))
+            }
+            (Some(path), None) => RawConfig::from_file(path)?,
+            (None, Some(text)) => RawConfig::from_toml(text)?,
+            (None, None) => RawConfig::default(),
         };
         if let Some(v) = self.listen {
             cfg.listen = v;
@@ -288,19 +302,24 @@ impl ServeArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file, mut args } => {
+        Command::CheckConfig {
+            file,
+            mut args,
+            gateways,
+        } => {
             if file.is_some() {
                 args.config = file;
             }
-            let name = args
-                .config
-                .as_ref()
-                .map_or_else(|| "configuration".into(), |f| f.display().to_string());
+            let name = match (&args.config, &args.config_toml) {
+                (Some(f), _) => f.display().to_string(),
+                (None, Some(_)) => "MONGOMUX_CONFIG_TOML".into(),
+                (None, None) => "configuration".into(),
+            };
             let settings = args
                 .into_raw()
                 .and_then(Settings::from_raw)
                 .map_err(invalid)?;
-            check_upstream(&settings)?;
+            check_upstream(&settings, gateways.map(|n| n as usize))?;
             println!("{name}: ok");
             Ok(())
         }
@@ -337,8 +356,9 @@ fn main() -> Result<()> {
 }
 
 /// Resolves a mongodb+srv upstream (the only part of a configuration that needs the network)
-/// and prints the upstream's summary; never a password.
-fn check_upstream(settings: &Settings) -> Result<()> {
+/// and prints the upstream's summary, and with `gateways` the connection budget of that many
+/// gateways; never a password.
+fn check_upstream(settings: &Settings, gateways: Option<usize>) -> Result<()> {
     use mongomux_gateway::upstream::{srv, summary, Seeds};
     let resolved = match &settings.upstream.seeds {
         Seeds::Hosts(_) => None,
@@ -358,6 +378,18 @@ fn check_upstream(settings: &Settings) -> Result<()> {
     };
     for line in summary::summary(&settings.upstream, resolved.as_ref()) {
         println!("{line}");
+    }
+    if let Some(n) = gateways {
+        let budget = summary::budget(
+            &settings.upstream,
+            resolved.as_ref(),
+            settings.pool_size,
+            settings.max_upstream_connections,
+            n,
+        );
+        for line in budget {
+            println!("{line}");
+        }
     }
     Ok(())
 }
