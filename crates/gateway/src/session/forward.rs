@@ -21,7 +21,7 @@ use crate::route::{CursorLimit, Opener, Owner, Pinned};
 use crate::upstream::read_pref::ReadPreference;
 use crate::upstream::topology::select::Need;
 use crate::upstream::topology::server::TopologyVersion;
-use crate::upstream::{ConnMeta, PooledConn, UpstreamError};
+use crate::upstream::{ConnMeta, Flavor, PooledConn, UpstreamError};
 
 impl Session {
     /// Forwards a request upstream and relays the reply, keeping the routing tables current.
@@ -55,7 +55,11 @@ impl Session {
             MsgFlags::EXHAUST_ALLOWED | MsgFlags::MORE_TO_COME,
         );
         frame.truncate(len);
-        let mut retry_left = may_run_twice(view);
+        let dedups = !matches!(
+            self.shared.upstream.upstream_info().map(|i| i.flavor),
+            Some(Flavor::FerretDbV1)
+        );
+        let mut retry_left = may_run_twice(view, dedups);
         loop {
             let mut conn = match self.connection_for(view, on.as_deref()).await {
                 Ok(c) => c,
@@ -435,15 +439,17 @@ fn state_change(reply: &[u8]) -> Option<(i32, Option<TopologyVersion>)> {
 }
 
 /// Whether running the request a second time cannot do anything twice: a read outside a
-/// transaction, or a retryable write (the server deduplicates it by `lsid` and `txnNumber`).
-fn may_run_twice(view: &CommandView) -> bool {
+/// transaction, or a retryable write when the server deduplicates it by `lsid` and `txnNumber`
+/// (`dedups`: FerretDB 1.x ignores `txnNumber`, so a write it may have applied is never sent
+/// again by the gateway; the client gets the retryable error and decides).
+fn may_run_twice(view: &CommandView, dedups: bool) -> bool {
     // A cursor lives on one member: its getMore cannot move (drivers do not retry it either).
     if view.in_transaction || view.more_to_come || view.spec.kind != Kind::Forward {
         return false;
     }
     match view.spec.access {
         Access::Read => !view.writes,
-        Access::Write => view.txn_number.is_some() && view.lsid.is_some(),
+        Access::Write => dedups && view.txn_number.is_some() && view.lsid.is_some(),
         _ => false,
     }
 }
