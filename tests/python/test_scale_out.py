@@ -1,5 +1,5 @@
 """Three gateways behind HAProxy round-robin (issue 14): what a driver sees with a plain URI and
-with `loadBalanced=true`. Each gateway has a pool of 4; they share `session_key`, the only thing
+with `loadBalanced=true`, and when one gateway is drained mid-run. Each gateway has a pool of 4; they share `session_key`, the only thing
 the gateways of one deployment share. The figures printed are the issue's: cursors that return
 all of their documents, transactions that end as asked.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -25,11 +26,14 @@ CURSORS = 20
 
 
 def start_balancer(folder: Path, ports: list[int]) -> Proc:
-    """HAProxy round-robin over `ports`, TCP mode, no PROXY header."""
+    """HAProxy round-robin over `ports`, TCP mode, no PROXY header. Like an NLB with a health
+    check, it stops sending new connections to a gateway whose port stopped answering, and a
+    connection it could not open goes to another gateway (redispatch)."""
     binary = _binary("MONGOMUX_HAPROXY", HAPROXY_DEFAULT)
     port = free_port()
     name = f"haproxy-rr-{secrets.token_hex(2)}"
-    servers = "\n".join(f"    server gw{i} 127.0.0.1:{p}" for i, p in enumerate(ports))
+    servers = "\n".join(f"    server gw{i} 127.0.0.1:{p} check inter 300ms fall 1 rise 2"
+                         for i, p in enumerate(ports))
     cfg = folder / f"{name}.cfg"
     cfg.write_text(f"""
 global
@@ -39,6 +43,8 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    retries 3
+    option redispatch
 frontend clients
     bind 127.0.0.1:{port}
     default_backend gateways
@@ -168,3 +174,61 @@ def test_transactions_through_three_gateways(nx, deployment, load_balanced):
           f"through 3 gateways; {len(errors)} errors")
     assert not errors, errors[:3]
     assert stored == sorted(f"{k}-{x}" for k in range(0, 20, 2) for x in "ab")
+
+
+def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir):
+    """Twelve pymongo clients insert (retryable writes, unique ids) and read through HAProxy
+    round-robin over three gateways; one gateway gets SIGTERM in the middle. Every acknowledged
+    insert is then in FerretDB exactly once, and every error a client saw was retryable."""
+    key = secrets.token_hex(32)
+    gws = [start_gateway(ferretdb, logdir, name=f"mongomux-dr-{i}-{secrets.token_hex(2)}", pool_size=4,
+                         extra_args=("--session-key", key)) for i in range(3)]
+    lb = start_balancer(logdir, [g.port for g in gws])
+    coll_name = f"drain_{uuid.uuid4().hex[:6]}"
+    acked, errors = [], []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(n: int):
+        with pymongo.MongoClient(f"mongodb://127.0.0.1:{lb.port}/", maxPoolSize=4,
+                                 serverSelectionTimeoutMS=10_000) as c:
+            coll = c.scale_out[coll_name]
+            i = 0
+            while not stop.is_set():
+                doc_id = f"{n}-{i}"
+                try:
+                    coll.insert_one({"_id": doc_id})
+                    with lock:
+                        acked.append(doc_id)
+                    coll.find_one({"_id": doc_id})
+                except PyMongoError as e:
+                    labels = getattr(e, "_error_labels", set()) or set()
+                    with lock:
+                        errors.append((type(e).__name__, str(e)[:200], sorted(labels)))
+                i += 1
+
+    try:
+        threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(12)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        gws[0].proc.stop()  # SIGTERM: drain, then exit
+        time.sleep(2.0)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        with ferretdb.client() as direct:
+            stored = [d["_id"] for d in direct.scale_out[coll_name].find({}, {"_id": 1})]
+            direct.scale_out[coll_name].drop()
+        print(f"drain mid-run: {len(acked)} acknowledged inserts, {len(errors)} client errors "
+              f"{errors[:3]}")
+        assert len(stored) == len(set(stored)), "an insert is stored twice"
+        missing = set(acked) - set(stored)
+        assert not missing, f"{len(missing)} acknowledged inserts are missing"
+        not_retryable = [e for e in errors if not (set(e[2]) & {"RetryableWriteError", "ResetPool"})
+                         and e[0] not in ("AutoReconnect", "NetworkTimeout", "ServerSelectionTimeoutError")]
+        assert not not_retryable, not_retryable[:3]
+    finally:
+        lb.stop()
+        for g in gws[1:]:
+            g.proc.stop()
