@@ -6,8 +6,10 @@ all of their documents, transactions that end as asked.
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -19,6 +21,7 @@ from pymongo.errors import PyMongoError
 
 import procnet
 from conftest import Proc, _binary, _running, _spawn, free_port, start_gateway, tail, wait_until
+from rs_fixtures import make_replset, replset  # noqa: F401 - pytest fixtures
 
 HAPROXY_DEFAULT = Path(shutil.which("haproxy") or "/usr/sbin/haproxy")
 DOCS = 1000
@@ -69,10 +72,11 @@ def deployment(logdir):
     """deployment(upstream) -> HAProxy in front of three gateways sharing a session_key."""
     started: list[Proc] = []
 
-    def make(upstream) -> Proc:
+    def make(upstream, upstream_uri: str | None = None) -> Proc:
         key = secrets.token_hex(32)
         gws = [start_gateway(upstream, logdir, name=f"mongomux-so-{i}-{secrets.token_hex(2)}", pool_size=4,
-                             extra_args=("--session-key", key)) for i in range(3)]
+                             extra_args=("--session-key", key), upstream_uri=upstream_uri,
+                             credentials_in_env=upstream_uri is None) for i in range(3)]
         started.extend(g.proc for g in gws)
         lb = start_balancer(logdir, [g.port for g in gws])
         started.append(lb)
@@ -81,6 +85,26 @@ def deployment(logdir):
     yield make
     for p in reversed(started):
         p.stop()
+
+
+@pytest.mark.parametrize("load_balanced", [False, True], ids=["plain", "loadBalanced"])
+def test_cursors_through_three_gateways_in_front_of_a_replica_set(ferretdb, replset, deployment, load_balanced):
+    """The same in front of the replica-set harness (3 members sharing one FerretDB): each
+    gateway discovers the set and reads from the primary; cursors continue through any gateway."""
+    rs = replset
+    lb = deployment(ferretdb, upstream_uri=rs.uri(seed=[0, 1, 2], heartbeatFrequencyMS=500))
+    coll_name = f"rs_{uuid.uuid4().hex[:6]}"
+    with rs.client(seed=[0, 1, 2]) as direct:
+        direct.scale_out[coll_name].insert_many([{"_id": i} for i in range(DOCS)])
+    uri = f"mongodb://127.0.0.1:{lb.port}/" + ("?loadBalanced=true" if load_balanced else "")
+    complete, errors = run_cursors(uri, coll_name)
+    print(f"replica set, {'loadBalanced=true' if load_balanced else 'plain URI'}: {complete}/{CURSORS} cursors "
+          f"complete; {len(errors)} errors")
+    with rs.client(seed=[0, 1, 2]) as direct:
+        direct.scale_out[coll_name].drop()
+    assert not errors, errors[:3]
+    assert complete == CURSORS
+    assert rs.served(0, "getMore") > 0 and rs.served(1, "getMore") == rs.served(2, "getMore") == 0
 
 
 def run_cursors(uri: str, coll_name: str) -> tuple[int, list[str]]:
@@ -121,6 +145,48 @@ def test_cursors_through_three_gateways(ferretdb, deployment, load_balanced):
         direct.scale_out[coll_name].drop()
     assert not errors, errors[:3]
     assert complete == CURSORS
+
+
+NODE_SCRIPT = Path(__file__).with_name("scale_out_node.cjs")
+
+
+def node(*args) -> dict:
+    """Runs scale_out_node.cjs (the Node.js driver) and returns its JSON line."""
+    if not (NODE_SCRIPT.parent.parent.parent / "examples/lambda-node/node_modules/mongodb").is_dir():
+        pytest.fail("the Node.js driver is not installed: run scripts/install-deps")
+    out = subprocess.run(["node", str(NODE_SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"node printed nothing useful (exit {out.returncode}):\n{out.stdout}\n{out.stderr}"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("load_balanced", [False, True], ids=["plain", "loadBalanced"])
+def test_node_driver_through_three_gateways(ferretdb, nx, deployment, load_balanced):
+    """The same with the Node.js driver: 20 concurrent cursors over FerretDB, 20 transactions
+    (one after another, as nx-27017 needs) over nx-27017."""
+    suffix = "?loadBalanced=true" if load_balanced else ""
+    form = "loadBalanced=true" if load_balanced else "plain URI"
+    lb = deployment(ferretdb)
+    coll_name = f"node_{uuid.uuid4().hex[:6]}"
+    with ferretdb.client() as direct:
+        direct.scale_out[coll_name].insert_many([{"_id": i} for i in range(DOCS)])
+    r = node("cursors", f"mongodb://127.0.0.1:{lb.port}/{suffix}", "scale_out", coll_name, CURSORS, DOCS)
+    with ferretdb.client() as direct:
+        direct.scale_out[coll_name].drop()
+    print(f"Node.js, {form}: {r.get('complete')}/{CURSORS} cursors complete; errors {r.get('errors', [])[:2]}")
+    assert r.get("complete") == CURSORS and not r.get("errors"), r
+
+    lbx = deployment(nx)
+    with nx.client() as direct:
+        direct.scale_out_txn.node.drop()
+        direct.scale_out_txn.create_collection("node")
+    r = node("transactions", f"mongodb://127.0.0.1:{lbx.port}/{suffix}", "scale_out_txn", "node", 20)
+    with nx.client() as direct:
+        stored = sorted(d["_id"] for d in direct.scale_out_txn.node.find())
+        direct.scale_out_txn.node.drop()
+    print(f"Node.js, {form}: {r.get('done')}/20 transactions ended as asked; errors {r.get('errors', [])[:2]}")
+    assert r.get("done") == 20 and not r.get("errors"), r
+    assert stored == sorted(f"{k}-{x}" for k in range(0, 20, 2) for x in "ab")
 
 
 def run_transactions(uri: str, n: int) -> tuple[list[int], list[str]]:
@@ -232,3 +298,37 @@ def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir):
         lb.stop()
         for g in gws[1:]:
             g.proc.stop()
+
+
+@pytest.mark.parametrize("load_balanced", [False, True], ids=["plain", "loadBalanced"])
+def test_sessions_through_three_gateways(ferretdb, deployment, load_balanced):
+    """20 concurrent explicit, causally consistent sessions, each writing, reading its writes
+    and updating them many times over a pool spread across the gateways."""
+    lb = deployment(ferretdb)
+    coll_name = f"sess_{uuid.uuid4().hex[:6]}"
+    uri = f"mongodb://127.0.0.1:{lb.port}/" + ("?loadBalanced=true" if load_balanced else "")
+    errors: list[str] = []
+    with pymongo.MongoClient(uri, maxPoolSize=50, serverSelectionTimeoutMS=10_000) as client:
+        coll = client.scale_out[coll_name]
+
+        def one(k: int):
+            try:
+                with client.start_session(causal_consistency=True) as s:
+                    for j in range(10):
+                        coll.insert_one({"_id": f"{k}-{j}", "n": 0}, session=s)
+                        assert coll.find_one({"_id": f"{k}-{j}"}, session=s) == {"_id": f"{k}-{j}", "n": 0}
+                        coll.update_one({"_id": f"{k}-{j}"}, {"$inc": {"n": 1}}, session=s)
+            except (PyMongoError, AssertionError) as e:
+                errors.append(f"{k}: {type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        total = coll.count_documents({"n": 1})
+        coll.drop()
+    print(f"sessions, {'loadBalanced=true' if load_balanced else 'plain URI'}: {total}/200 documents written, "
+          f"read back and updated in 20 sessions; {len(errors)} errors")
+    assert not errors, errors[:3]
+    assert total == 200
