@@ -239,7 +239,7 @@ def test_iam_example_one_client_for_100_invocations(ferretdb, iam_gateway, lambd
     fresh_db(ferretdb, "lambda_iam")
     creds = moto.role_credentials
     em = start_emulator(example_bin("lambda-iam"), lambda_dir, function_name="orders-fn-iam", env={
-        "MONGOMUX_URI": f"mongodb://127.0.0.1:{iam_gateway.port}/lambda_iam",
+        "MONGOMUX_URI": f"mongodb://127.0.0.1:{iam_gateway.port}/lambda_iam?loadBalanced=true",  # as the template sets it
         **creds.env(),
     })
     try:
