@@ -189,6 +189,22 @@ def test_node_driver_through_three_gateways(ferretdb, nx, deployment, load_balan
     assert stored == sorted(f"{k}-{x}" for k in range(0, 20, 2) for x in "ab")
 
 
+@pytest.mark.parametrize("load_balanced", [False, True], ids=["plain", "loadBalanced"])
+def test_node_driver_cursors_in_front_of_a_replica_set(ferretdb, replset, deployment, load_balanced):
+    rs = replset
+    lb = deployment(ferretdb, upstream_uri=rs.uri(seed=[0, 1, 2], heartbeatFrequencyMS=500))
+    coll_name = f"node_rs_{uuid.uuid4().hex[:6]}"
+    with rs.client(seed=[0, 1, 2]) as direct:
+        direct.scale_out[coll_name].insert_many([{"_id": i} for i in range(DOCS)])
+    suffix = "?loadBalanced=true" if load_balanced else ""
+    r = node("cursors", f"mongodb://127.0.0.1:{lb.port}/{suffix}", "scale_out", coll_name, CURSORS, DOCS)
+    with rs.client(seed=[0, 1, 2]) as direct:
+        direct.scale_out[coll_name].drop()
+    print(f"Node.js, replica set, {'loadBalanced=true' if load_balanced else 'plain URI'}: "
+          f"{r.get('complete')}/{CURSORS} cursors complete; errors {r.get('errors', [])[:2]}")
+    assert r.get("complete") == CURSORS and not r.get("errors"), r
+
+
 def run_transactions(uri: str, n: int) -> tuple[list[int], list[str]]:
     """n transactions of two inserts, one after another (nx-27017 cannot run two at once: it
     keeps them as SQLite savepoints of one connection, and fails concurrent ones even when
