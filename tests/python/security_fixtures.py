@@ -16,8 +16,13 @@ import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bson import Int64
+from bson.binary import Binary, UuidRepresentation
+from pymongo.errors import OperationFailure
 
 from conftest import ROOT, Gateway, _binary, start_gateway
 
@@ -262,3 +267,18 @@ def timed(fn, *a, **kw) -> tuple[float, object]:
     t = time.perf_counter()
     v = fn(*a, **kw)
     return time.perf_counter() - t, v
+
+
+def lsid(u: uuid.UUID | None = None) -> dict:
+    """A logical session id as drivers send it: {id: UUID (binary subtype 4)}."""
+    return {"id": Binary.from_uuid(u or uuid.uuid4(), UuidRepresentation.STANDARD)}
+
+
+def upstream_cursor_alive(upstream, db: str, coll: str, cid: int) -> bool:
+    """Asks the upstream itself, bypassing the gateway, whether cursor `cid` is still open."""
+    try:
+        upstream.client()[db].command({"getMore": Int64(cid), "collection": coll, "batchSize": 1})
+        return True
+    except OperationFailure as e:
+        assert e.code == CURSOR_NOT_FOUND, e.details
+        return False

@@ -12,10 +12,9 @@ import uuid
 
 import pytest
 from bson import Int64
-from bson.binary import Binary, UuidRepresentation
 
 from mongowire import RawConn
-from security_fixtures import CURSOR_NOT_FOUND, GatewayFactory, make_user, write_config
+from security_fixtures import CURSOR_NOT_FOUND, GatewayFactory, lsid, make_user, write_config
 
 N = 1000
 
@@ -42,8 +41,6 @@ def seeded(ferretdb):
         c.xgw.docs.drop()
 
 
-def lsid(u: uuid.UUID | None = None) -> dict:
-    return {"id": Binary.from_uuid(u or uuid.uuid4(), UuidRepresentation.STANDARD)}
 
 
 def deployment(gateways, users, n: int = 3, shared_key: bool = True):

@@ -10,18 +10,14 @@ import uuid
 
 import pytest
 from bson import Int64
-from bson.binary import Binary, UuidRepresentation
-from pymongo.errors import OperationFailure
 
 from conftest import start_gateway
 from mongowire import RawConn
+from security_fixtures import CURSOR_NOT_FOUND, lsid, upstream_cursor_alive
 
 MISMATCH = 354
-CURSOR_NOT_FOUND = 43
 
 
-def lsid(u: uuid.UUID | None = None) -> dict:
-    return {"id": Binary.from_uuid(u or uuid.uuid4(), UuidRepresentation.STANDARD)}
 
 
 def lb_hello(raw: RawConn, lb: bool = True) -> dict:
@@ -42,13 +38,6 @@ def gateway_with(upstream, logdir, started, *args):
     return gw
 
 
-def upstream_cursor_alive(upstream, db: str, coll: str, cid: int) -> bool:
-    try:
-        upstream.client()[db].command({"getMore": Int64(cid), "collection": coll, "batchSize": 1})
-        return True
-    except OperationFailure as e:
-        assert e.code == CURSOR_NOT_FOUND, e.details
-        return False
 
 
 def test_service_id_is_one_per_process_and_only_for_load_balanced_clients(ferretdb, logdir, started):

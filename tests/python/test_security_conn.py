@@ -9,7 +9,6 @@ sessions never count against another's.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import re
 import secrets
 import uuid
 
@@ -18,13 +17,12 @@ import struct
 import bson
 import pytest
 from bson import Int64
-from bson.binary import Binary, UuidRepresentation
-from pymongo.errors import OperationFailure
+from bson.binary import Binary
 
 from conftest import free_port, start_gateway, wait_until
 from mongowire import RawConn, next_request_id, op_msg, recv_message
-from security_fixtures import (CURSOR_NOT_FOUND, UNAUTHORIZED, GatewayFactory, make_user, metric, sighup,
-                               write_config)
+from security_fixtures import (CURSOR_NOT_FOUND, UNAUTHORIZED, GatewayFactory, lsid, make_user, metric, sighup,
+                               upstream_cursor_alive, write_config)
 
 TOO_MANY_SESSIONS = 261
 TOO_MANY_CURSORS = 96  # OperationFailed: see docs/configuration.md, "Error codes"
@@ -44,8 +42,6 @@ def gateways(logdir, ferretdb):
     f.stop_all()
 
 
-def lsid(u: uuid.UUID | None = None) -> dict:
-    return {"id": Binary.from_uuid(u or uuid.uuid4(), UuidRepresentation.STANDARD)}
 
 
 def seed(raw: RawConn, db: str, coll: str, n: int = 10) -> None:
@@ -73,14 +69,6 @@ def everyone_still_works(gw, n: int = 12, user=None) -> None:
         list(pool.map(one, range(n)))
 
 
-def upstream_cursor_alive(upstream, db: str, coll: str, cid: int) -> bool:
-    """Asks FerretDB itself, bypassing the gateway, whether cursor `cid` is still open."""
-    try:
-        upstream.client()[db].command({"getMore": Int64(cid), "collection": coll, "batchSize": 1})
-        return True
-    except OperationFailure as e:
-        assert e.code == CURSOR_NOT_FOUND, e.details
-        return False
 
 
 # ---------------------------------------------------------------------------

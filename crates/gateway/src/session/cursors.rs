@@ -18,6 +18,9 @@ use crate::upstream::topology::select::Need;
 impl Session {
     /// The mask of the cursor ids of `view`'s owner: its session, or this connection.
     pub(super) fn cursor_mask(&self, view: &CommandView) -> i64 {
+        if let Some(mask) = view.cursor_mask {
+            return mask;
+        }
         let key = &self.shared.edge.session_key;
         match &view.lsid {
             Some(lsid) => cursor_ids::mask(key, IdOwner::Session(lsid.as_bytes())),
@@ -53,7 +56,9 @@ impl Session {
                 false,
             );
         };
-        let id = cursor_ids::apply(seen, self.cursor_mask(view));
+        let mask = self.cursor_mask(view);
+        view.cursor_mask = Some(mask);
+        let id = cursor_ids::apply(seen, mask);
         view.set_cursor_id(&mut frame, id);
         if self.may_use_cursor(id, view) || self.may_adopt_cursor(id, view) {
             return self.forward(frame, view).await;
