@@ -39,6 +39,7 @@ Routers of a sharded cluster (the harness's mongos persona, `rsharness/mongos.py
     sc.served(i, "find"), sc.counts(), sc.reset_counts()
     sc.hello_delay(i, ms, jitter_ms=0)  # router i answers every hello ms (± jitter) later: a slow router
     sc.quiesce(i) / sc.quiesce(i, on=False)   # hello and commands answer 91 ShutdownInProgress
+    sc.quiesce(i, wake=False)           # ... before the monitors' pending hellos notice
     sc.disappear(i) / sc.reappear(i); sc.hang(i); sc.status()
 """
 
@@ -212,8 +213,8 @@ class MongosCluster(Harness):
     def hello_delay(self, i: int, ms: float, jitter_ms: float = 0):
         return self.control("hello_delay", member=i, ms=ms, jitter_ms=jitter_ms)
 
-    def quiesce(self, i: int, on: bool = True):
-        return self.control("quiesce", member=i, on=on)
+    def quiesce(self, i: int, on: bool = True, wake: bool = True):
+        return self.control("quiesce", member=i, on=on, wake=wake)
 
 
 def _start_harness(logdir: Path, name: str, args: list, backends: list[Upstream],

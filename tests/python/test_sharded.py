@@ -266,3 +266,30 @@ def test_a_quiescing_router_is_left_without_client_errors(make_mongos, ferretdb,
     refused = sc.counts()[sc.members[2]]["refused"]
     print(f"router 2 quiesced then shut down: {acked} inserts acknowledged, 0 client errors; "
           f"router 2 refused {refused} with 91 before the gateway moved away")
+
+
+def test_a_router_that_refuses_new_connections_is_left_before_the_request_is_sent(
+        make_mongos, ferretdb, logdir, gw_stop):
+    """Router 2 quiesces before the gateway has a connection to it, and before its monitor's
+    pending hello notices: the first request that picks it finds it while setting up a
+    connection (hello answers 91). Nothing was sent yet, so even a write the gateway never
+    resends (FerretDB cannot deduplicate) moves to another router; the client, which does
+    not retry here, sees no error."""
+    sc = make_mongos(n=3)
+    gw = gateway_for(sc, ferretdb, logdir, gw_stop)
+    wait_for_routers(gw, sc.members)
+    sc.quiesce(2, wake=False)
+    errors = []
+    with gw.client(retryWrites=False, retryReads=False) as c:
+        coll = c[DB][f"setup_{uuid.uuid4().hex[:6]}"]
+        for i in range(40):
+            try:
+                coll.insert_one({"_id": i})
+            except PyMongoError as e:
+                errors.append(f"{i}: {e}")
+        stored = coll.count_documents({})
+        coll.drop()
+    assert not errors, errors[:3]
+    assert stored == 40
+    assert routers_in_metrics(gw).get(sc.members[2]) == "unknown"
+    assert sc.counts()[sc.members[2]]["served"].get("insert", 0) == 0

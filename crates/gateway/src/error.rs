@@ -174,7 +174,8 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
         | U::BadReplyBson(_)
         | U::Auth(_)
         | U::AwsCredentials { .. }
-        | U::Refused { .. } => (6, "HostUnreachable"),
+        | U::Refused { .. }
+        | U::MemberUnavailable { .. } => (6, "HostUnreachable"),
     }
 }
 
@@ -190,7 +191,7 @@ fn upstream_retryable(e: &UpstreamError) -> bool {
         | U::AwsCredentials { .. }
         | U::NoMember(_)
         | U::BadReadPreference(_) => false,
-        U::NoPrimary(_) | U::MemberGone(_) => true,
+        U::NoPrimary(_) | U::MemberGone(_) | U::MemberUnavailable { .. } => true,
         U::CheckoutTimeout(_)
         | U::PinTimeout(_)
         | U::PoolClosed
@@ -274,6 +275,15 @@ mod tests {
                 true,
             ),
             (UpstreamError::Auth(None), 6, false),
+            (
+                UpstreamError::MemberUnavailable {
+                    address: "h:1".into(),
+                    code: 91,
+                    name: "ShutdownInProgress".into(),
+                },
+                6,
+                true,
+            ),
             (
                 UpstreamError::Refused {
                     code: 13,

@@ -166,7 +166,8 @@ class MongosControl(Control):
         counts   [reset: bool]          per router host, as for a replica set
         hello_delay member, ms, [jitter_ms]  router waits `ms` (± `jitter_ms`, at most `ms`) before
                                     answering each hello (0 ends it)
-        quiesce  member, [on: bool]     router in quiesce mode: hello and commands answer 91
+        quiesce  member, [on: bool, wake: bool]  router in quiesce mode: hello and commands answer
+                                    91 (wake false: pending awaitable hellos are not woken)
         hang     member, [on: bool]     requests are read and never answered
         disappear member                listener closed, idle connections cut, busy ones finish
         reappear member                 listening again, a new processId, not quiescing
@@ -180,7 +181,7 @@ class MongosControl(Control):
             self._member(req).set_hello_delay(float(req["ms"]) / 1000.0,
                                               float(req.get("jitter_ms", 0)) / 1000.0)
         elif op == "quiesce":
-            self._member(req).set_quiesce(bool(req.get("on", True)))
+            self._member(req).set_quiesce(bool(req.get("on", True)), bool(req.get("wake", True)))
         else:
             raise ValueError(f"unknown op {op!r} for a mongos harness")
         return st.status()

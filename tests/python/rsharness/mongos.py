@@ -183,7 +183,10 @@ class Router(Member):
         self.ms.hello_delay = max(0.0, secs)
         self.ms.hello_jitter = max(0.0, min(jitter, self.ms.hello_delay))
 
-    def set_quiesce(self, on: bool) -> None:
+    def set_quiesce(self, on: bool, wake: bool = True) -> None:
+        """`wake=False` leaves pending awaitable hellos asleep: the moment between the shutdown
+        request and a monitor's next look, when only new connections and commands see it."""
         if self.ms.quiescing != on:
             self.ms.quiescing = on
-            self.ms.changed()
+            if wake:
+                self.ms.changed()

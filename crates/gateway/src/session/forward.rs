@@ -18,6 +18,7 @@ use crate::command::reply::ReplyFacts;
 use crate::command::{Access, CommandView, Kind};
 use crate::error::GatewayError;
 use crate::route::{CursorLimit, Opener, Owner, Pinned};
+use crate::upstream::error::{is_shutting_down, is_state_change};
 use crate::upstream::read_pref::ReadPreference;
 use crate::upstream::topology::select::Need;
 use crate::upstream::topology::server::TopologyVersion;
@@ -60,6 +61,9 @@ impl Session {
             Some(Flavor::FerretDbV1)
         );
         let mut retry_left = may_run_twice(view, dedups);
+        // The request has not left the gateway while no connection could be set up, so any
+        // request may try another member then; bounded, as members can fail one after another.
+        let mut setup_retries_left = SETUP_RETRIES;
         loop {
             let mut conn = match self.connection_for(view, on.as_deref()).await {
                 Ok(c) => c,
@@ -69,7 +73,8 @@ impl Session {
                         self.shared
                             .upstream
                             .on_failure(member, &e.to_string(), true, None);
-                        if on.is_none() && std::mem::take(&mut retry_left) {
+                        if on.is_none() && setup_retries_left > 0 {
+                            setup_retries_left -= 1;
                             continue;
                         }
                     }
@@ -99,7 +104,7 @@ impl Session {
                 // The member answered cleanly, so the connection is fine; the member is not.
                 conn.release();
                 let why = format!("member answered error {code} (not primary or recovering)");
-                let clear = SHUTTING_DOWN.contains(&code);
+                let clear = is_shutting_down(code);
                 self.shared
                     .upstream
                     .on_failure(&member, &why, clear, version);
@@ -410,19 +415,15 @@ enum Exchanged {
     Failed(UpstreamError),
 }
 
-/// "Not primary" and "node is recovering" codes (the SDAM specification's error handling):
-/// the member's state changed under the operation.
-const NOT_PRIMARY: [i32; 3] = [10107, 13435, 10058];
-const RECOVERING: [i32; 5] = [11600, 11602, 13436, 189, 91];
-/// Of those, the ones that mean the member is going away: its idle connections are closed.
-const SHUTTING_DOWN: [i32; 2] = [11600, 91];
+/// How many more members a request may try when setting up a connection fails.
+const SETUP_RETRIES: u32 = 2;
 
 /// The state-change code of an error reply, if it is one, with the `topologyVersion` the
 /// member sent with it (4.4+), which tells whether the error is news.
 fn state_change(reply: &[u8]) -> Option<(i32, Option<TopologyVersion>)> {
     let msg = OpMsg::parse(reply).ok()?;
     let code = ReplyFacts::read(msg.body).error_code?;
-    if !(NOT_PRIMARY.contains(&code) || RECOVERING.contains(&code)) {
+    if !is_state_change(code) {
         return None;
     }
     let version = msg

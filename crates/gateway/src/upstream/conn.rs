@@ -23,7 +23,7 @@ use super::compression::{self, Compressor};
 use super::config::{UpstreamAuth, UpstreamConfig};
 use super::srv::SrvResolver;
 
-use super::error::UpstreamError;
+use super::error::{is_state_change, UpstreamError};
 use crate::framed::Framed;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
 
@@ -323,6 +323,13 @@ impl UpstreamConn {
                 return Err(UpstreamError::Auth(None));
             }
             let name = doc.get_str("codeName").unwrap_or("unknown").to_string();
+            if is_state_change(code) {
+                return Err(UpstreamError::MemberUnavailable {
+                    address: self.meta.address.to_string(),
+                    code,
+                    name,
+                });
+            }
             return Err(UpstreamError::Refused { code, name });
         }
         Ok(doc)

@@ -126,6 +126,35 @@ pub enum UpstreamError {
         /// The upstream's `codeName`.
         name: String,
     },
+    /// While the gateway set a connection up, the member answered that it is not primary,
+    /// recovering or shutting down (a quiescing router, a stepped-down primary): the member,
+    /// not the gateway, is the problem, so it is marked Unknown and another one may serve.
+    #[error("upstream member {address} is unavailable: {name} ({code})")]
+    MemberUnavailable {
+        /// `host:port` of the member.
+        address: String,
+        /// The state-change error code it answered.
+        code: i32,
+        /// The upstream's `codeName`.
+        name: String,
+    },
+}
+
+/// "Not primary" and "node is recovering" codes (the SDAM specification's error handling):
+/// the member's state changed under the operation.
+const NOT_PRIMARY: [i32; 3] = [10107, 13435, 10058];
+const RECOVERING: [i32; 5] = [11600, 11602, 13436, 189, 91];
+/// Of those, the ones that mean the member is going away: its idle connections are closed.
+const SHUTTING_DOWN: [i32; 2] = [11600, 91];
+
+/// Whether an error code says the member's state changed (not primary, recovering).
+pub fn is_state_change(code: i32) -> bool {
+    NOT_PRIMARY.contains(&code) || RECOVERING.contains(&code)
+}
+
+/// Whether an error code says the member is shutting down.
+pub fn is_shutting_down(code: i32) -> bool {
+    SHUTTING_DOWN.contains(&code)
 }
 
 impl UpstreamError {
@@ -134,7 +163,8 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { address, .. }
             | UpstreamError::ConnectTimeout { address }
-            | UpstreamError::Tls { address, .. } => Some(address),
+            | UpstreamError::Tls { address, .. }
+            | UpstreamError::MemberUnavailable { address, .. } => Some(address),
             _ => None,
         }
     }
