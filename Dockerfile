@@ -32,7 +32,12 @@ COPY --from=build /rootfs/ /
 USER 65532:65532
 WORKDIR /
 # The gateway's own default is loopback only, which nobody outside the container can reach.
+# MALLOC_MMAP_THRESHOLD_: glibc serves every allocation of 1 MiB or more (large messages and
+# replies) with its own mapping and returns it on free, so RSS follows max_inflight_bytes; by
+# default glibc raises that threshold after the first large free and keeps such buffers in its
+# arenas (docs/reliability.md has both figures).
 ENV MONGOMUX_LISTEN=0.0.0.0:27017 \
+    MALLOC_MMAP_THRESHOLD_=1048576 \
     PATH=/usr/local/bin
 EXPOSE 27017/tcp
 STOPSIGNAL SIGTERM

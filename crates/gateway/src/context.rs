@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::identity::session_key::SessionKey;
 use crate::identity::sts::Sts;
 use crate::limits::client_limit::ClientLimit;
+use crate::limits::inflight::InflightBudget;
 use crate::limits::{AuthLimiter, SourceCounts};
 use crate::metrics::Metrics;
 use crate::route::Routes;
@@ -107,6 +108,8 @@ pub struct Shared {
     pub clients: Arc<ClientLimit>,
     /// Open connections per source (the listener's).
     pub sources: Arc<SourceCounts>,
+    /// Bytes of large messages and replies held now, over all clients.
+    pub inflight: InflightBudget,
     /// Turns true when the gateway starts draining.
     pub draining: watch::Receiver<bool>,
 }
@@ -158,6 +161,10 @@ impl Shared {
                 metrics.clone(),
             ),
             clients: Arc::new(ClientLimit::new(settings.max_clients)),
+            inflight: InflightBudget::new(
+                settings.max_inflight_bytes,
+                metrics.inflight_bytes.clone(),
+            ),
             live: Arc::new(Live {
                 settings: ArcSwap::from_pointee(settings),
                 reload_tx: watch::channel(0).0,

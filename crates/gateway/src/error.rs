@@ -60,6 +60,15 @@ pub enum GatewayError {
     /// `max_cursors_per_user`; the cursor was killed upstream.
     #[error("{0}")]
     TooManyCursors(String),
+    /// A message larger than the client may send (before authenticating).
+    #[error("{0}")]
+    MessageTooLarge(String),
+    /// A message not received in full within `message_timeout`.
+    #[error("{0}")]
+    MessageTimeout(String),
+    /// A transaction statement after the gateway aborted the transaction (idle too long).
+    #[error("{0}")]
+    NoSuchTransaction(String),
     /// Socket errors on the client side.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -95,6 +104,9 @@ impl GatewayError {
             // which cannot succeed until the client closes cursors. OperationFailed is the
             // server's own generic, non-retryable refusal.
             GatewayError::TooManyCursors(_) => (96, "OperationFailed"),
+            GatewayError::MessageTooLarge(_) => (10334, "BSONObjectTooLarge"),
+            GatewayError::MessageTimeout(_) => (262, "ExceededTimeLimit"),
+            GatewayError::NoSuchTransaction(_) => (251, "NoSuchTransaction"),
         }
     }
 
@@ -138,6 +150,9 @@ impl GatewayError {
             if in_transaction {
                 labels.push("TransientTransactionError");
             }
+        } else if in_transaction && matches!(self, GatewayError::NoSuchTransaction(_)) {
+            // The whole transaction can be run again (what drivers' withTransaction does).
+            labels.push("TransientTransactionError");
         }
         if !labels.is_empty() {
             reply.insert("errorLabels", labels);

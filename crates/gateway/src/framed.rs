@@ -62,32 +62,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         &self.buf
     }
 
+    /// Changes the largest message accepted from now on (a client's limit grows once it has
+    /// authenticated).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The length the next message declares, once its prefix has arrived, checked against the
+    /// limit.
+    pub fn declared(&self) -> Result<Option<usize>, WireError> {
+        check_frame(&self.buf, self.max)?;
+        Ok(declared_length(&self.buf))
+    }
+
+    /// Takes the next message if it has arrived whole.
+    pub fn take_frame(&mut self) -> Result<Option<BytesMut>, WireError> {
+        let Some(len) = check_frame(&self.buf, self.max)? else {
+            return Ok(None);
+        };
+        let frame = self.buf.split_to(len);
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(frame))
+    }
+
+    /// Reads once from the socket: up to the rest of the current message when its length is
+    /// known (already checked against the limit), else a small chunk. Returns the bytes read;
+    /// 0 is the end of the stream. Cancel-safe.
+    pub async fn read_some(&mut self) -> std::io::Result<usize> {
+        // The length was checked by `declared`/`take_frame` before anything is reserved for it;
+        // an unchecked one is treated as unknown.
+        let want = match check_frame(&self.buf, self.max) {
+            Ok(_) => declared_length(&self.buf).map_or(READ_CHUNK, |declared| {
+                declared.saturating_sub(self.buf.len())
+            }),
+            Err(_) => READ_CHUNK,
+        };
+        self.buf.reserve(want.max(READ_CHUNK));
+        self.stream.read_buf(&mut self.buf).await
+    }
+
     /// Reads the next whole message. `Ok(None)` is a clean end of stream between messages.
     pub async fn read_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
         loop {
-            match check_frame(&self.buf, self.max)? {
-                Some(len) => {
-                    let frame = self.buf.split_to(len);
-                    if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
-                        self.buf = BytesMut::new();
-                    }
-                    return Ok(Some(frame));
-                }
-                None => {
-                    // check_frame has bounded the declared length by `max`.
-                    let want = match declared_length(&self.buf) {
-                        Some(declared) => declared.saturating_sub(self.buf.len()),
-                        None => READ_CHUNK,
-                    };
-                    self.buf.reserve(want.max(READ_CHUNK));
-                    if self.stream.read_buf(&mut self.buf).await? == 0 {
-                        return if self.buf.is_empty() {
-                            Ok(None)
-                        } else {
-                            Err(FrameError::Truncated)
-                        };
-                    }
-                }
+            if let Some(frame) = self.take_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.read_some().await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
             }
         }
     }

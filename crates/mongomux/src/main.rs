@@ -195,6 +195,23 @@ struct ServeArgs {
     /// Most logical sessions one client connection may use [default: 1000].
     #[arg(long, env = "MONGOMUX_MAX_SESSIONS_PER_CLIENT")]
     max_sessions_per_client: Option<usize>,
+    /// Bytes of large client messages and replies held at once, e.g. 268435456 [default: 256 MiB].
+    #[arg(long, env = "MONGOMUX_MAX_INFLIGHT_BYTES")]
+    max_inflight_bytes: Option<usize>,
+    /// Largest message before a client has authenticated, when users are configured
+    /// [default: 65536].
+    #[arg(long, env = "MONGOMUX_MAX_UNAUTHENTICATED_MESSAGE_BYTES")]
+    max_unauthenticated_message_bytes: Option<usize>,
+    /// Longest a client may take to send one whole message [default: 30s].
+    #[arg(long, env = "MONGOMUX_MESSAGE_TIMEOUT", value_parser = humantime::parse_duration)]
+    message_timeout: Option<Duration>,
+    /// Longest a client may take to read one reply [default: 30s].
+    #[arg(long, env = "MONGOMUX_CLIENT_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    client_write_timeout: Option<Duration>,
+    /// An idle transaction holding a pinned upstream connection is aborted after this
+    /// [default: 60s].
+    #[arg(long, env = "MONGOMUX_TRANSACTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    transaction_idle_timeout: Option<Duration>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     log_level: Option<String>,
@@ -246,6 +263,13 @@ impl ServeArgs {
         );
         set!(tls_mode, aws_sts_host, sts_max_concurrency, sts_timeout);
         set!(load_balanced);
+        set!(
+            max_inflight_bytes,
+            max_unauthenticated_message_bytes,
+            message_timeout,
+            client_write_timeout,
+            transaction_idle_timeout
+        );
         set!(
             max_cursors_per_client,
             max_cursors_per_user,

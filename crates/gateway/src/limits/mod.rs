@@ -1,5 +1,6 @@
-//! Limits on what clients may hold: the client limit ([`client_limit`]), connections per source
-//! address, and the throttle that slows down password guessing.
+//! Limits on what clients may hold: the client limit ([`client_limit`]), the bytes of messages in
+//! flight ([`inflight`]), connections per source address, and the throttle that slows down
+//! password guessing.
 //!
 //! The failed-login throttle keeps a bounded table of recent authentication failures, keyed
 //! twice: by (source IP, user name) and by source IP alone. Each failure beyond a small
@@ -12,6 +13,7 @@
 //! inside the offending connection's own task, so a guessing source slows only itself.
 
 pub mod client_limit;
+pub mod inflight;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

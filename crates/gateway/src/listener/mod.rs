@@ -260,14 +260,30 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23) | Some(24))
 }
 
-/// Closes idle upstream connections past their idle timeout.
+/// Closes idle upstream connections past their idle timeout, and aborts transactions whose
+/// pinned connection has been idle past `transaction_idle_timeout` (a client frozen or gone
+/// quiet in the middle of a transaction must not hold a connection of the pool for longer).
 async fn reaper(shared: Shared) {
-    let every = (shared.live.settings.load().idle_timeout / 4)
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut draining = shared.draining.clone();
     loop {
+        let (every, txn_idle) = {
+            let s = shared.live.settings.load();
+            let every = (s.idle_timeout.min(s.transaction_idle_timeout) / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(5));
+            (every, s.transaction_idle_timeout)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => shared.upstream.reap_idle(),
+            _ = tokio::time::sleep(every) => {
+                shared.upstream.reap_idle();
+                if let Some(cutoff) = std::time::Instant::now().checked_sub(txn_idle) {
+                    let idle = shared.routes.take_idle_transactions(cutoff);
+                    if idle.transactions() > 0 {
+                        tracing::info!(count = idle.transactions(), ?txn_idle, "aborting transactions idle past transaction_idle_timeout");
+                        let upstream = shared.upstream.clone();
+                        tokio::spawn(async move { idle.release(&upstream).await });
+                    }
+                }
+            }
             _ = draining.changed() => return,
         }
     }

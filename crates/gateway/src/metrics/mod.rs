@@ -80,7 +80,11 @@ const STS_RESULTS: &[&str] = &["ok", "denied", "throttled", "timeout", "error", 
 
 /// Error codes the gateway generates itself, the `code` label of
 /// `mongomux_gateway_errors_total`. Other codes are not counted, so the label set stays closed.
-const ERROR_CODES: &[i32] = &[2, 6, 9, 13, 18, 22, 43, 91, 115, 133, 262, 352];
+const ERROR_CODES: &[i32] = &[2, 6, 9, 13, 18, 22, 43, 91, 115, 133, 251, 262, 352, 10334];
+
+/// Why the gateway closed a client connection, the `reason` label of
+/// `mongomux_client_connections_cut_total`.
+pub const CUT_REASONS: &[&str] = &["message_too_large", "message_timeout", "write_timeout"];
 
 /// Upper bounds, in seconds, of the latency histogram buckets (`+Inf` is implied).
 const BUCKETS: &[f64] = &[
@@ -134,6 +138,13 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     /// Cursors open now that clients own.
     pub open_cursors: Gauge,
+    /// Bytes of large client messages and replies held in the in-flight budget now.
+    pub inflight_bytes: Gauge,
+    /// Client connections the gateway closed for holding resources too long, in
+    /// [`CUT_REASONS`] order.
+    clients_cut: Vec<Counter>,
+    /// Transactions aborted by the gateway after `transaction_idle_timeout`.
+    pub transactions_reaped_total: Counter,
     /// STS calls running now.
     pub sts_in_flight: Gauge,
     /// Time an IAM login spent on STS, queueing included.
@@ -223,6 +234,20 @@ impl Default for Metrics {
                 "mongomux_open_cursors",
                 "Cursors owned by connected clients.",
             ),
+            inflight_bytes: r.gauge(
+                "mongomux_inflight_bytes",
+                "Bytes of large client messages and replies held in the in-flight budget.",
+            ),
+            clients_cut: r.counter_family(
+                "mongomux_client_connections_cut_total",
+                "Client connections closed by the gateway: a message too large before authentication, a message not received within message_timeout, a reply not read within client_write_timeout.",
+                "reason",
+                CUT_REASONS.iter().copied(),
+            ),
+            transactions_reaped_total: r.counter(
+                "mongomux_transactions_reaped_total",
+                "Idle transactions aborted after transaction_idle_timeout, their pinned connection returned.",
+            ),
             ops: r.counter_family(
                 "mongomux_operations_total",
                 "Operations received, by command.",
@@ -284,6 +309,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a client connection closed for `reason`, one of [`CUT_REASONS`].
+    pub fn count_cut(&self, reason: &str) {
+        if let Some(i) = CUT_REASONS.iter().position(|r| *r == reason) {
+            self.clients_cut[i].inc();
+        }
+    }
+
     /// Counts one operation.
     pub fn count_op(&self, command: &str) {
         let i = COMMANDS

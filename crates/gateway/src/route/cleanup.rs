@@ -41,6 +41,11 @@ impl Leftovers {
         }
     }
 
+    /// Transactions to abort.
+    pub fn transactions(&self) -> usize {
+        self.transactions.len()
+    }
+
     /// Sessions to end.
     pub fn ended_sessions(&self) -> usize {
         self.sessions.len()

@@ -34,6 +34,8 @@ pub struct Pinned {
     pub conn: PooledConn,
     /// The transaction's number, for aborting it if its client vanishes.
     pub txn_number: i64,
+    /// When its last statement finished: the start of its idleness.
+    pub since: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +144,26 @@ impl Routes {
     /// session is no longer known (its last client left meanwhile).
     pub fn pin(&self, lsid: &[u8], pinned: Pinned) -> Option<Pinned> {
         self.lock().sessions.pin(lsid, pinned)
+    }
+
+    /// Takes the transactions whose pinned connection has been idle since before `cutoff`, to
+    /// abort them; their next statement is refused ([`Routes::was_reaped`]).
+    pub fn take_idle_transactions(&self, cutoff: std::time::Instant) -> Leftovers {
+        let mut out = Leftovers::default();
+        let stale = self
+            .lock()
+            .sessions
+            .take_stale(|p| (p.since < cutoff).then_some(p.txn_number));
+        for (lsid, pinned) in stale {
+            self.metrics.transactions_reaped_total.inc();
+            out.abort_transaction(lsid, pinned);
+        }
+        out
+    }
+
+    /// Whether the gateway aborted transaction `txn` of session `lsid` for being idle.
+    pub fn was_reaped(&self, lsid: &[u8], txn: i64) -> bool {
+        self.lock().sessions.was_reaped(lsid, txn)
     }
 
     /// A client connection left: takes its own cursors, and everything of the sessions it was

@@ -11,6 +11,9 @@ use std::collections::{HashMap, HashSet};
 struct Entry<P> {
     live_connections: usize,
     pinned: Option<P>,
+    /// The transaction number the gateway aborted for being idle, so that its next statement
+    /// is answered NoSuchTransaction instead of running outside any transaction.
+    reaped: Option<i64>,
 }
 
 /// Sessions in use, keyed by the raw lsid document.
@@ -44,6 +47,7 @@ impl<P> Sessions<P> {
             .or_insert(Entry {
                 live_connections: 0,
                 pinned: None,
+                reaped: None,
             })
             .live_connections += 1;
     }
@@ -63,6 +67,27 @@ impl<P> Sessions<P> {
             }
             None => Some(value),
         }
+    }
+
+    /// Takes every pinned value `stale` picks (it returns the transaction's number), and
+    /// remembers that number as aborted.
+    pub fn take_stale(&mut self, stale: impl Fn(&P) -> Option<i64>) -> Vec<(Vec<u8>, P)> {
+        let mut out = Vec::new();
+        for (lsid, s) in self.by_lsid.iter_mut() {
+            let Some(txn) = s.pinned.as_ref().and_then(&stale) else {
+                continue;
+            };
+            s.reaped = Some(txn);
+            out.extend(s.pinned.take().map(|p| (lsid.clone(), p)));
+        }
+        out
+    }
+
+    /// Whether transaction `txn` of `lsid` was aborted by [`Sessions::take_stale`].
+    pub fn was_reaped(&self, lsid: &[u8], txn: i64) -> bool {
+        self.by_lsid
+            .get(lsid)
+            .is_some_and(|s| s.reaped == Some(txn))
     }
 
     /// A client connection that used `keys` left: returns the sessions it was the last user of.
@@ -140,6 +165,29 @@ mod tests {
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].lsid, b"A");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn stale_pins_are_taken_and_remembered_as_aborted() {
+        let mut s: Sessions<(u32, i64)> = Sessions::default();
+        s.join(b"A");
+        s.join(b"B");
+        s.pin(b"A", (10, 7));
+        s.pin(b"B", (99, 3));
+        // Values below 50 count as idle for long enough.
+        let taken = s.take_stale(|&(age, txn)| (age < 50).then_some(txn));
+        assert_eq!(taken, vec![(b"A".to_vec(), (10, 7))]);
+        assert!(s.was_reaped(b"A", 7));
+        assert!(
+            !s.was_reaped(b"A", 8),
+            "a later transaction of the session is not refused"
+        );
+        assert!(!s.was_reaped(b"B", 3));
+        assert_eq!(
+            s.take_pinned(b"B"),
+            Some((99, 3)),
+            "a busy one stays pinned"
+        );
     }
 
     #[test]

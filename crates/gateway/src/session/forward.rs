@@ -18,7 +18,7 @@ use crate::command::reply::ReplyFacts;
 use crate::command::{Access, CommandView, Kind};
 use crate::error::GatewayError;
 use crate::route::{CursorLimit, Opener, Owner, Pinned};
-use crate::upstream::error::{is_shutting_down, is_state_change};
+use crate::upstream::error::{is_shutting_down, is_state_change, refused_before_running};
 use crate::upstream::read_pref::ReadPreference;
 use crate::upstream::topology::select::Need;
 use crate::upstream::topology::server::TopologyVersion;
@@ -46,6 +46,16 @@ impl Session {
         if let Err(e) = self.check_session_bound(view) {
             return self.replier().error(view.request_id, e, in_txn);
         }
+        if let (Some(lsid), Some(txn), true, false) =
+            (&view.lsid, view.txn_number, in_txn, view.start_transaction)
+        {
+            if self.shared.routes.was_reaped(lsid.as_bytes(), txn) {
+                let e = GatewayError::NoSuchTransaction(format!(
+                    "transaction {txn} was aborted by the gateway after transaction_idle_timeout without a statement"
+                ));
+                return self.replier().error(view.request_id, e, in_txn);
+            }
+        }
         // Exhaust replies cannot be multiplexed, so the upstream is never allowed to stream.
         // moreToCome is cleared too: some servers (FerretDB 1.x) reply to it anyway, and a
         // reply nobody reads would poison the pooled connection. The gateway waits for that
@@ -61,9 +71,14 @@ impl Session {
             Some(Flavor::FerretDbV1)
         );
         let mut retry_left = may_run_twice(view, dedups);
-        // The request has not left the gateway while no connection could be set up, so any
-        // request may try another member then; bounded, as members can fail one after another.
-        let mut setup_retries_left = SETUP_RETRIES;
+        // A request that never ran (no connection could be set up for it, or the member
+        // refused it before running it) may try another member whatever it is, outside a
+        // transaction and a cursor's member; bounded, as members can fail one after another.
+        let mut not_run_retries_left = if in_txn || on.is_some() {
+            0
+        } else {
+            NOT_RUN_RETRIES
+        };
         loop {
             let mut conn = match self.connection_for(view, on.as_deref()).await {
                 Ok(c) => c,
@@ -73,8 +88,7 @@ impl Session {
                         self.shared
                             .upstream
                             .on_failure(member, &e.to_string(), true, None);
-                        if on.is_none() && setup_retries_left > 0 {
-                            setup_retries_left -= 1;
+                        if take_one(&mut not_run_retries_left) {
                             continue;
                         }
                     }
@@ -108,7 +122,9 @@ impl Session {
                 self.shared
                     .upstream
                     .on_failure(&member, &why, clear, version);
-                if std::mem::take(&mut retry_left) {
+                if std::mem::take(&mut retry_left)
+                    || (refused_before_running(code) && take_one(&mut not_run_retries_left))
+                {
                     continue;
                 }
                 if view.more_to_come {
@@ -119,6 +135,12 @@ impl Session {
                     member.escape_debug()
                 ));
                 return self.replier().error(view.request_id, e.into(), in_txn);
+            }
+            if let Err(e) = self.hold_reply(reply.len()).await {
+                // The reply (and any cursor it opened) is given up: closing the connection
+                // rather than reusing it leaves the server to reap such a cursor.
+                drop(conn);
+                return self.replier().error(view.request_id, e, in_txn);
             }
             return self.settle(conn, reply, view).await;
         }
@@ -300,7 +322,11 @@ impl Session {
             (Some(lsid), Some(txn_number))
                 if view.in_transaction && !view.ends_transaction() && conn.is_pinned() =>
             {
-                let pinned = Pinned { conn, txn_number };
+                let pinned = Pinned {
+                    conn,
+                    txn_number,
+                    since: std::time::Instant::now(),
+                };
                 if let Some(back) = self.shared.routes.pin(lsid.as_bytes(), pinned) {
                     back.conn.release();
                 }
@@ -415,8 +441,15 @@ enum Exchanged {
     Failed(UpstreamError),
 }
 
-/// How many more members a request may try when setting up a connection fails.
-const SETUP_RETRIES: u32 = 2;
+/// How many more members a request that never ran may try.
+const NOT_RUN_RETRIES: u32 = 2;
+
+/// Uses up one of `left`; false when none is left.
+fn take_one(left: &mut u32) -> bool {
+    let some = *left > 0;
+    *left = left.saturating_sub(1);
+    some
+}
 
 /// The state-change code of an error reply, if it is one, with the `topologyVersion` the
 /// member sent with it (4.4+), which tells whether the error is news.

@@ -7,6 +7,7 @@
 //! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
 //! - [`forward`]: the exchange with the upstream and the cursor/session/transaction bookkeeping;
 //! - [`cursors`]: the cursor ids a client sends and sees (`getMore`, `killCursors`, masking);
+//! - [`inbound`]: receiving a message within the size, budget and time bounds;
 //! - [`legacy`]: OP_QUERY, where only the handshake is served; [`reply`]: framing the gateway's
 //!   own replies and errors.
 //!
@@ -20,6 +21,7 @@ mod cursors;
 mod dispatch;
 mod forward;
 pub mod handshake;
+mod inbound;
 mod legacy;
 mod reply;
 
@@ -32,8 +34,10 @@ use crate::context::Shared;
 use crate::error::GatewayError;
 use crate::framed::{FrameError, Framed};
 use crate::identity::edge_auth::EdgeAuth;
+use crate::limits::inflight::InflightPermit;
 use crate::route::UsedSessions;
 use crate::tls::{looks_like_tls, ClientStream, MaybeTls, TlsMode};
+use inbound::{read_message, Inbound, ReadFailure, ReadLimits};
 use reply::{Outcome, Replier};
 
 /// A connected client.
@@ -50,6 +54,10 @@ struct Session {
     auth: EdgeAuth,
     /// What the client's first `hello` said of `loadBalanced`; later ones must say the same.
     load_balanced: Option<bool>,
+    /// The message being received: when it started, the budget it holds.
+    inbound: Inbound,
+    /// The budget held by the reply being written, if it is large.
+    reply_permit: Option<InflightPermit>,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -81,6 +89,8 @@ pub async fn run(
         used_sessions: UsedSessions::default(),
         auth: EdgeAuth::default(),
         load_balanced: None,
+        inbound: Inbound::default(),
+        reply_permit: None,
     };
     tracing::debug!(peer = %peer, conn = session.connection_id, "client connected");
     session.serve().await;
@@ -117,10 +127,11 @@ impl Session {
             if self.shared.is_draining() && !self.framed.has_buffered() {
                 return;
             }
+            let limits = self.read_limits();
             let read = tokio::select! {
                 // Reading first means bytes that already arrived win over the drain signal.
                 biased;
-                r = self.framed.read_frame() => r,
+                r = read_message(&mut self.framed, &mut self.inbound, &self.shared.inflight, limits) => r,
                 changed = draining.changed() => {
                     if changed.is_ok() && self.framed.has_buffered() {
                         continue;
@@ -139,27 +150,74 @@ impl Session {
                     return;
                 }
             };
-            let frame = match read {
-                Ok(Some(frame)) => frame,
+            let message = match read {
+                Ok(Some(message)) => message,
                 Ok(None) => return,
-                Err(FrameError::Wire(e)) => {
-                    self.refuse_stream(GatewayError::Protocol(e)).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "client read failed");
-                    return;
-                }
+                Err(e) => return self.refuse_read(e).await,
             };
             self.greeted = true;
-            match self.handle(frame).await {
+            let outcome = self.handle(message.frame).await;
+            drop(message.permit);
+            match outcome {
                 Outcome::Reply(bytes) => {
-                    if self.framed.write_all(&bytes).await.is_err() {
+                    if !self.write_reply(&bytes).await {
                         return;
                     }
                 }
                 Outcome::Silent => {}
                 Outcome::Close => return,
+            }
+        }
+    }
+
+    /// The size and time limits of the next message.
+    fn read_limits(&self) -> ReadLimits {
+        let settings = self.shared.live.settings.load();
+        let auth_pending = self.auth.identity.is_none() && settings.users.auth_required();
+        ReadLimits::new(
+            auth_pending,
+            settings.max_unauthenticated_message_bytes,
+            settings.message_timeout,
+        )
+    }
+
+    /// Writes a reply within `client_write_timeout`; false when the client is to be closed.
+    /// The reply's budget is returned once it is written, or the client dropped.
+    async fn write_reply(&mut self, bytes: &[u8]) -> bool {
+        let limit = self.shared.live.settings.load().client_write_timeout;
+        let written = tokio::time::timeout(limit, self.framed.write_all(bytes)).await;
+        self.reply_permit = None;
+        match written {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.shared.metrics.count_cut("write_timeout");
+                tracing::debug!(peer = %self.peer, bytes = bytes.len(), ?limit, "client did not read its reply within client_write_timeout; closing");
+                false
+            }
+        }
+    }
+
+    /// Ends a connection whose next message could not be received: answers when the protocol
+    /// still allows it (the request's id is known), counts why.
+    async fn refuse_read(&mut self, e: ReadFailure) {
+        match e {
+            ReadFailure::Frame(FrameError::Wire(e)) => {
+                self.refuse_stream(GatewayError::Protocol(e)).await
+            }
+            ReadFailure::Frame(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "client read failed");
+            }
+            ReadFailure::TooLargeBeforeAuth { .. } => {
+                self.shared.metrics.count_cut("message_too_large");
+                self.refuse_stream(GatewayError::MessageTooLarge(e.to_string()))
+                    .await;
+            }
+            ReadFailure::TimedOut(_) => {
+                self.shared.metrics.count_cut("message_timeout");
+                tracing::debug!(peer = %self.peer, "client message not received in full within message_timeout; closing");
+                self.refuse_stream(GatewayError::MessageTimeout(e.to_string()))
+                    .await;
             }
         }
     }

@@ -22,6 +22,8 @@ pub use reload::SettingsChange;
 pub use uri::{parse_uri, parse_uri_report, UpstreamConfig, UriReport};
 pub use uri_options::IGNORED as IGNORED_URI_OPTIONS;
 
+use mongomux_wire::MAX_MESSAGE_SIZE;
+
 use crate::access::{AccessList, IpBlock};
 use crate::identity::session_key::SessionKey;
 use crate::identity::sts::StsEndpoint;
@@ -31,6 +33,12 @@ use crate::tls::TlsMode;
 
 /// Largest `pool_size`.
 const MAX_POOL_SIZE: usize = 10_000;
+/// Largest in-flight budget: permits are taken in u32 amounts, and beyond a few GiB the bound
+/// no longer protects a gateway.
+const MAX_INFLIGHT_BYTES: usize = 4 * 1024 * 1024 * 1024 - 1;
+/// Smallest limit before authentication that still lets every driver's `hello` (client
+/// metadata is at most 512 bytes) and a MONGODB-AWS login (a session token of a few KiB) in.
+const MIN_UNAUTHENTICATED_MESSAGE: usize = 16 * 1024;
 /// Largest `max_upstream_connections`.
 const MAX_UPSTREAM_CONNECTIONS: usize = 100_000;
 
@@ -104,6 +112,16 @@ pub struct Settings {
     pub max_cursors_per_user: usize,
     /// Most logical sessions one client connection may use.
     pub max_sessions_per_client: usize,
+    /// Bytes of large client messages and replies held at once (fixed at start).
+    pub max_inflight_bytes: usize,
+    /// Largest message before authentication, when users are configured.
+    pub max_unauthenticated_message_bytes: usize,
+    /// Deadline for receiving one whole client message.
+    pub message_timeout: Duration,
+    /// Deadline for a client to take one reply.
+    pub client_write_timeout: Duration,
+    /// Idle bound of a transaction holding a pinned connection.
+    pub transaction_idle_timeout: Duration,
 }
 
 impl Settings {
@@ -158,6 +176,11 @@ impl Settings {
             max_cursors_per_client: raw.max_cursors_per_client,
             max_cursors_per_user: raw.max_cursors_per_user,
             max_sessions_per_client: raw.max_sessions_per_client,
+            max_inflight_bytes: raw.max_inflight_bytes,
+            max_unauthenticated_message_bytes: raw.max_unauthenticated_message_bytes,
+            message_timeout: raw.message_timeout,
+            client_write_timeout: raw.client_write_timeout,
+            transaction_idle_timeout: raw.transaction_idle_timeout,
         })
     }
 
@@ -261,6 +284,18 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
             return Err(invalid(format!("{name} must be at least 1")));
         }
     }
+    if raw.max_inflight_bytes < MAX_MESSAGE_SIZE || raw.max_inflight_bytes > MAX_INFLIGHT_BYTES {
+        return Err(invalid(format!(
+            "max_inflight_bytes must be between {MAX_MESSAGE_SIZE} (one message of the largest size) and {MAX_INFLIGHT_BYTES}"
+        )));
+    }
+    if raw.max_unauthenticated_message_bytes < MIN_UNAUTHENTICATED_MESSAGE
+        || raw.max_unauthenticated_message_bytes > MAX_MESSAGE_SIZE
+    {
+        return Err(invalid(format!(
+            "max_unauthenticated_message_bytes must be between {MIN_UNAUTHENTICATED_MESSAGE} and {MAX_MESSAGE_SIZE}"
+        )));
+    }
     if raw.sts_max_concurrency == 0 {
         return Err(invalid("sts_max_concurrency must be at least 1"));
     }
@@ -269,6 +304,9 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
         ("handshake_timeout", raw.handshake_timeout),
         ("idle_timeout", raw.idle_timeout),
         ("connect_timeout", raw.connect_timeout),
+        ("message_timeout", raw.message_timeout),
+        ("client_write_timeout", raw.client_write_timeout),
+        ("transaction_idle_timeout", raw.transaction_idle_timeout),
         (
             "upstream_srv_rescan_interval",
             raw.upstream_srv_rescan_interval.unwrap_or(Duration::MAX),

@@ -114,6 +114,22 @@ pub struct RawConfig {
     pub max_cursors_per_user: usize,
     /// Most logical sessions one client connection may use.
     pub max_sessions_per_client: usize,
+    /// Bytes of large client messages and replies held at once, over all connections.
+    pub max_inflight_bytes: usize,
+    /// Largest message a client may send before it has authenticated (when users are
+    /// configured).
+    pub max_unauthenticated_message_bytes: usize,
+    /// How long a client may take to send one whole message, from its first byte (waiting for
+    /// the in-flight budget included).
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// How long a client may take to read one reply.
+    #[serde(with = "humantime_serde")]
+    pub client_write_timeout: Duration,
+    /// A transaction holding a pinned upstream connection with no statement for this long is
+    /// aborted and its connection returned to the pool.
+    #[serde(with = "humantime_serde")]
+    pub transaction_idle_timeout: Duration,
 }
 
 impl Default for RawConfig {
@@ -156,6 +172,11 @@ impl Default for RawConfig {
             max_cursors_per_client: 1000,
             max_cursors_per_user: 5000,
             max_sessions_per_client: 1000,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_unauthenticated_message_bytes: 64 * 1024,
+            message_timeout: Duration::from_secs(30),
+            client_write_timeout: Duration::from_secs(30),
+            transaction_idle_timeout: Duration::from_secs(60),
         }
     }
 }

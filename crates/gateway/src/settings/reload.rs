@@ -68,6 +68,17 @@ const FIELDS: &[Field] = &[
     live!("max_cursors_per_client", max_cursors_per_client),
     live!("max_cursors_per_user", max_cursors_per_user),
     live!("max_sessions_per_client", max_sessions_per_client),
+    // Read at every message, reply and reap.
+    live!(
+        "max_unauthenticated_message_bytes",
+        max_unauthenticated_message_bytes
+    ),
+    live!("message_timeout", message_timeout),
+    live!("client_write_timeout", client_write_timeout),
+    live!("transaction_idle_timeout", transaction_idle_timeout),
+    // The budget is one semaphore built at start; bytes held under the old size could not be
+    // accounted against a new one.
+    restart!("max_inflight_bytes", max_inflight_bytes),
     // The key in force is fixed at start (`Edge::session_key`): changing it would move every
     // open session to another upstream id.
     Field {

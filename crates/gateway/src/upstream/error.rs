@@ -152,6 +152,15 @@ pub fn is_state_change(code: i32) -> bool {
     NOT_PRIMARY.contains(&code) || RECOVERING.contains(&code)
 }
 
+/// Whether an error code says the member refused the operation before running any of it: not
+/// primary (checked before a write starts), not primary or secondary (recovering), or shutdown
+/// in progress (a quiescing server refuses new operations). Unlike 189, 11600 and 11602, which
+/// interrupt an operation that may have done part of its work, these may be sent elsewhere even
+/// to a server that cannot deduplicate a retried write.
+pub fn refused_before_running(code: i32) -> bool {
+    matches!(code, 10107 | 13435 | 10058 | 13436 | 91)
+}
+
 /// Whether an error code says the member is shutting down.
 pub fn is_shutting_down(code: i32) -> bool {
     SHUTTING_DOWN.contains(&code)
