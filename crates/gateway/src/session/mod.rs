@@ -6,6 +6,7 @@
 //!   authorizes it, and decides by the command table's kind what happens to it;
 //! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
 //! - [`forward`]: the exchange with the upstream and the cursor/session/transaction bookkeeping;
+//!   [`upstream_choice`]: which connection a request goes out on, and whether it may go again;
 //! - [`cursors`]: the cursor ids a client sends and sees (`getMore`, `killCursors`, masking);
 //! - [`inbound`]: receiving a message within the size, budget and time bounds;
 //! - [`legacy`]: OP_QUERY, where only the handshake is served; [`reply`]: framing the gateway's
@@ -24,6 +25,7 @@ pub mod handshake;
 mod inbound;
 mod legacy;
 mod reply;
+mod upstream_choice;
 
 use std::net::SocketAddr;
 
