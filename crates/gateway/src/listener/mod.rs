@@ -146,6 +146,7 @@ impl Gateway {
         accept_loop(&shared, listener, shutdown).await;
         accepting.store(false, Ordering::Relaxed);
         let _ = drain_tx.send(true);
+        shared.metrics.draining.set(1);
         let deadline = shared.live.settings.load().drain_timeout;
         tracing::info!(clients = shared.clients.held(), "draining");
         match tokio::time::timeout(deadline, shared.clients.all_released()).await {

@@ -145,6 +145,8 @@ pub struct Metrics {
     clients_cut: Vec<Counter>,
     /// Transactions aborted by the gateway after `transaction_idle_timeout`.
     pub transactions_reaped_total: Counter,
+    /// 1 while the gateway drains (after SIGTERM), else 0.
+    pub draining: Gauge,
     /// STS calls running now.
     pub sts_in_flight: Gauge,
     /// Time an IAM login spent on STS, queueing included.
@@ -247,6 +249,10 @@ impl Default for Metrics {
             transactions_reaped_total: r.counter(
                 "mongomux_transactions_reaped_total",
                 "Idle transactions aborted after transaction_idle_timeout, their pinned connection returned.",
+            ),
+            draining: r.gauge(
+                "mongomux_draining",
+                "1 while the gateway drains after SIGTERM/SIGINT (it takes no new clients), else 0.",
             ),
             ops: r.counter_family(
                 "mongomux_operations_total",
