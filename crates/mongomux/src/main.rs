@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use mongomux_gateway::reload;
 use mongomux_gateway::{ConfigError, Gateway, RawConfig, Settings};
-use serve_args::ServeArgs;
+use serve_args::{LogFormat, ServeArgs};
 
 /// A configuration error as one line, its causes included, introduced once.
 fn invalid(e: ConfigError) -> anyhow::Error {
@@ -103,14 +103,7 @@ fn main() -> Result<()> {
             databases,
         }) => user_add(&name, &db, &role, &databases),
         Command::Serve(args) => {
-            let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log-level")?,
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            init_logging(&args)?;
             let fd_limit = raise_fd_limit();
             let settings = args
                 .clone()
@@ -131,6 +124,29 @@ fn main() -> Result<()> {
 /// Resolves a mongodb+srv upstream (the only part of a configuration that needs the network)
 /// and prints the upstream's summary, and with `gateways` the connection budget of that many
 /// gateways; never a password.
+/// Logs to stderr, as text for a terminal or one JSON object per line (`--log-format json`) for
+/// log pipelines: the event's fields at the top level, user-controlled values escaped by the
+/// JSON encoder (a CR/LF in an appName cannot start a new line).
+fn init_logging(args: &ServeArgs) -> Result<()> {
+    let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log-level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+    Ok(())
+}
+
 fn check_upstream(settings: &Settings, gateways: Option<usize>) -> Result<()> {
     use mongomux_gateway::upstream::{srv, summary, Seeds};
     let resolved = match &settings.upstream.seeds {
@@ -215,7 +231,7 @@ async fn reload_on_sighup(shared: mongomux_gateway::Shared, args: ServeArgs) {
         });
         match applied {
             Ok(change) => {
-                tracing::info!(users = change.users, applied = ?change.applied, "configuration reloaded");
+                tracing::info!(event = "reload", users = change.users, applied = ?change.applied, "configuration reloaded");
                 if !change.needs_restart.is_empty() {
                     tracing::warn!(settings = ?change.needs_restart, "changed settings that take effect only after a restart; their running values stay");
                 }

@@ -150,9 +150,16 @@ pub struct ServeArgs {
     /// [default: 60s].
     #[arg(long, env = "MONGOMUX_TRANSACTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     transaction_idle_timeout: Option<Duration>,
+    /// Operations taking at least this long are logged as slow, e.g. 100ms, 0s for all
+    /// [default: 100ms].
+    #[arg(long, env = "MONGOMUX_SLOW_OP_THRESHOLD", value_parser = humantime::parse_duration)]
+    slow_op_threshold: Option<Duration>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     pub log_level: Option<String>,
+    /// Log lines as text, or one JSON object per line [default: text].
+    #[arg(long, env = "MONGOMUX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl ServeArgs {
@@ -206,7 +213,8 @@ impl ServeArgs {
             max_unauthenticated_message_bytes,
             message_timeout,
             client_write_timeout,
-            transaction_idle_timeout
+            transaction_idle_timeout,
+            slow_op_threshold
         );
         set!(
             max_cursors_per_client,
@@ -259,4 +267,14 @@ impl ServeArgs {
         }
         Ok(cfg)
     }
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields (`event`, `peer`, `user`, ...).
+    Json,
 }

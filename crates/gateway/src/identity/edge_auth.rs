@@ -34,6 +34,8 @@ pub struct EdgeAuth {
     /// A MONGODB-AWS conversation waiting for the client's signed request.
     aws: Option<(i32, AwsServerFirst)>,
     next_id: i32,
+    /// The mechanism of the last conversation started, for logs.
+    mechanism: &'static str,
     /// Who the client proved to be.
     pub identity: Option<Arc<User>>,
 }
@@ -84,6 +86,10 @@ impl EdgeAuth {
                 "mechanism {mechanism:?} is not supported by this gateway; use SCRAM-SHA-256 or SCRAM-SHA-1"
             ))
         })?;
+        self.mechanism = match mechanism {
+            Mechanism::ScramSha1 => "SCRAM-SHA-1",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+        };
         let payload = payload_of(body)?;
         let (server, first) = ScramServer::start(mechanism, payload, |name| {
             users
@@ -161,6 +167,7 @@ impl EdgeAuth {
         db: &str,
         host: &str,
     ) -> Result<Document, GatewayError> {
+        self.mechanism = "MONGODB-AWS";
         if db != "$external" {
             return Err(GatewayError::AuthenticationFailed);
         }
@@ -222,6 +229,11 @@ impl EdgeAuth {
     pub fn abandon(&mut self) {
         self.conversation = None;
         self.aws = None;
+    }
+
+    /// The mechanism of the conversation started last ("" before any), for logs.
+    pub fn mechanism(&self) -> &'static str {
+        self.mechanism
     }
 
     /// The user name being authenticated, for logs (never the payload).

@@ -24,18 +24,20 @@ use crate::session;
 pub(super) const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// One kind of rate-limited warning.
-#[derive(Debug, Default)]
-pub(super) struct Throttle(Mutex<(Option<Instant>, u64)>);
+#[derive(Debug)]
+pub(super) struct Throttle(Mutex<(Option<Instant>, u64)>, &'static str);
 
 impl Throttle {
-    /// Logs `msg()` as a warning unless one of this kind was logged less than [`WARN_EVERY`]
-    /// ago; the next logged one says how many were left out.
-    pub(super) fn warn(&self, msg: impl FnOnce() -> String) {
+    /// Logs `msg()` as a warning, with the client's `address`, unless one of this kind was
+    /// logged less than [`WARN_EVERY`] ago; the next logged one says how many were left out
+    /// (a scan must not flood the log; the metrics count every one).
+    pub(super) fn warn(&self, address: Option<SocketAddr>, msg: impl FnOnce() -> String) {
         let mut state = self.0.lock().expect("throttle lock");
         let (last, suppressed) = &mut *state;
         if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
-            tracing::warn!(suppressed = *suppressed, "{}", msg());
+            let address = address.map(|a| a.to_string()).unwrap_or_default();
+            tracing::warn!(event = self.1, %address, suppressed = *suppressed, "{}", msg());
             *suppressed = 0;
         } else {
             *suppressed += 1;
@@ -43,8 +45,25 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// A throttle whose lines carry `event` (the kind, for log searches).
+    fn new(event: &'static str) -> Throttle {
+        Throttle(Mutex::default(), event)
+    }
+}
+
+impl Default for Warnings {
+    fn default() -> Self {
+        Warnings {
+            rejected: Throttle::new("client_rejected"),
+            denied: Throttle::new("access_denied"),
+            proxy: Throttle::new("proxy_refused"),
+        }
+    }
+}
+
 /// The listener's rate-limited warnings, shared by the accept loop and admission tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Warnings {
     /// Limits reached (max-clients, per source, descriptors).
     pub(super) rejected: Throttle,
@@ -57,7 +76,7 @@ pub(super) struct Warnings {
 /// Logs and counts a connection refused by the access list.
 pub(super) fn deny(shared: &Shared, warnings: &Warnings, client: SocketAddr, peer: SocketAddr) {
     shared.metrics.client_connections_denied.inc();
-    warnings.denied.warn(|| {
+    warnings.denied.warn(Some(client), || {
         format!(
             "connection from {client}{} refused: address not in the access list",
             via(client, peer)
@@ -116,7 +135,7 @@ pub(super) async fn admit(
     let limit = shared.live.settings.load().max_connections_per_source;
     let Some(slot) = shared.sources.admit(client.ip(), limit) else {
         shared.metrics.client_connections_rejected.inc();
-        warnings.rejected.warn(|| {
+        warnings.rejected.warn(Some(client), || {
             format!(
                 "max-connections-per-source reached; refusing a client from {client}{}",
                 via(client, peer)
@@ -134,9 +153,9 @@ fn refuse_proxy(shared: &Shared, warnings: &Warnings, peer: SocketAddr, why: Ref
     match why.label() {
         Some(reason) => {
             shared.metrics.count_proxy_refused(reason);
-            warnings
-                .proxy
-                .warn(|| format!("connection from {peer} refused: {}", why.describe()));
+            warnings.proxy.warn(Some(peer), || {
+                format!("connection from {peer} refused: {}", why.describe())
+            });
         }
         None => tracing::debug!(peer = %peer, "{}", why.describe()),
     }

@@ -148,9 +148,13 @@ impl Gateway {
         let _ = drain_tx.send(true);
         shared.metrics.draining.set(1);
         let deadline = shared.live.settings.load().drain_timeout;
-        tracing::info!(clients = shared.clients.held(), "draining");
+        tracing::info!(
+            event = "drain_started",
+            clients = shared.clients.held(),
+            "draining"
+        );
         match tokio::time::timeout(deadline, shared.clients.all_released()).await {
-            Ok(()) => tracing::info!("drained: no client left"),
+            Ok(()) => tracing::info!(event = "drained", "drained: no client left"),
             Err(_) => tracing::warn!(
                 clients = shared.clients.held(),
                 "drain deadline reached; closing remaining clients"
@@ -175,7 +179,7 @@ async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Futu
                 // Free the spare descriptor to accept and close the waiting client, so it
                 // learns now instead of hanging in the backlog.
                 shared.metrics.client_connections_rejected.inc();
-                warnings.rejected.warn(|| {
+                warnings.rejected.warn(None, || {
                     "file descriptor limit reached; refusing new client connections".into()
                 });
                 drop(spare.take());
@@ -210,9 +214,9 @@ fn on_accept(shared: &Shared, warnings: &Arc<Warnings>, stream: TcpStream, peer:
     }
     let Some(permit) = shared.clients.try_acquire() else {
         shared.metrics.client_connections_rejected.inc();
-        warnings
-            .rejected
-            .warn(|| format!("max-clients reached; refusing new client connections (peer {peer})"));
+        warnings.rejected.warn(Some(peer), || {
+            format!("max-clients reached; refusing new client connections (peer {peer})")
+        });
         return;
     };
     tokio::spawn(admit::admit(

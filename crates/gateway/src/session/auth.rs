@@ -36,7 +36,7 @@ impl Session {
             if r.is_ok() && self.auth.identity.is_some() {
                 let name = user.as_deref().unwrap_or("");
                 self.shared.edge.limiter.succeeded(ip, name);
-                tracing::info!(peer = %self.peer, user = %name.escape_debug(), "client authenticated");
+                tracing::info!(event = "auth_succeeded", peer = %self.peer, user = %name.escape_debug(), mechanism = self.auth.mechanism(), "client authenticated");
             }
             r
         };
@@ -48,7 +48,13 @@ impl Session {
             Err(e) => {
                 if matches!(e, GatewayError::AuthenticationFailed) {
                     self.shared.edge.limiter.failed(ip, user.as_deref());
-                    tracing::info!(peer = %self.peer, "client authentication failed");
+                    tracing::info!(
+                        event = "auth_failed",
+                        peer = %self.peer,
+                        user = %user.as_deref().unwrap_or("").escape_debug(),
+                        mechanism = self.auth.mechanism(),
+                        "client authentication failed"
+                    );
                 }
                 self.replier().error(view.request_id, e, false)
             }
@@ -104,7 +110,7 @@ impl Session {
                 .map(|u| u.name.clone())
                 .unwrap_or_default();
             self.shared.edge.limiter.succeeded(self.peer.ip(), &who);
-            tracing::info!(peer = %self.peer, principal = %who.escape_debug(), "client authenticated with MONGODB-AWS");
+            tracing::info!(event = "auth_succeeded", peer = %self.peer, user = %who.escape_debug(), mechanism = "MONGODB-AWS", "client authenticated with MONGODB-AWS");
         }
         r
     }

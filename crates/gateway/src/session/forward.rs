@@ -31,7 +31,36 @@ impl Session {
     /// transaction, or a retryable write, which the server deduplicates by `txnNumber`) then
     /// goes once more to whichever member selection finds, waiting for an election if need be.
     pub(super) async fn forward(&mut self, frame: BytesMut, view: &CommandView) -> Outcome {
-        self.forward_on(frame, view, None).await
+        let started = Instant::now();
+        let outcome = self.forward_on(frame, view, None).await;
+        self.note_if_slow(view, started.elapsed());
+        outcome
+    }
+
+    /// Logs an operation that took `slow_op_threshold` or longer, from its arrival to its
+    /// reply (waiting for a connection included), with who ran it and on what.
+    fn note_if_slow(&self, view: &CommandView, took: std::time::Duration) {
+        let threshold = self.shared.live.settings.load().slow_op_threshold;
+        if took < threshold {
+            return;
+        }
+        let user = self.auth.identity.as_ref().map(|u| u.name.as_str());
+        // The collection is known where the authorizer collected the namespaces (users
+        // configured); otherwise the database alone.
+        let ns = match view.namespaces.first() {
+            Some(n) => format!("{}.{}", n.db, n.coll.as_deref().unwrap_or("")),
+            None => view.db.clone(),
+        };
+        tracing::info!(
+            event = "slow_operation",
+            peer = %self.peer,
+            command = %view.name.escape_debug(),
+            ns = %ns.escape_debug(),
+            app = %self.app_name.as_deref().unwrap_or("").escape_debug(),
+            user = %user.unwrap_or("").escape_debug(),
+            millis = took.as_secs_f64() * 1000.0,
+            "slow operation"
+        );
     }
 
     /// [`Session::forward`], to the member `on` when it is given (cursors already untracked).

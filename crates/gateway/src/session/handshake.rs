@@ -30,6 +30,26 @@ pub async fn ensure_upstream_info(upstream: &Arc<Topology>, deadline: Duration) 
         .await;
 }
 
+/// Longest `appName` kept for logs; drivers cap client metadata at 512 bytes anyway.
+const MAX_APP_NAME: usize = 128;
+
+/// The `client.application.name` of a handshake, cut to [`MAX_APP_NAME`] bytes (on a character
+/// boundary). Kept as sent: it is escaped where it is logged.
+fn app_name_of(body: &RawDocument) -> Option<Box<str>> {
+    let name = body
+        .get_document("client")
+        .ok()?
+        .get_document("application")
+        .ok()?
+        .get_str("name")
+        .ok()?;
+    let mut end = name.len().min(MAX_APP_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(name[..end].into())
+}
+
 /// Builds the hello reply for a request whose command name is `name`.
 pub fn hello_reply(
     info: UpstreamInfo,
@@ -124,6 +144,9 @@ impl Session {
     ) -> Outcome {
         if let Err(e) = self.check_load_balanced(body) {
             return self.replier().error(view.request_id, e, false);
+        }
+        if self.app_name.is_none() {
+            self.app_name = app_name_of(body);
         }
         let mut reply = self.hello_document(&view.name, body).await;
         if users.auth_required() {

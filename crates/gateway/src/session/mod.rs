@@ -60,6 +60,8 @@ struct Session {
     inbound: Inbound,
     /// The budget held by the reply being written, if it is large.
     reply_permit: Option<InflightPermit>,
+    /// The `appName` of the client's first `hello`, for logs.
+    app_name: Option<Box<str>>,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -93,8 +95,10 @@ pub async fn run(
         load_balanced: None,
         inbound: Inbound::default(),
         reply_permit: None,
+        app_name: None,
     };
-    tracing::debug!(peer = %peer, conn = session.connection_id, "client connected");
+    tracing::info!(event = "client_connected", peer = %peer, conn = session.connection_id, "client connected");
+    let connected = std::time::Instant::now();
     session.serve().await;
     session.framed.shutdown().await;
     // A load-balanced client's cursors and transaction belong to its connection (the drivers'
@@ -106,7 +110,14 @@ pub async fn run(
     );
     Box::pin(left.release(&shared.upstream)).await;
     shared.metrics.client_connections.dec();
-    tracing::debug!(peer = %peer, "client disconnected");
+    tracing::info!(
+        event = "client_disconnected",
+        peer = %peer,
+        conn = session.connection_id,
+        user = %session.auth.identity.as_ref().map(|u| u.name.as_str()).unwrap_or("").escape_debug(),
+        seconds = connected.elapsed().as_secs_f64(),
+        "client disconnected"
+    );
 }
 
 impl Session {

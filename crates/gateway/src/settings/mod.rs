@@ -122,6 +122,8 @@ pub struct Settings {
     pub client_write_timeout: Duration,
     /// Idle bound of a transaction holding a pinned connection.
     pub transaction_idle_timeout: Duration,
+    /// Operations at least this long are logged.
+    pub slow_op_threshold: Duration,
 }
 
 impl Settings {
@@ -181,6 +183,7 @@ impl Settings {
             message_timeout: raw.message_timeout,
             client_write_timeout: raw.client_write_timeout,
             transaction_idle_timeout: raw.transaction_idle_timeout,
+            slow_op_threshold: raw.slow_op_threshold,
         })
     }
 

@@ -130,6 +130,9 @@ pub struct RawConfig {
     /// aborted and its connection returned to the pool.
     #[serde(with = "humantime_serde")]
     pub transaction_idle_timeout: Duration,
+    /// Operations taking this long or longer are logged (`event: slow_operation`).
+    #[serde(with = "humantime_serde")]
+    pub slow_op_threshold: Duration,
 }
 
 impl Default for RawConfig {
@@ -177,6 +180,7 @@ impl Default for RawConfig {
             message_timeout: Duration::from_secs(30),
             client_write_timeout: Duration::from_secs(30),
             transaction_idle_timeout: Duration::from_secs(60),
+            slow_op_threshold: Duration::from_millis(100),
         }
     }
 }
