@@ -8,6 +8,7 @@ client-controlled value (here an appName) cannot forge a line.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 
@@ -15,7 +16,7 @@ import pytest
 from pymongo.errors import OperationFailure
 
 from conftest import wait_until
-from security_fixtures import GatewayFactory, make_user, sighup, write_config
+from security_fixtures import GatewayFactory, make_user, metric, metrics_text, sighup, write_config
 
 APP = "billing\nFAKE {\"event\":\"auth_succeeded\"}\r"
 
@@ -89,3 +90,20 @@ def test_json_log_lines_carry_the_events_operators_search_for(gateways, tmp_path
                                                    "access_denied", "slow_operation", "reload",
                                                    "drain_started", "drained")))
     print(json.dumps(slow[0]))
+
+
+def test_operations_by_app_and_user_are_counted_with_a_bound(gateways, tmp_path):
+    """Per-appName and per-user operation counters: each client's operations land on its own
+    series; 120 distinct appNames make 100 series and the rest count as _other."""
+    user = make_user("counted", databases=("logs",), role="readWrite", db="admin")
+    cfg = write_config(tmp_path / "gw.toml", users=[user])
+    gw = gateways("--config", cfg)
+    for i in range(120):
+        with gw.client(appname=f"fn-{i}", **user.pymongo_kw()) as c:
+            c.logs.command("ping")
+    text = metrics_text(gw)
+    apps = re.findall(r'^mongomux_app_operations_total\{app="([^"]*)"\} (\d+)', text, re.M)
+    assert len(apps) == 101, len(apps)
+    counts = dict((a, int(n)) for a, n in apps)
+    assert counts["fn-0"] >= 1 and counts["_other"] >= 20, counts.get("_other")
+    assert metric(gw, "mongomux_user_operations_total", 'user="counted"') >= 120

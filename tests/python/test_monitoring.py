@@ -15,7 +15,7 @@ import re
 import pytest
 
 from conftest import ROOT
-from security_fixtures import GatewayFactory, metrics_text
+from security_fixtures import GatewayFactory, make_user, metrics_text, write_config
 
 MONITORING = ROOT / "deploy" / "monitoring"
 NAME = re.compile(r"\bmongomux_[a-z_]+")
@@ -49,9 +49,11 @@ def family_of(name: str, families: set[str]) -> str | None:
     return None
 
 
-def test_every_metric_the_dashboard_and_rules_use_is_exported(gateways):
-    gw = gateways()
-    with gw.client() as c:
+def test_every_metric_the_dashboard_and_rules_use_is_exported(gateways, tmp_path):
+    # A user and an appName, so that the per-user and per-app families have series too.
+    user = make_user("watcher", databases=("monitoring",))
+    gw = gateways("--config", write_config(tmp_path / "gw.toml", users=[user]))
+    with gw.client(appname="dashboard-check", **user.pymongo_kw()) as c:
         c.monitoring.t.insert_one({"x": 1})
         c.monitoring.t.find_one()
         c.monitoring.t.drop()

@@ -18,6 +18,7 @@
 //! by inventing command names, and no map lookup or lock is taken per request. The README's
 //! Metrics table lists every metric; a unit test keeps the two in step.
 
+pub mod bounded;
 pub mod http;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use std::sync::Mutex;
 
 use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use bounded::BoundedCounters;
 pub use http::serve;
 
 /// A counter: only goes up (`inc`).
@@ -147,6 +149,10 @@ pub struct Metrics {
     pub transactions_reaped_total: Counter,
     /// 1 while the gateway drains (after SIGTERM), else 0.
     pub draining: Gauge,
+    /// Operations by the client's `appName`, bounded ([`bounded`]).
+    pub app_ops: BoundedCounters,
+    /// Operations by gateway user, bounded ([`bounded`]).
+    pub user_ops: BoundedCounters,
     /// STS calls running now.
     pub sts_in_flight: Gauge,
     /// Time an IAM login spent on STS, queueing included.
@@ -254,6 +260,26 @@ impl Default for Metrics {
                 "mongomux_draining",
                 "1 while the gateway drains after SIGTERM/SIGINT (it takes no new clients), else 0.",
             ),
+            app_ops: BoundedCounters::new(r.add(
+                IntCounterVec::new(
+                    Opts::new(
+                        "mongomux_app_operations_total",
+                        "Operations by the client's appName (the first 100 values; later ones as _other; none: no appName).",
+                    ),
+                    &["app"],
+                )
+                .expect("family"),
+            )),
+            user_ops: BoundedCounters::new(r.add(
+                IntCounterVec::new(
+                    Opts::new(
+                        "mongomux_user_operations_total",
+                        "Operations by gateway user (the first 100 users; later ones as _other).",
+                    ),
+                    &["user"],
+                )
+                .expect("family"),
+            )),
             ops: r.counter_family(
                 "mongomux_operations_total",
                 "Operations received, by command.",

@@ -57,8 +57,11 @@ fn sample_name(line: &str) -> &str {
 #[test]
 fn every_documented_metric_is_rendered_with_its_type_and_label() {
     let m = Metrics::default();
-    // Per-member families have samples (and so appear) only once a member is known.
+    // Per-member families have samples (and so appear) only once a member is known; the
+    // per-app and per-user ones once a client has run an operation.
     m.set_member("a.example:27017", "mongos", 1);
+    m.app_ops.counter("billing").inc();
+    m.user_ops.counter("alice").inc();
     let text = m.render();
     let rendered = types(&text);
     let documented = documented();

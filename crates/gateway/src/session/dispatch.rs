@@ -69,7 +69,7 @@ impl Session {
                 return self.undecodable(&frame, e);
             }
         }
-        self.shared.metrics.count_op(&view.name);
+        self.count_op(&view.name);
         if users.auth_required() {
             if let Err(e) = authz::check(&users, self.auth.identity.as_deref(), &view) {
                 return self
@@ -183,5 +183,28 @@ impl Session {
             return Outcome::Silent;
         }
         self.replier().error(header.request_id, e, false)
+    }
+}
+
+impl Session {
+    /// Counts an operation by command, by appName and, once logged in, by user; the series are
+    /// resolved on first use and kept for the connection.
+    fn count_op(&mut self, name: &str) {
+        let metrics = &self.shared.metrics;
+        metrics.count_op(name);
+        // The handshake is not an operation of the application, and it is where the appName
+        // arrives: the series is chosen at the first command after it.
+        if ["hello", "ismaster", "isMaster"].contains(&name) {
+            return;
+        }
+        let app = self.app_name.as_deref().unwrap_or("none");
+        self.app_ops
+            .get_or_insert_with(|| metrics.app_ops.counter(app))
+            .inc();
+        if let Some(user) = &self.auth.identity {
+            self.user_ops
+                .get_or_insert_with(|| metrics.user_ops.counter(&user.name))
+                .inc();
+        }
     }
 }

@@ -62,6 +62,9 @@ struct Session {
     reply_permit: Option<InflightPermit>,
     /// The `appName` of the client's first `hello`, for logs.
     app_name: Option<Box<str>>,
+    /// This client's series of the per-appName and per-user operation counters, resolved once.
+    app_ops: Option<crate::metrics::Counter>,
+    user_ops: Option<crate::metrics::Counter>,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -96,6 +99,8 @@ pub async fn run(
         inbound: Inbound::default(),
         reply_permit: None,
         app_name: None,
+        app_ops: None,
+        user_ops: None,
     };
     tracing::info!(event = "client_connected", peer = %peer, conn = session.connection_id, "client connected");
     let connected = std::time::Instant::now();
