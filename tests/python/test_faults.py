@@ -259,3 +259,34 @@ def test_proxy_relays_when_no_toxic_is_set(faulty_gateway):
     gw, _ = faulty_gateway
     with pymongo.MongoClient(gw.uri(), serverSelectionTimeoutMS=5000) as c:
         assert c.admin.command("ping")["ok"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_max_time_ms_longer_than_the_upstream_timeout_extends_the_deadline(faulty_gateway, clients):
+    """Replies stop (half-open). A find whose maxTimeMS (4 s) is longer than --upstream-timeout
+    (2 s) is given its maxTimeMS plus 2 s before it gets NetworkTimeout: a command allowed to
+    run long is not cut short by the gateway, and still never waits for ever. (Plain requests
+    time out after 2 s: the load tests above and the gateway's unit tests show that.)"""
+    gw, proxy = faulty_gateway
+    client = clients(gw, retryReads=False, serverSelectionTimeoutMS=5000)
+    coll = client["faults"]["max_time"]
+    coll.replace_one({"_id": 1}, {"_id": 1}, upsert=True)  # leaves an idle pooled connection
+    toxic = proxy.add("timeout", timeout=0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(pymongo.errors.OperationFailure) as e:
+            coll.find({"_id": 1}).max_time_ms(4000).next()
+    finally:
+        took = time.monotonic() - start
+        proxy.remove(toxic)
+    assert e.value.code == 89, e.value.details
+    assert 4.0 + 2.0 - 0.1 <= took <= 4.0 + 2.0 + 2.5, took
+    # The member the monitor marked unknown meanwhile comes back; the gateway serves again.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            assert coll.find_one({"_id": 1}) == {"_id": 1}
+            break
+        except pymongo.errors.PyMongoError:
+            assert time.monotonic() < deadline, "no recovery within 15 s"
+            time.sleep(0.2)
