@@ -172,6 +172,9 @@ fn upstream_code(e: &UpstreamError) -> (i32, &'static str) {
         U::NoPrimary(_) | U::NoMember(_) => (133, "FailedToSatisfyReadPreference"),
         U::BadReadPreference(_) => (2, "BadValue"),
         U::MemberGone(_) => (6, "HostUnreachable"),
+        // What a mongos and the drivers report when a reply is overdue; retryable for reads
+        // and writes alike (the retryable-writes specification lists it).
+        U::Timeout(_) => (89, "NetworkTimeout"),
         U::TlsServerName { .. } => (2, "BadValue"),
         U::Encode(_) => (22, "InvalidBSON"),
         // For auth and refusals too the client did nothing wrong: report the upstream as
@@ -216,6 +219,7 @@ fn upstream_retryable(e: &UpstreamError) -> bool {
         | U::Send(_)
         | U::Receive(_)
         | U::Closed
+        | U::Timeout(_)
         | U::ReplyMismatch
         | U::UnexpectedOpCode(_)
         | U::BadReply(_)
@@ -277,6 +281,7 @@ mod tests {
             ),
             (UpstreamError::Send(refused()), 6, true),
             (UpstreamError::Closed, 6, true),
+            (UpstreamError::Timeout(second), 89, true),
             (
                 UpstreamError::BadReply(mongomux_wire::WireError::BodyCount(0)),
                 6,

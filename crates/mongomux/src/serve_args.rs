@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Longest wait for an upstream connection, e.g. 500ms, 5s [default: 5s].
     #[arg(long, env = "MONGOMUX_CHECKOUT_TIMEOUT", value_parser = humantime::parse_duration)]
     checkout_timeout: Option<Duration>,
+    /// Longest wait for an upstream reply before its connection is closed and the client gets
+    /// NetworkTimeout (89); a command's longer maxTimeMS, plus 2s, extends it [default: 60s].
+    #[arg(long, env = "MONGOMUX_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration)]
+    upstream_timeout: Option<Duration>,
     /// Most client connections at once [default: 10000].
     #[arg(long, env = "MONGOMUX_MAX_CLIENTS")]
     max_clients: Option<usize>,
@@ -208,6 +212,7 @@ impl ServeArgs {
         );
         set!(tls_mode, aws_sts_host, sts_max_concurrency, sts_timeout);
         set!(load_balanced);
+        set!(upstream_timeout);
         set!(
             max_inflight_bytes,
             max_unauthenticated_message_bytes,

@@ -86,6 +86,8 @@ pub struct CommandView {
     pub has_read_preference: bool,
     /// The `$readPreference`, decoded and checked, when one was given.
     pub read_preference: Option<ReadPreference>,
+    /// `maxTimeMS`, when it is a non-negative integer: the reply deadline follows it.
+    pub max_time_ms: Option<u64>,
     /// Offsets in the message of the 16-byte UUIDs of `endSessions`.
     end_session_uuids: Vec<usize>,
     /// Offset in the message of the `lsid` document.
@@ -138,6 +140,7 @@ impl CommandView {
             server_stage: None,
             has_read_preference: false,
             read_preference: None,
+            max_time_ms: None,
             end_session_uuids: Vec::new(),
             lsid_at: 0,
             cursor_id_at: None,
@@ -160,6 +163,10 @@ impl CommandView {
                 b"autocommit" => once::AUTOCOMMIT,
                 b"startTransaction" => once::START_TRANSACTION,
                 b"cursors" => once::CURSORS,
+                b"maxTimeMS" => {
+                    view.max_time_ms = element.as_i64().and_then(|ms| u64::try_from(ms).ok());
+                    continue;
+                }
                 key if key == first.key => {
                     return Err(GatewayError::BadCommand(format!(
                         "the command name {} appears twice",

@@ -152,3 +152,26 @@ fn an_lsid_without_a_uuid_is_kept_as_is() {
     assert!(v.lsid.is_some());
     assert!(!v.has_session_ids());
 }
+
+#[test]
+fn reads_max_time_ms_for_the_reply_deadline() {
+    let ms = |body: RawDocumentBuf| view_of(&body).unwrap().1.max_time_ms;
+    assert_eq!(ms(rawdoc! { "find": "c", "$db": "d" }), None);
+    assert_eq!(
+        ms(rawdoc! { "find": "c", "maxTimeMS": 90_000, "$db": "d" }),
+        Some(90_000)
+    );
+    assert_eq!(
+        ms(rawdoc! { "find": "c", "maxTimeMS": 5.0, "$db": "d" }),
+        Some(5)
+    );
+    // Not a usable duration: the plain upstream_timeout applies (the server refuses it anyway).
+    assert_eq!(
+        ms(rawdoc! { "find": "c", "maxTimeMS": -1, "$db": "d" }),
+        None
+    );
+    assert_eq!(
+        ms(rawdoc! { "find": "c", "maxTimeMS": "x", "$db": "d" }),
+        None
+    );
+}

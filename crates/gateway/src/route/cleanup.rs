@@ -1,6 +1,8 @@
 //! What departed clients leave behind upstream, and its release: open transactions are aborted,
 //! cursors killed, sessions ended. Best effort: failures are logged, never surfaced, and a
 //! connection whose state is in doubt after a failed clean-up command is closed, not reused.
+//! Each command waits at most [`CLEANUP_REPLY_TIMEOUT`] for its reply: a half-open upstream
+//! must not keep a departed client's connections checked out for ever.
 
 use std::collections::HashMap;
 
@@ -12,6 +14,9 @@ use std::sync::Arc;
 use crate::upstream::topology::select::Need;
 use crate::upstream::topology::Topology;
 use crate::upstream::UpstreamError;
+
+/// Longest wait for the reply to one clean-up command (the default `upstream_timeout`).
+const CLEANUP_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a departing client connection leaves to clean up upstream.
 #[derive(Debug, Default)]
@@ -62,7 +67,12 @@ impl Leftovers {
                 "$db": "admin",
             };
             // A failed abort leaves the connection's state unknown: drop it instead.
-            if p.conn.conn().command(&abort).await.is_ok() {
+            if p.conn
+                .conn()
+                .command_within(&abort, CLEANUP_REPLY_TIMEOUT)
+                .await
+                .is_ok()
+            {
                 p.conn.release();
             }
         }
@@ -79,7 +89,12 @@ impl Leftovers {
             };
             let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
             let kill = doc! { "killCursors": coll, "cursors": ids, "$db": db };
-            if !is_transport_error(&conn.conn().command(&kill).await) {
+            if !is_transport_error(
+                &conn
+                    .conn()
+                    .command_within(&kill, CLEANUP_REPLY_TIMEOUT)
+                    .await,
+            ) {
                 conn.release();
             }
         }
@@ -92,7 +107,12 @@ impl Leftovers {
         };
         let end = doc! { "endSessions": sessions, "$db": "admin" };
         // Servers without sessions answer CommandNotFound; that is fine.
-        if !is_transport_error(&conn.conn().command(&end).await) {
+        if !is_transport_error(
+            &conn
+                .conn()
+                .command_within(&end, CLEANUP_REPLY_TIMEOUT)
+                .await,
+        ) {
             conn.release();
         }
     }

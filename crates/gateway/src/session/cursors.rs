@@ -108,7 +108,8 @@ impl Session {
                 Ok(c) => c,
                 Err(e) => return self.replier().error(view.request_id, e.into(), false),
             };
-            let up = match conn.conn().command(&kill).await {
+            let limit = self.shared.live.settings.load().upstream_timeout;
+            let up = match conn.conn().command_within(&kill, limit).await {
                 Ok(up) => up,
                 Err(e) => return self.replier().error(view.request_id, e.into(), false),
             };

@@ -120,10 +120,17 @@ impl Session {
                 Exchanged::Failed(e) => {
                     // Dropping `conn` closes it: its state is unknown.
                     drop(conn);
-                    self.shared
-                        .upstream
-                        .on_failure(&member, &e.to_string(), true, None);
-                    if std::mem::take(&mut retry_left) {
+                    // An overdue reply says nothing certain about the member (a slow operation
+                    // looks the same), so, as SDAM says of operation timeouts, the member is
+                    // not marked Unknown; and the request has used its whole time, so it is not
+                    // sent again here: the client gets NetworkTimeout, which drivers retry.
+                    let timed_out = matches!(e, UpstreamError::Timeout(_));
+                    if !timed_out {
+                        self.shared
+                            .upstream
+                            .on_failure(&member, &e.to_string(), true, None);
+                    }
+                    if !timed_out && std::mem::take(&mut retry_left) {
                         continue;
                     }
                     if view.more_to_come {
@@ -172,8 +179,16 @@ impl Session {
         view: &CommandView,
     ) -> Exchanged {
         let started = Instant::now();
+        // A reply that never comes (a half-open connection, a stalled server) must not hold the
+        // client and the pooled connection for ever; past the deadline the connection closes.
+        let deadline = self
+            .shared
+            .live
+            .settings
+            .load()
+            .reply_deadline(view.max_time_ms);
         let result = tokio::select! {
-            r = conn.conn().round_trip(frame) => r,
+            r = conn.conn().round_trip_within(frame, deadline) => r,
             // A client that hung up will never read the reply: stop waiting for it and free the
             // slot. Dropping `conn` mid-exchange closes it, which also cancels the operation on
             // servers that tie operations to their connection.
@@ -241,7 +256,8 @@ impl Session {
         if let Some(r) = release {
             // A cursor the gateway stops tracking is killed on the connection it lives on,
             // before that connection serves anyone else; if that fails, the connection closes.
-            reuse &= kill_cursor(&mut conn, &r.ns, r.id, view).await;
+            let limit = self.shared.live.settings.load().upstream_timeout;
+            reuse &= kill_cursor(&mut conn, &r.ns, r.id, view, limit).await;
             refusal = r.refusal;
         }
         if reuse {
@@ -425,8 +441,15 @@ impl Release {
 
 /// Kills cursor `id` of `ns` on `conn` (in the request's session, which may own it). Returns
 /// whether the connection is still clean: an `{ok: 0}` answer is (the cursor is gone either
-/// way); a transport failure is not, and the caller drops the connection.
-async fn kill_cursor(conn: &mut PooledConn, ns: &str, id: i64, view: &CommandView) -> bool {
+/// way); a transport failure or no answer within `limit` is not, and the caller drops the
+/// connection.
+async fn kill_cursor(
+    conn: &mut PooledConn,
+    ns: &str,
+    id: i64,
+    view: &CommandView,
+    limit: std::time::Duration,
+) -> bool {
     let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
     let mut kill = doc! { "killCursors": coll, "cursors": [id], "$db": db };
     if let Some(lsid) = &view.lsid {
@@ -434,7 +457,7 @@ async fn kill_cursor(conn: &mut PooledConn, ns: &str, id: i64, view: &CommandVie
             kill.insert("lsid", lsid);
         }
     }
-    match conn.conn().command(&kill).await {
+    match conn.conn().command_within(&kill, limit).await {
         Ok(_) => true,
         Err(e) => e.connection_is_clean(),
     }

@@ -41,6 +41,11 @@ const MAX_INFLIGHT_BYTES: usize = 4 * 1024 * 1024 * 1024 - 1;
 const MIN_UNAUTHENTICATED_MESSAGE: usize = 16 * 1024;
 /// Largest `max_upstream_connections`.
 const MAX_UPSTREAM_CONNECTIONS: usize = 100_000;
+/// What a command with a `maxTimeMS` beyond `upstream_timeout` gets on top of it.
+pub const MAX_TIME_MARGIN: Duration = Duration::from_secs(2);
+/// The longest reply deadline whatever `maxTimeMS` says (a day), so that a huge value cannot
+/// overflow a timer or hold a pooled connection for ever.
+const MAX_REPLY_DEADLINE: Duration = Duration::from_secs(86_400);
 
 /// Validated settings with everything they describe already built. Only
 /// [`Settings::from_raw`] makes one (the struct is `non_exhaustive`).
@@ -70,6 +75,8 @@ pub struct Settings {
     pub checkout_timeout: Duration,
     /// Deadline for opening and authenticating one upstream connection.
     pub connect_timeout: Duration,
+    /// Longest wait for an upstream reply (see [`Settings::reply_deadline`]).
+    pub upstream_timeout: Duration,
     /// Idle upstream connections older than this are closed.
     pub idle_timeout: Duration,
     /// Most client connections served at once.
@@ -158,6 +165,7 @@ impl Settings {
             max_upstream_connections: raw.max_upstream_connections,
             checkout_timeout: raw.checkout_timeout,
             connect_timeout: raw.connect_timeout,
+            upstream_timeout: raw.upstream_timeout,
             idle_timeout: raw.idle_timeout,
             max_clients: raw.max_clients,
             handshake_timeout: raw.handshake_timeout,
@@ -193,6 +201,17 @@ impl Settings {
             per_client: self.max_cursors_per_client,
             per_user: self.max_cursors_per_user,
         }
+    }
+
+    /// How long to wait for the reply to a request whose `maxTimeMS` is `max_time_ms`:
+    /// `upstream_timeout`, or, for a command allowed to run longer, its `maxTimeMS` plus
+    /// [`MAX_TIME_MARGIN`] (the server checks `maxTimeMS` only now and then, and the reply
+    /// still has to travel). `maxTimeMS: 0` means no limit, which gets the plain timeout.
+    pub fn reply_deadline(&self, max_time_ms: Option<u64>) -> Duration {
+        let asked = max_time_ms.map_or(Duration::ZERO, Duration::from_millis);
+        self.upstream_timeout
+            .max(asked.saturating_add(MAX_TIME_MARGIN))
+            .min(MAX_REPLY_DEADLINE)
     }
 
     /// Whether `ip` may send a PROXY protocol header (never with `proxy_protocol` off).
@@ -310,6 +329,7 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
         ("message_timeout", raw.message_timeout),
         ("client_write_timeout", raw.client_write_timeout),
         ("transaction_idle_timeout", raw.transaction_idle_timeout),
+        ("upstream_timeout", raw.upstream_timeout),
         (
             "upstream_srv_rescan_interval",
             raw.upstream_srv_rescan_interval.unwrap_or(Duration::MAX),

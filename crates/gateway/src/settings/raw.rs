@@ -66,6 +66,10 @@ pub struct RawConfig {
     /// Deadline for opening, handshaking and authenticating one upstream connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Longest wait for an upstream reply (longer for a command whose `maxTimeMS` is longer);
+    /// then the connection is closed and the client gets NetworkTimeout.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
     /// Source addresses allowed to connect; empty means loopback only.
     pub access: Vec<AccessEntryConfig>,
     /// Permits an access entry that admits every address.
@@ -154,6 +158,7 @@ impl Default for RawConfig {
             drain_timeout: Duration::from_secs(30),
             max_pinned: None,
             connect_timeout: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(60),
             access: Vec::new(),
             allow_any_address: false,
             allow_anonymous_non_loopback: false,

@@ -111,6 +111,8 @@ const FIELDS: &[Field] = &[
     live!("max_pinned", max_pinned),
     live!("checkout_timeout", checkout_timeout),
     live!("connect_timeout", connect_timeout),
+    // Read on every forwarded request.
+    live!("upstream_timeout", upstream_timeout),
     live!("idle_timeout", idle_timeout),
     Field {
         name: "sts_endpoint",

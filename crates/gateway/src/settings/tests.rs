@@ -402,3 +402,18 @@ fn proxy_protocol_settings_are_live() {
     );
     assert!(change.needs_restart.is_empty());
 }
+
+#[test]
+fn the_reply_deadline_is_upstream_timeout_or_a_longer_max_time_ms_plus_a_margin() {
+    let s = Settings::from_raw(raw("")).unwrap();
+    assert_eq!(s.upstream_timeout, Duration::from_secs(60));
+    let s = Settings::from_raw(raw("upstream_timeout = \"3s\"\n")).unwrap();
+    let secs = Duration::from_secs;
+    assert_eq!(s.reply_deadline(None), secs(3));
+    // maxTimeMS: 0 is "no limit", and a shorter one does not shorten the deadline.
+    assert_eq!(s.reply_deadline(Some(0)), secs(3));
+    assert_eq!(s.reply_deadline(Some(500)), secs(3));
+    assert_eq!(s.reply_deadline(Some(10_000)), secs(10) + MAX_TIME_MARGIN);
+    assert_eq!(s.reply_deadline(Some(u64::MAX)), secs(86_400));
+    assert!(error_of("upstream_timeout = \"0s\"\n").contains("upstream_timeout must be positive"));
+}

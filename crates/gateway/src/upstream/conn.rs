@@ -9,9 +9,15 @@
 //! they send with the one the server accepts ([`super::compression`]); every reply that arrives
 //! compressed is unwrapped in [`UpstreamConn::round_trip`], so nothing past it ever sees
 //! OP_COMPRESSED. Monitoring connections ([`UpstreamConn::open`] alone) never compress.
+//!
+//! Every socket has TCP keepalive on ([`KEEPALIVE_TIME`]): a pooled connection may sit idle
+//! for `idle_timeout`, and a peer that vanished without a FIN or RST (a rebooted host, a NAT or
+//! load balancer that dropped the flow) would otherwise only be noticed by the next request,
+//! which then waits for its whole reply deadline ([`UpstreamConn::round_trip_within`]).
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bson::{doc, spec::BinarySubtype, Binary, Document};
 use bytes::BytesMut;
@@ -26,6 +32,22 @@ use super::srv::SrvResolver;
 use super::error::{is_state_change, UpstreamError};
 use crate::framed::Framed;
 use crate::tls::{MaybeTls, Peek, UpstreamStream};
+
+/// Idle time before the first keepalive probe, and the interval between probes: a dead peer is
+/// found within about a minute and a half (Linux sends 9 probes before giving up), well before
+/// an idle connection is reused by a request that would otherwise wait for its deadline.
+pub const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Turns TCP keepalive on; a socket that refuses keeps working without it.
+fn keep_alive(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not turn on TCP keepalive on an upstream socket");
+    }
+}
 
 /// Connects to `host:port`, looking the host up through `resolver` when one is configured and
 /// the host is a name; each address it has is tried in turn.
@@ -134,6 +156,7 @@ impl UpstreamConn {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
+        keep_alive(&tcp);
         let stream = match tls {
             None => MaybeTls::Plain(tcp),
             Some(tls) => {
@@ -359,6 +382,30 @@ impl UpstreamConn {
         Ok(reply)
     }
 
+    /// [`UpstreamConn::round_trip`] bounded by `limit`: a reply that has not fully arrived by
+    /// then fails with [`UpstreamError::Timeout`]. The connection must then be dropped: the
+    /// reply may still be on its way, and would answer the next request.
+    pub async fn round_trip_within(
+        &mut self,
+        request: &mut [u8],
+        limit: Duration,
+    ) -> Result<BytesMut, UpstreamError> {
+        tokio::time::timeout(limit, self.round_trip(request))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(limit)))
+    }
+
+    /// [`UpstreamConn::command`] bounded by `limit`, as [`UpstreamConn::round_trip_within`].
+    pub async fn command_within(
+        &mut self,
+        cmd: &Document,
+        limit: Duration,
+    ) -> Result<Document, UpstreamError> {
+        tokio::time::timeout(limit, self.command(cmd))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(limit)))
+    }
+
     /// Writes a request, rewriting its requestID; returns that id.
     async fn send(&mut self, request: &mut [u8]) -> Result<i32, UpstreamError> {
         let id = self.next_request_id;
@@ -413,4 +460,47 @@ fn sasl_reply(reply: &Document) -> Result<(bson::Bson, Vec<u8>, bool), UpstreamE
         _ => return Err(UpstreamError::Auth(None)),
     };
     Ok((conv, payload, reply.get_bool("done").unwrap_or(false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that accepts and reads but never answers (a half-open upstream): the bounded
+    /// exchange gives up at its limit with `Timeout`, which maps to NetworkTimeout (89).
+    #[tokio::test]
+    async fn a_reply_that_never_comes_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let silent = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink).await;
+        });
+        let mut conn = UpstreamConn::open(&address, None, None, 1).await.unwrap();
+        let body = bson::to_vec(&doc! { "ping": 1, "$db": "admin" }).unwrap();
+        let mut request = encode_op_msg(0, 0, 0, &body, &[]);
+        let limit = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let err = conn
+            .round_trip_within(&mut request, limit)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::Timeout(l) if l == limit),
+            "{err:?}"
+        );
+        assert!(started.elapsed() >= limit && started.elapsed() < 10 * limit);
+        assert_eq!(
+            crate::GatewayError::from(err).code(),
+            (89, "NetworkTimeout")
+        );
+        let err = conn
+            .command_within(&doc! { "ping": 1, "$db": "admin" }, limit)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Timeout(_)), "{err:?}");
+        drop(conn);
+        silent.await.unwrap();
+    }
 }

@@ -71,6 +71,10 @@ pub enum UpstreamError {
     /// The upstream closed the connection between messages.
     #[error("upstream unavailable: connection closed by upstream")]
     Closed,
+    /// No reply arrived within the deadline (`upstream_timeout`, or the command's `maxTimeMS`
+    /// and a margin): the connection is closed, since its reply may still come.
+    #[error("upstream did not answer within {0:?}; the connection was closed")]
+    Timeout(Duration),
     /// A reply whose `responseTo` is not the request just sent.
     #[error("upstream unavailable: reply does not answer the request sent")]
     ReplyMismatch,
@@ -105,8 +109,6 @@ pub enum UpstreamError {
         #[source]
         source: Option<aws_credential_types::provider::error::CredentialsError>,
     },
-    /// The upstream answered `{ok: 0}` to a command the gateway itself sent; the connection is
-    /// still in a clean state.
     /// Server selection found no primary (or router) in time: an election, or all down.
     #[error("{0}")]
     NoPrimary(String),
@@ -119,6 +121,8 @@ pub enum UpstreamError {
     /// The member a cursor or transaction lives on left the topology.
     #[error("upstream member {0} is no longer part of the deployment")]
     MemberGone(String),
+    /// The upstream answered `{ok: 0}` to a command the gateway itself sent; the connection is
+    /// still in a clean state.
     #[error("upstream refused a gateway command: {name} ({code})")]
     Refused {
         /// The upstream's error code.
