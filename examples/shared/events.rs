@@ -46,16 +46,28 @@ pub async fn run(kit: Kit) -> Result<(), Error> {
     .await
 }
 
+/// One invocation, reported (cold start or reuse, connections opened, IAM logins) whether it
+/// succeeds or fails: the kit logs it and prints its CloudWatch metrics line.
 async fn handler(
     kit: Kit,
     collection: Arc<str>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error> {
+    let invocation = kit.begin_invocation();
+    let result = serve(&kit, &collection, event).await;
+    let report = invocation.finish();
+    let mut answer = result?;
+    answer["cold_start"] = json!(report.cold_start);
+    answer["connections_opened"] = json!(report.connections_opened);
+    Ok(answer)
+}
+
+async fn serve(kit: &Kit, collection: &str, event: LambdaEvent<Value>) -> Result<Value, Error> {
     let request: Request = serde_json::from_value(event.payload)?;
     let events = kit
         .default_database()
         .await?
-        .collection::<Document>(&collection);
+        .collection::<Document>(collection);
     let mut answer = match request {
         Request::Insert { doc } => {
             let id = events

@@ -25,6 +25,7 @@ Figures (run with -s): cold first invocation against warm ones.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import secrets
 import statistics
 import time
@@ -87,6 +88,29 @@ def check_answer(answer: dict, op: str) -> None:
     assert answer.get("clients_created") == 1, f"a second client was created: {answer}"
 
 
+def emf_lines(em: Emulator) -> list[dict]:
+    """The CloudWatch Embedded Metric Format lines the kit printed, one per invocation."""
+    return [json.loads(line) for line in em.log_text().splitlines() if line.startswith('{"_aws"')]
+
+
+def check_reuse_metrics(em: Emulator, function: str, iam: bool) -> list[dict]:
+    """The kit's per-invocation metrics say what the log and the gateway say: the first
+    invocation created the client and opened the one pooled connection, every later one reused
+    it and opened nothing."""
+    emf = emf_lines(em)
+    assert len(emf) == INVOCATIONS, f"{len(emf)} metric lines for {INVOCATIONS} invocations"
+    first, rest = emf[0], emf[1:]
+    declared = {m["Name"] for m in first["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert declared == {"ColdStart", "ClientReused", "ConnectionsOpened", "ConnectTime", "IamAuthentications"}
+    assert first["FunctionName"] == function and first["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "mongomux/lambda"
+    assert (first["ColdStart"], first["ClientReused"], first["ConnectionsOpened"]) == (1, 0, 1), first
+    assert first["IamAuthentications"] == (1 if iam else 0), first
+    assert first["ConnectTime"] > 0, first
+    assert all((e["ColdStart"], e["ClientReused"], e["ConnectionsOpened"], e["IamAuthentications"]) == (0, 1, 0, 0)
+               for e in rest), [e for e in rest if e["ConnectionsOpened"]][:2]
+    return emf
+
+
 def run_invocations(em: Emulator, gw, n: int = INVOCATIONS) -> dict:
     """n invocations one after another (inserts and counts alternating), checking every answer
     and the gateway's connection counters after each. Returns timings in seconds."""
@@ -141,6 +165,7 @@ def test_password_example_one_client_for_100_invocations(ferretdb, lambda_gatewa
         assert len(ready) == 1, f"the function opened {len(ready)} pooled connections in {INVOCATIONS} invocations"
         assert fn_user.password not in em.log_text(), "the password reached the function's log"
         assert FAKE_ROLE_ENV["AWS_SECRET_ACCESS_KEY"] not in em.log_text()
+        emf = check_reuse_metrics(em, "orders-fn-seq", iam=False)
 
         opened = result["connections"][1] - before[1]
         assert 1 <= opened <= 3, f"the function opened {opened} gateway connections (monitor + pool expected)"
@@ -153,7 +178,8 @@ def test_password_example_one_client_for_100_invocations(ferretdb, lambda_gatewa
               f"first duration {reports[0][1]} ms (of which opening the pooled connection: {ready[0]} ms), "
               f"warm median duration "
               f"{statistics.median(d for _, d in reports[1:]):.2f} ms; gateway connections opened by the function: {opened}, "
-              f"sockets it holds: {result['sockets']}")
+              f"sockets it holds: {result['sockets']}; EMF: first {json.dumps({k: emf[0][k] for k in ('ColdStart', 'ConnectionsOpened', 'ConnectTime')})}, "
+              f"{sum(e['ClientReused'] for e in emf)} of {len(emf)} reused")
     finally:
         em.stop()
 
@@ -259,7 +285,8 @@ def test_iam_example_one_client_for_100_invocations(ferretdb, iam_gateway, lambd
         # connections do not authenticate), so the gateway asked STS exactly once.
         sts_ok = metric(iam_gateway, "mongomux_sts_requests_total", 'result="ok"')
         assert sts_ok == 1, f"{sts_ok} successful STS calls for one environment"
-        assert "principal=" + moto.role_arn in tail(iam_gateway.proc.log, 200)
+        assert "user=" + moto.role_arn in tail(iam_gateway.proc.log, 200)
+        emf = check_reuse_metrics(em, "orders-fn-iam", iam=True)
         warm = result["warm"]
         reports = reported_durations(em)
         print(f"\n[lambda] IAM example, {INVOCATIONS} sequential invocations: first (cold: process start, "

@@ -19,14 +19,16 @@
 //! authenticating happen in the driver's pool, shared the same way.
 
 use std::sync::{
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Arc,
 };
+use std::time::Instant;
 
 use mongodb::{Client, Database};
 use tokio::sync::OnceCell;
 
-use crate::{env::LambdaEnv, error::Error, options::LambdaOptions};
+use crate::report::{ConnectionStats, Invocation};
+use crate::{env::LambdaEnv, error::Error, options::AuthKind, options::LambdaOptions};
 
 /// The shared client of one execution environment. Cheap to clone: clones share the client.
 ///
@@ -50,6 +52,10 @@ struct Inner {
     env: LambdaEnv,
     client: OnceCell<Client>,
     created: AtomicU64,
+    /// Connections the client opened, for the per-invocation report.
+    stats: Arc<ConnectionStats>,
+    /// Whether the client logs in with MONGODB-AWS.
+    iam: AtomicBool,
 }
 
 impl Kit {
@@ -73,6 +79,8 @@ impl Kit {
                 env,
                 client: OnceCell::new(),
                 created: AtomicU64::new(0),
+                stats: Arc::default(),
+                iam: AtomicBool::new(false),
             }),
         }
     }
@@ -105,8 +113,41 @@ impl Kit {
         self.inner.created.load(Ordering::SeqCst)
     }
 
+    /// Starts an invocation's report ([`Invocation::finish`] logs it and prints its metrics).
+    pub fn begin_invocation(&self) -> Invocation {
+        Invocation {
+            kit: self.clone(),
+            started: Instant::now(),
+            created_before: self.clients_created(),
+            stats_before: self.inner.stats.snapshot(),
+        }
+    }
+
+    pub(crate) fn connection_stats(&self) -> (u64, u64) {
+        self.inner.stats.snapshot()
+    }
+
+    pub(crate) fn uses_iam(&self) -> bool {
+        self.inner.iam.load(Ordering::Relaxed)
+    }
+
+    /// The function's name (`AWS_LAMBDA_FUNCTION_NAME`), the dimension of the metrics.
+    pub(crate) fn function_name(&self) -> &str {
+        self.inner
+            .env
+            .get("AWS_LAMBDA_FUNCTION_NAME")
+            .unwrap_or("unknown")
+    }
+
     async fn create_client(&self) -> Result<Client, Error> {
-        let resolved = self.inner.options.resolve(&self.inner.env).await?;
+        let resolved = self
+            .inner
+            .options
+            .resolve_with(&self.inner.env, Some(self.inner.stats.clone()))
+            .await?;
+        self.inner
+            .iam
+            .store(resolved.auth == AuthKind::Iam, Ordering::Relaxed);
         let o = &resolved.client_options;
         let hosts: Vec<String> = o.hosts.iter().map(ToString::to_string).collect();
         let summary = format!(

@@ -19,6 +19,7 @@ use mongodb::{
 
 use crate::env::LambdaEnv;
 use crate::error::{redact_uri_password, redacted_uri, Error};
+use crate::report::ConnectionStats;
 
 /// Most connections the driver opens to the gateway per execution environment (unless
 /// `AWS_LAMBDA_MAX_CONCURRENCY` says the environment runs several invocations at once).
@@ -287,6 +288,17 @@ impl LambdaOptions {
     /// Build the driver's options for `env`. Opens no connection (a `mongodb+srv://` string
     /// does need DNS look-ups).
     pub async fn resolve(&self, env: &LambdaEnv) -> Result<Resolved, Error> {
+        self.resolve_with(env, None).await
+    }
+
+    /// [`LambdaOptions::resolve`], counting the connections the client opens into `stats`
+    /// (the kit's per-invocation report) unless [`LambdaOptions::customize`] installs its own
+    /// connection-pool event handler.
+    pub async fn resolve_with(
+        &self,
+        env: &LambdaEnv,
+        stats: Option<Arc<ConnectionStats>>,
+    ) -> Result<Resolved, Error> {
         let (uri, origin) = self.pick_uri(env)?;
         let mut opts = ClientOptions::parse(uri)
             .await
@@ -295,7 +307,7 @@ impl LambdaOptions {
                 reason: redact_uri_password(&e.to_string(), uri),
             })?;
         let auth = self.apply_auth(&mut opts, env)?;
-        self.apply_defaults(&mut opts, env);
+        self.apply_defaults(&mut opts, env, stats);
         if let Some(f) = &self.customize {
             f(&mut opts);
         }
@@ -362,7 +374,12 @@ impl LambdaOptions {
         }
     }
 
-    fn apply_defaults(&self, opts: &mut ClientOptions, env: &LambdaEnv) {
+    fn apply_defaults(
+        &self,
+        opts: &mut ClientOptions,
+        env: &LambdaEnv,
+        stats: Option<Arc<ConnectionStats>>,
+    ) {
         let pool_default = env
             .get("AWS_LAMBDA_MAX_CONCURRENCY")
             .and_then(|v| v.trim().parse::<u32>().ok())
@@ -404,8 +421,16 @@ impl LambdaOptions {
             .or_else(|| env.get("AWS_LAMBDA_FUNCTION_NAME").map(str::to_owned))
             .unwrap_or_else(|| DEFAULT_APP_NAME.to_owned());
         opts.app_name = Some(truncate_utf8(name, MAX_APP_NAME_BYTES));
-        if self.log_connections.unwrap_or(true) && opts.cmap_event_handler.is_none() {
-            opts.cmap_event_handler = Some(EventHandler::callback(log_connection_event));
+        let log = self.log_connections.unwrap_or(true);
+        if (log || stats.is_some()) && opts.cmap_event_handler.is_none() {
+            opts.cmap_event_handler = Some(EventHandler::callback(move |event| {
+                if let Some(s) = &stats {
+                    s.note(&event);
+                }
+                if log {
+                    log_connection_event(event);
+                }
+            }));
         }
     }
 }
