@@ -203,7 +203,8 @@ def report(title: str, fleet: Fleet, storm: dict, t_cut: float, t_back: float, c
           f"was back); half of them by {pct(done, 50) - t_cut:.2f} s, 99 % by {pct(done, 99) - t_cut:.2f} s; "
           f"most logins by one client {storm['max_logins']}")
     for name, c in canary.items():
-        print(f"  canary {name + (' the storm' if name == 'during' else ''):<17} {c['n']:>4} rounds, {c['failed']} failed; "
+        label = "during the storm" if name == "during" else name
+        print(f"  canary {label:<17} {c['n']:>4} rounds, {c['failed']} failed; "
               f"find p50 {c['p50']:7.2f} p99 {c['p99']:7.2f} max {c['max']:7.1f} ms; "
               f"ping p50 {c['ping_p50']:6.2f} p99 {c['ping_p99']:7.2f} max {c['ping_max']:7.1f} ms")
     print(f"  upstream connections: at most {sampler.max} over {len(sampler.series)} samples (bound {bound})")
