@@ -9,6 +9,8 @@ measured data by one command (`scripts/bench-plots`), never drawn by hand:
   fleet-upstream-<shape>.png    upstream connections over time per mode   (fleet-timeline.csv)
   memory-per-client.png         proxy RSS by client connections (idle-memory.csv, fan-in.csv)
   cpu-per-op.png                user + system CPU per operation per proxy      (throughput.csv)
+  soak.png                      gateway RSS, descriptors, upstream connections and p99 over a
+                                soak, with the least-squares slope after warm-up (soak.csv)
 
 It only reads CSVs; it never runs a benchmark. A figure is drawn only when its CSV is there, and
 a missing optional column or target leaves that part out rather than failing, because the CSV
@@ -325,6 +327,55 @@ def plot_cpu(results: Path, out: Path, all_runs: bool, written: list[Path]) -> s
     return None
 
 
+SOAK_PANELS = [("rss_mib", "gateway RSS (MiB)", "MiB"), ("fds", "open descriptors", ""),
+               ("upstream", "upstream connections", ""), ("p99_ms", "op latency p99 (ms)", "ms")]
+
+
+def plot_soak(results: Path, out: Path, all_runs: bool, written: list[Path]) -> str | None:
+    """The soak's four figures against time, each with its fitted line after the warm-up and the
+    slope per minute in the legend (tests/python/soak.py computes the same fit)."""
+    rows = read_rows(results / "soak.csv", all_runs)
+    if why := missing("soak.csv", rows, "t_s", *(c for c, _, _ in SOAK_PANELS)):
+        return why
+    warmup = num(rows[0], "warmup_s") or 0.0
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, layout="constrained")
+    for ax, (col, title, unit) in zip(axes.flat, SOAK_PANELS):
+        pts = sorted((num(r, "t_s") / 60, num(r, col)) for r in rows if num(r, col) is not None)
+        if not pts:
+            continue
+        ax.plot(*zip(*pts), marker="o", markersize=3, color=style("gateway")[1], label=title)
+        if col == "p99_ms" and "p50_ms" in rows[0]:
+            p50 = sorted((num(r, "t_s") / 60, num(r, "p50_ms")) for r in rows if num(r, "p50_ms") is not None)
+            ax.plot(*zip(*p50), marker=".", color="#4d4d4d", alpha=0.7, label="op latency p50 (ms)")
+        if col == "upstream" and "upstream_max" in rows[0]:
+            most = sorted((num(r, "t_s") / 60, num(r, "upstream_max")) for r in rows)
+            ax.plot(*zip(*most), drawstyle="steps-pre", color="#d62728", alpha=0.6, label="most between samples")
+        steady = [(t, v) for t, v in pts if t * 60 > warmup]
+        if (slope := fit_line(steady)) is not None:
+            a, b = slope
+            xs = [steady[0][0], steady[-1][0]]
+            ax.plot(xs, [a + b * x for x in xs], "--", color="black", linewidth=1,
+                    label=f"fit after warm-up: {b:+.3f} {unit}/min".replace(" /", "/"))
+        ax.set(title=title, ylim=(0, None))
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    for ax in axes[1]:
+        ax.set_xlabel("minutes into the soak")
+    minutes = num(rows[0], "minutes")
+    fig.suptitle(f"Soak: {minutes:g} minutes of Lambda-style churn through mongomux{run_note(rows)}")
+    save(fig, out, "soak.png", written)
+    return None
+
+
+def fit_line(pts) -> tuple[float, float] | None:
+    """Least-squares (intercept, slope) of (x, y) points."""
+    if len({x for x, _ in pts}) < 2:
+        return None
+    mx, my = (sum(v) / len(pts) for v in zip(*pts))
+    b = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    return my - b * mx, b
+
+
 def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -343,7 +394,7 @@ def main(argv=None) -> int:
     skipped = [plot_latency(path, args.out, args.all_runs, written)
                for path in sorted(latency | set(args.results.glob("latency*.csv")))]
     skipped += [plot(args.results, args.out, args.all_runs, written)
-                for plot in (plot_fleet, plot_memory, plot_cpu)]
+                for plot in (plot_fleet, plot_memory, plot_cpu, plot_soak)]
     for path in written:
         print(f"wrote {path}")
     for why in filter(None, skipped):

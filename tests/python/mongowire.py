@@ -23,6 +23,7 @@ for, and is independent of the gateway's own SCRAM code.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import itertools
@@ -208,6 +209,14 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b))
 
 
+@functools.lru_cache(maxsize=64)
+def salted_password(hash_name: str, password: bytes, salt: bytes, iterations: int) -> bytes:
+    """PBKDF2 of the password, cached as the MongoDB auth spec has drivers cache it: it depends
+    on nothing else, and thousands of logins of one user (test_storm.py) would otherwise spend
+    minutes of CPU recomputing it."""
+    return hashlib.pbkdf2_hmac(hash_name, password, salt, iterations)
+
+
 class ScramClient:
     """The client side of one SCRAM conversation (RFC 5802), as MongoDB drivers run it."""
 
@@ -232,7 +241,7 @@ class ScramClient:
         assert fields["r"].startswith(self.nonce), "server nonce does not extend ours"
         salt, iterations = base64.b64decode(fields["s"]), int(fields["i"])
         h = _h(self.mechanism)
-        salted = hashlib.pbkdf2_hmac(h().name, self.password, salt, iterations)
+        salted = salted_password(h().name, self.password, salt, iterations)
         client_key = hmac.new(salted, b"Client Key", h).digest()
         stored_key = h(client_key).digest()
         without_proof = f"c=biws,r={fields['r']}"

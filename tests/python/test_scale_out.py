@@ -28,10 +28,11 @@ DOCS = 1000
 CURSORS = 20
 
 
-def start_balancer(folder: Path, ports: list[int]) -> Proc:
+def start_balancer(folder: Path, ports: list[int], maxconn: int = 1000, idle: str = "60s") -> Proc:
     """HAProxy round-robin over `ports`, TCP mode, no PROXY header. Like an NLB with a health
     check, it stops sending new connections to a gateway whose port stopped answering, and a
-    connection it could not open goes to another gateway (redispatch)."""
+    connection it could not open goes to another gateway (redispatch). `maxconn` client
+    connections at most (HAProxy needs two descriptors each); `idle` closes a quiet one."""
     binary = _binary("MONGOMUX_HAPROXY", HAPROXY_DEFAULT)
     port = free_port()
     name = f"haproxy-rr-{secrets.token_hex(2)}"
@@ -40,12 +41,12 @@ def start_balancer(folder: Path, ports: list[int]) -> Proc:
     cfg = folder / f"{name}.cfg"
     cfg.write_text(f"""
 global
-    maxconn 1000
+    maxconn {maxconn}
 defaults
     mode tcp
     timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+    timeout client {idle}
+    timeout server {idle}
     retries 3
     option redispatch
 frontend clients

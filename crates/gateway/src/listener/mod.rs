@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::context::Shared;
@@ -66,18 +66,16 @@ impl Gateway {
         .await
         .map_err(StartError::Srv)?;
         let rescan = settings.upstream_srv_rescan_interval;
-        let bind = |addr: SocketAddr, purpose: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr,
-                    purpose,
-                    source,
-                })
+        let bind = |addr: SocketAddr, purpose: &'static str| {
+            listen(addr).map_err(|source| StartError::Bind {
+                addr,
+                purpose,
+                source,
+            })
         };
-        let listener = bind(settings.listen, "").await?;
+        let listener = bind(settings.listen, "")?;
         let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(bind(addr, " for metrics").await?),
+            Some(addr) => Some(bind(addr, " for metrics")?),
             None => None,
         };
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -162,6 +160,27 @@ impl Gateway {
         }
         shared.upstream.close_idle();
     }
+}
+
+/// The listen backlog asked of the kernel (Linux caps it at `net.core.somaxconn`, 4096 by
+/// default since 5.4). A reconnect storm, thousands of clients whose gateway restarted, arrives
+/// within milliseconds; once the accept queue is full the kernel drops their SYNs, and a client
+/// only resends one after 1, 3 and 7 seconds. With tokio's default of 1,024, 5,000 clients
+/// reconnecting to a restarted gateway overflowed the queue (404 SYNs dropped in one run, the
+/// kernel's `ListenOverflows`); with 4,096, none (docs/reliability.md "Reconnect storms").
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr`, as `TcpListener::bind` makes one (`SO_REUSEADDR`, so a gateway
+/// restarted on its port binds while the old one's connections sit in TIME_WAIT), with a
+/// backlog of [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Future<Output = ()>) {
