@@ -21,7 +21,9 @@
 // documents; {"op":"ping"} checks the connection. Every answer carries what this execution
 // environment has done so far: clients_created (stays 1), connections_created (connections
 // the driver opened: 1 for a healthy environment, whatever the number of invocations) and
-// invocations.
+// invocations. Every invocation also prints one CloudWatch Embedded Metric Format line
+// (ColdStart, ClientReused, ConnectionsOpened, ConnectTime, IamAuthentications; namespace
+// mongomux/lambda), as the Rust kit does.
 //
 // Deploy: `npm ci --omit=dev`, zip this folder, Runtime nodejs22.x (or nodejs20.x), Handler
 // index.handler; deploy/template.yaml and docs/deploy.md do it. aws-lambda-ric (the Runtime
@@ -71,6 +73,37 @@ const stats = { clients_created: 1, connections_created: 0, invocations: 0, topo
 client.on("connectionCreated", () => {
   stats.connections_created += 1;
 });
+// Milliseconds the driver's connections took to become ready (connect, handshake, login).
+let connectMs = 0;
+client.on("connectionReady", (event) => {
+  connectMs += event.durationMS ?? 0;
+});
+const iam = new URL(uri).searchParams.get("authMechanism") === "MONGODB-AWS";
+
+// One CloudWatch Embedded Metric Format line per invocation, as the Rust kit prints it
+// (docs/lambda.md): CloudWatch Logs turns it into metrics of namespace mongomux/lambda, so a user
+// sees that the client is reused (ClientReused near 1, ConnectionsOpened near 0). Written to
+// stdout directly: console.log would prefix it, and CloudWatch reads EMF from whole lines.
+function emitMetrics(cold, opened, ms) {
+  const names = ["ColdStart", "ClientReused", "ConnectionsOpened", "ConnectTime", "IamAuthentications"];
+  const doc = {
+    _aws: {
+      Timestamp: Date.now(),
+      CloudWatchMetrics: [{
+        Namespace: "mongomux/lambda",
+        Dimensions: [["FunctionName"]],
+        Metrics: names.map((n) => ({ Name: n, Unit: n === "ConnectTime" ? "Milliseconds" : "Count" })),
+      }],
+    },
+    FunctionName: process.env.AWS_LAMBDA_FUNCTION_NAME ?? "unknown",
+    ColdStart: cold ? 1 : 0,
+    ClientReused: cold ? 0 : 1,
+    ConnectionsOpened: opened,
+    ConnectTime: ms,
+    IamAuthentications: iam ? opened : 0,
+  };
+  process.stdout.write(`${JSON.stringify(doc)}\n`);
+}
 client.on("topologyDescriptionChanged", (event) => {
   stats.topology = event.newDescription.type;
 });
@@ -84,6 +117,16 @@ console.log(
 
 export const handler = async (event) => {
   stats.invocations += 1;
+  const cold = stats.invocations === 1;
+  const before = [stats.connections_created, connectMs];
+  try {
+    return await serve(event);
+  } finally {
+    emitMetrics(cold, stats.connections_created - before[0], connectMs - before[1]);
+  }
+};
+
+async function serve(event) {
   const events = client.db().collection(collectionName);
   let answer;
   switch (event?.op) {
@@ -107,4 +150,4 @@ export const handler = async (event) => {
       throw new Error(`unknown op ${JSON.stringify(event?.op)} (insert, count or ping)`);
   }
   return { ok: true, ...answer, ...stats };
-};
+}

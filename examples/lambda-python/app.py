@@ -21,6 +21,9 @@ and answers its id; {"op":"count"} (optionally with "filter":{...}) answers the 
 documents; {"op":"ping"} checks the connection. Every answer carries what this execution
 environment has done so far: clients_created (stays 1), connections_created (connections the
 driver opened: 1 for a healthy environment, whatever the number of invocations) and invocations.
+Every invocation also prints one CloudWatch Embedded Metric Format line (ColdStart,
+ClientReused, ConnectionsOpened, ConnectTime, IamAuthentications; namespace mongomux/lambda), as
+the Rust kit does.
 
 Deploy: `pip install -r requirements.txt --target build/` plus this file, zipped; Runtime
 python3.12, Handler app.handler; deploy/template.yaml and docs/deploy.md do it. awslambdaric
@@ -32,6 +35,7 @@ Interface Emulator (scripts/install-lambda-functions installs both into .venv he
 import json
 import os
 import threading
+import time
 
 from bson import json_util
 from pymongo import MongoClient, monitoring, uri_parser
@@ -42,6 +46,8 @@ if not _URI:
 _COLLECTION = os.environ.get("APP_COLLECTION") or "events"
 
 _stats = {"clients_created": 0, "connections_created": 0, "invocations": 0}
+# Seconds the driver's connections took to become ready (connect, handshake, authentication).
+_connect_seconds = [0.0]
 _lock = threading.Lock()
 
 
@@ -52,11 +58,14 @@ class _CountConnections(monitoring.ConnectionPoolListener):
         with _lock:
             _stats["connections_created"] += 1
 
+    def connection_ready(self, event):
+        with _lock:
+            _connect_seconds[0] += getattr(event, "duration", 0.0) or 0.0
+
     def pool_created(self, event): pass
     def pool_ready(self, event): pass
     def pool_cleared(self, event): pass
     def pool_closed(self, event): pass
-    def connection_ready(self, event): pass
     def connection_closed(self, event): pass
     def connection_check_out_started(self, event): pass
     def connection_check_out_failed(self, event): pass
@@ -106,9 +115,49 @@ print(f"mongomux-lambda-python: created client "
       flush=True)
 
 
+_IAM = _uri_options.get("authmechanism") == "MONGODB-AWS"
+
+
+def _emit_metrics(cold: bool, opened: int, connect_seconds: float) -> None:
+    """One CloudWatch Embedded Metric Format line, as the Rust kit prints it (docs/lambda.md):
+    CloudWatch Logs turns it into metrics of namespace mongomux/lambda, so a user sees that the
+    client is reused (ClientReused near 1, ConnectionsOpened near 0)."""
+    names = ["ColdStart", "ClientReused", "ConnectionsOpened", "ConnectTime", "IamAuthentications"]
+    units = {"ConnectTime": "Milliseconds"}
+    doc = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [{
+                "Namespace": "mongomux/lambda",
+                "Dimensions": [["FunctionName"]],
+                "Metrics": [{"Name": n, "Unit": units.get(n, "Count")} for n in names],
+            }],
+        },
+        "FunctionName": os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "unknown"),
+        "ColdStart": int(cold),
+        "ClientReused": int(not cold),
+        "ConnectionsOpened": opened,
+        "ConnectTime": connect_seconds * 1000.0,
+        "IamAuthentications": opened if _IAM else 0,
+    }
+    print(json.dumps(doc), flush=True)
+
+
 def handler(event, context):
     with _lock:
         _stats["invocations"] += 1
+        cold = _stats["invocations"] == 1
+        before = (_stats["connections_created"], _connect_seconds[0])
+    try:
+        return _serve(event)
+    finally:
+        with _lock:
+            opened = _stats["connections_created"] - before[0]
+            took = _connect_seconds[0] - before[1]
+        _emit_metrics(cold, opened, took)
+
+
+def _serve(event):
     events = client.get_default_database()[_COLLECTION]
     op = event.get("op") if isinstance(event, dict) else None
     if op == "insert":

@@ -34,6 +34,7 @@ What must hold, for each language:
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -210,6 +211,16 @@ def test_function_one_client_one_iam_login(language, ferretdb, iam_gateway, fn_d
         created = created_client_lines(em)
         assert len(created) == 1, f"'created client' logged {len(created)} times:\n" + "\n".join(created)
         assert "load_balanced=true" in created[0], created[0]
+        # One Embedded Metric Format line per invocation (the bad event's too): the first
+        # created the connection and logged in with IAM once; every later one reused it.
+        emf = [json.loads(line) for line in em.log_text().splitlines() if line.startswith('{"_aws"')]
+        assert len(emf) == INVOCATIONS + 2, f"{len(emf)} metric lines for {INVOCATIONS + 2} invocations"
+        first = emf[0]
+        assert first["FunctionName"] == f"orders-fn-{language}", first
+        assert (first["ColdStart"], first["ConnectionsOpened"], first["IamAuthentications"]) == (1, 1, 1), first
+        assert first["ConnectTime"] > 0, first
+        assert all((e["ClientReused"], e["ConnectionsOpened"], e["IamAuthentications"]) == (1, 0, 0) for e in emf[1:]), \
+            [e for e in emf[1:] if e["ConnectionsOpened"]][:2]
         assert "auth=MONGODB-AWS" in created[0] and f"app_name=orders-fn-{language}" in created[0], created[0]
         # Load-balanced: no monitoring connection, so the whole run is one gateway connection.
         opened = baseline[1] - before[1]
