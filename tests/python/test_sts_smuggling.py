@@ -161,16 +161,29 @@ def test_scram_after_abandoned_aws_conversation(gw, moto):
 
 
 def test_unauthenticated_clients_meet_the_handshake_deadline(ferretdb, logdir, moto):
+    """A client that starts anything but monitoring must log in within the handshake deadline
+    (2 s here). A driver's monitoring connection never logs in (SDAM): one that sends only
+    hello and ping may stay while it keeps sending (a heartbeat at least every three deadlines,
+    6 s here), and can do nothing else: its first other command is refused, and it is then held
+    to the login deadline like any other client."""
     g = start_iam_gateway(ferretdb, logdir, moto.endpoint, extra_args=("--handshake-timeout", "2s"))
     try:
-        with AwsConn(g.port) as idle, AwsConn(g.port) as authed:
-            idle.hello()
+        with AwsConn(g.port) as silent, AwsConn(g.port) as monitor, AwsConn(g.port) as nosy, \
+                AwsConn(g.port) as authed:
+            t0 = time.monotonic()
+            silent.hello()
+            monitor.hello()
+            nosy.hello()
             first = first_of(authed)
             assert authed.sasl_continue(first, sign(moto.role, first.nonce, first.host)).get("ok") == 1
-            t0 = time.monotonic()
-            assert w.wait_closed(idle.sock, 8), "an unauthenticated client outlived the handshake deadline"
-            assert time.monotonic() - t0 <= 5
-            time.sleep(1)
+            assert nosy.command({"find": "items", "filter": {}}, db=DB).get("code") == 13
+            assert w.wait_closed(nosy.sock, 5), "a client past its login deadline was not closed"
+            assert time.monotonic() - t0 <= 4
+            for _ in range(8):  # heartbeats for 8 s: four login deadlines
+                time.sleep(1)
+                assert monitor.hello().get("ok") == 1
+            assert w.wait_closed(silent.sock, 2), "a silent unauthenticated connection outlived 3 deadlines"
+            assert monitor.command({"ping": 1}).get("ok") == 1, "a monitoring connection was cut"
             assert authed.command({"find": "items", "filter": {}}, db=DB).get("ok") == 1
     finally:
         g.proc.stop()

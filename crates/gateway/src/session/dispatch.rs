@@ -70,6 +70,9 @@ impl Session {
             }
         }
         self.count_op(&view.name);
+        if !matches!(view.spec.kind, Kind::Hello | Kind::Ping) {
+            self.monitoring_only = false;
+        }
         if users.auth_required() {
             if let Err(e) = authz::check(&users, self.auth.identity.as_deref(), &view) {
                 return self

@@ -62,6 +62,11 @@ struct Session {
     reply_permit: Option<InflightPermit>,
     /// The `appName` of the client's first `hello`, for logs.
     app_name: Option<Box<str>>,
+    /// Only `hello` and `ping` so far: a driver's monitoring connection, which never
+    /// authenticates (the SDAM specification), and is not held to the login deadline.
+    monitoring_only: bool,
+    /// When the last message arrived.
+    last_message: tokio::time::Instant,
     /// This client's series of the per-appName and per-user operation counters, resolved once.
     app_ops: Option<crate::metrics::Counter>,
     user_ops: Option<crate::metrics::Counter>,
@@ -99,6 +104,8 @@ pub async fn run(
         inbound: Inbound::default(),
         reply_permit: None,
         app_name: None,
+        monitoring_only: true,
+        last_message: tokio::time::Instant::now(),
         app_ops: None,
         user_ops: None,
     };
@@ -146,6 +153,7 @@ impl Session {
                 return;
             }
             let limits = self.read_limits();
+            let monitor_deadline = self.last_message + self.monitor_idle_limit();
             let read = tokio::select! {
                 // Reading first means bytes that already arrived win over the drain signal.
                 biased;
@@ -167,7 +175,12 @@ impl Session {
                     tracing::debug!(peer = %self.peer, "no handshake or authentication before the deadline; closing");
                     return;
                 }
+                _ = tokio::time::sleep_until(monitor_deadline), if self.idle_monitor() => {
+                    tracing::debug!(peer = %self.peer, "unauthenticated monitoring connection silent too long; closing");
+                    return;
+                }
             };
+            self.last_message = tokio::time::Instant::now();
             let message = match read {
                 Ok(Some(message)) => message,
                 Ok(None) => return,
@@ -243,10 +256,29 @@ impl Session {
     /// Whether the handshake deadline still applies: until the first message, and, when users
     /// are configured, until authentication completes, so an unauthenticated client cannot
     /// hold a connection slot for longer than the deadline.
+    ///
+    /// A connection that has sent only `hello` and `ping` is a driver's monitoring connection,
+    /// which never authenticates: it may stay unauthenticated, and can do nothing else (every
+    /// other command needs a login), as long as it keeps sending; see [`Session::idle_monitor`].
     fn awaiting_handshake(&self) -> bool {
-        !self.greeted
-            || (self.auth.identity.is_none()
-                && self.shared.live.settings.load().users.auth_required())
+        !self.greeted || (self.unauthenticated() && !self.monitoring_only)
+    }
+
+    /// Whether an unauthenticated monitoring connection is held to the silence bound: it must
+    /// send something (a driver's heartbeat, every 10 s by default) within
+    /// [`Session::monitor_idle_limit`], or it is closed.
+    fn idle_monitor(&self) -> bool {
+        self.greeted && self.monitoring_only && self.unauthenticated()
+    }
+
+    /// Three handshake deadlines (30 s by default): room for a driver's heartbeat interval.
+    fn monitor_idle_limit(&self) -> std::time::Duration {
+        self.shared.live.settings.load().handshake_timeout * 3
+    }
+
+    /// No login yet while users are configured.
+    fn unauthenticated(&self) -> bool {
+        self.auth.identity.is_none() && self.shared.live.settings.load().users.auth_required()
     }
 
     /// Whether the authenticated user no longer exists as it was when it logged in.
