@@ -37,6 +37,7 @@ pub mod reload;
 pub mod route;
 pub mod session;
 pub mod settings;
+pub mod text;
 pub mod tls;
 pub mod upstream;
 

@@ -50,13 +50,7 @@ const MAX_QUEUE: Duration = Duration::from_secs(30);
 type Key = (IpAddr, Option<String>);
 
 fn key(ip: IpAddr, user: Option<&str>) -> Key {
-    let user = user.map(|u| {
-        let mut end = u.len().min(MAX_USER_KEY);
-        while !u.is_char_boundary(end) {
-            end -= 1;
-        }
-        u[..end].to_string()
-    });
+    let user = user.map(|u| crate::text::bounded_prefix(u, MAX_USER_KEY).to_string());
     (ip, user)
 }
 

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use prometheus::IntCounterVec;
 
 use super::Counter;
+use crate::text::bounded_prefix;
 
 /// Most distinct label values shown per family.
 pub const MAX_SERIES: usize = 100;
@@ -38,7 +39,7 @@ impl BoundedCounters {
 
     /// The counter for `value`, or the shared [`OTHER`] one once the bound is reached.
     pub fn counter(&self, value: &str) -> Counter {
-        let value = cut(value);
+        let value = bounded_prefix(value, MAX_VALUE);
         let mut seen = self.seen.lock().expect("metrics lock");
         if let Some(c) = seen.get(value) {
             return c.clone();
@@ -52,14 +53,6 @@ impl BoundedCounters {
             .or_insert_with(|| self.family.with_label_values(&[key]))
             .clone()
     }
-}
-
-fn cut(value: &str) -> &str {
-    let mut end = value.len().min(MAX_VALUE);
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    &value[..end]
 }
 
 #[cfg(test)]
@@ -80,6 +73,11 @@ mod tests {
         // MAX_SERIES own series and OTHER.
         assert_eq!(b.seen.lock().unwrap().len(), MAX_SERIES + 1);
         let long = "é".repeat(200);
-        assert!(cut(&long).len() <= MAX_VALUE);
+        b.counter(&long).inc();
+        assert_eq!(
+            family.with_label_values(&[OTHER]).get(),
+            51,
+            "a long value, past the bound"
+        );
     }
 }

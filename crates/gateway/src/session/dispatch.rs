@@ -69,7 +69,7 @@ impl Session {
                 return self.undecodable(&frame, e);
             }
         }
-        self.count_op(&view.name);
+        self.count_op(&view.name, view.spec.kind);
         if !matches!(view.spec.kind, Kind::Hello | Kind::Ping) {
             self.monitoring_only = false;
         }
@@ -192,12 +192,12 @@ impl Session {
 impl Session {
     /// Counts an operation by command, by appName and, once logged in, by user; the series are
     /// resolved on first use and kept for the connection.
-    fn count_op(&mut self, name: &str) {
+    fn count_op(&mut self, name: &str, kind: Kind) {
         let metrics = &self.shared.metrics;
         metrics.count_op(name);
         // The handshake is not an operation of the application, and it is where the appName
         // arrives: the series is chosen at the first command after it.
-        if ["hello", "ismaster", "isMaster"].contains(&name) {
+        if kind == Kind::Hello {
             return;
         }
         let app = self.app_name.as_deref().unwrap_or("none");

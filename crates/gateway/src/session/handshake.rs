@@ -43,11 +43,7 @@ fn app_name_of(body: &RawDocument) -> Option<Box<str>> {
         .ok()?
         .get_str("name")
         .ok()?;
-    let mut end = name.len().min(MAX_APP_NAME);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(name[..end].into())
+    Some(crate::text::bounded_prefix(name, MAX_APP_NAME).into())
 }
 
 /// Builds the hello reply for a request whose command name is `name`.

@@ -21,7 +21,7 @@ use mongomux_wire::{WireError, MAX_MESSAGE_SIZE};
 use tokio::time::Instant;
 
 use crate::framed::{FrameError, Framed};
-use crate::limits::inflight::{BudgetRefusal, InflightBudget, InflightPermit};
+use crate::limits::inflight::{BudgetRefusal, InflightBudget, InflightPermit, SMALL};
 use crate::tls::ClientStream;
 
 /// The state of the message being received.
@@ -160,6 +160,10 @@ impl super::Session {
         &mut self,
         len: usize,
     ) -> Result<(), crate::error::GatewayError> {
+        // Nearly every reply: no settings to read, no budget to take.
+        if len <= SMALL {
+            return Ok(());
+        }
         let limit = self.shared.live.settings.load().checkout_timeout;
         match self.shared.inflight.take(len, Instant::now() + limit).await {
             Ok(permit) => {
