@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from bson import Int64
 from bson.binary import Binary, UuidRepresentation
 from pymongo.errors import OperationFailure
@@ -257,6 +258,14 @@ class GatewayFactory:
                 gw.proc.stop()
             except AssertionError:
                 pass
+
+
+@pytest.fixture
+def gateways(logdir, ferretdb):
+    """A GatewayFactory in front of the session's FerretDB, for one test (import it where used)."""
+    f = GatewayFactory(logdir, ferretdb)
+    yield f
+    f.stop_all()
 
 
 def sighup(gw: Gateway) -> None:

@@ -15,6 +15,7 @@ from bson import Int64
 
 from mongowire import RawConn
 from security_fixtures import CURSOR_NOT_FOUND, GatewayFactory, lsid, make_user, write_config
+from security_fixtures import gateways  # noqa: F401 - pytest fixture
 
 N = 1000
 
@@ -22,13 +23,6 @@ N = 1000
 @pytest.fixture(scope="module")
 def users():
     return {"a": make_user("xgw-a"), "b": make_user("xgw-b")}
-
-
-@pytest.fixture
-def gateways(logdir, ferretdb):
-    f = GatewayFactory(logdir, ferretdb)
-    yield f
-    f.stop_all()
 
 
 @pytest.fixture(scope="module")

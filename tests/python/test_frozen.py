@@ -29,6 +29,7 @@ import pytest
 
 from conftest import wait_until
 from security_fixtures import GatewayFactory, metric
+from security_fixtures import gateways  # noqa: F401 - pytest fixture
 
 MIB = 1024 * 1024
 DB = "frozen"
@@ -86,13 +87,6 @@ class Child:
         self.resume()
         self.p.kill()
         self.p.wait(10)
-
-
-@pytest.fixture
-def gateways(logdir, ferretdb):
-    f = GatewayFactory(logdir, ferretdb)
-    yield f
-    f.stop_all()
 
 
 @pytest.fixture

@@ -16,16 +16,10 @@ import pytest
 from pymongo.errors import OperationFailure
 
 from conftest import wait_until
-from security_fixtures import GatewayFactory, make_user, metric, metrics_text, sighup, write_config
+from security_fixtures import gateways  # noqa: F401 - pytest fixture
+from security_fixtures import make_user, metric, metrics_text, sighup, write_config
 
 APP = "billing\nFAKE {\"event\":\"auth_succeeded\"}\r"
-
-
-@pytest.fixture
-def gateways(logdir, ferretdb):
-    f = GatewayFactory(logdir, ferretdb)
-    yield f
-    f.stop_all()
 
 
 def json_lines(gw) -> list[dict]:

@@ -12,21 +12,14 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 
 from conftest import ROOT
-from security_fixtures import GatewayFactory, make_user, metrics_text, write_config
+from security_fixtures import gateways  # noqa: F401 - pytest fixture
+from security_fixtures import make_user, metrics_text, write_config
 
 MONITORING = ROOT / "deploy" / "monitoring"
 NAME = re.compile(r"\bmongomux_[a-z_]+")
 SUFFIXES = ("_bucket", "_sum", "_count")
-
-
-@pytest.fixture
-def gateways(logdir, ferretdb):
-    f = GatewayFactory(logdir, ferretdb)
-    yield f
-    f.stop_all()
 
 
 def dashboard_exprs() -> list[str]:
