@@ -17,32 +17,31 @@ def series(rows, key):
     return [float(r[key]) if r[key] not in ("", "None") else float("nan") for r in rows]
 
 
+# The four panels: title, the CSV columns drawn (with their legends), and a log scale.
+PANELS = [
+    ("Client connections", [("client_connections", "open"), ("accepted_per_s", "accepted/s")], False),
+    ("Upstream connections (what the database sees)",
+     [("upstream_open", "open"), ("upstream_in_use", "in use")], False),
+    ("Operations per second", [("ops_per_s", "all"), ("find_per_s", "find"), ("insert_per_s", "insert")], False),
+    ("Latency", [("upstream_p50_ms", "upstream p50"), ("upstream_p99_ms", "upstream p99"),
+                 ("checkout_p99_ms", "checkout wait p99")], True),
+]
+POOL_SIZE = 8  # scripts/dashboard-sample's gateway
+
+
 def main(src: Path, dst: Path) -> None:
     rows = list(csv.DictReader(src.open()))
     t = series(rows, "t_s")
     fig, ax = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
-    a = ax[0][0]
-    a.plot(t, series(rows, "client_connections"), label="open")
-    a.plot(t, series(rows, "accepted_per_s"), label="accepted/s")
-    a.set_title("Client connections")
-    a = ax[0][1]
-    a.plot(t, series(rows, "upstream_open"), label="open")
-    a.plot(t, series(rows, "upstream_in_use"), label="in use")
-    a.axhline(8, color="grey", linestyle=":", label="pool_size")
-    a.set_title("Upstream connections (what the database sees)")
-    a = ax[1][0]
-    a.plot(t, series(rows, "ops_per_s"), label="all")
-    a.plot(t, series(rows, "find_per_s"), label="find")
-    a.plot(t, series(rows, "insert_per_s"), label="insert")
-    a.set_title("Operations per second")
-    a = ax[1][1]
-    a.plot(t, series(rows, "upstream_p50_ms"), label="upstream p50")
-    a.plot(t, series(rows, "upstream_p99_ms"), label="upstream p99")
-    a.plot(t, series(rows, "checkout_p99_ms"), label="checkout wait p99")
-    a.set_yscale("log")
-    a.set_ylabel("ms")
-    a.set_title("Latency")
-    for a in ax.flat:
+    for a, (title, columns, log) in zip(ax.flat, PANELS):
+        for column, label in columns:
+            a.plot(t, series(rows, column), label=label)
+        if "upstream_in_use" in dict(columns):
+            a.axhline(POOL_SIZE, color="grey", linestyle=":", label="pool_size")
+        if log:
+            a.set_yscale("log")
+            a.set_ylabel("ms")
+        a.set_title(title)
         a.legend(loc="upper right", fontsize=8)
         a.grid(alpha=0.3)
     for a in ax[1]:
