@@ -1,6 +1,7 @@
 //! The parts of a running gateway that client sessions share, each small and with one job:
 //! the reloadable settings ([`Live`]), the upstream pool, the routing tables, the metrics, the
-//! edge-authentication services ([`Edge`]) and the id counters ([`Ids`]). They are built once at
+//! edge-authentication services ([`Edge`]), the id counters ([`Ids`]) and the operators' state
+//! ([`Admin`]). They are built once at
 //! start-up by [`Shared::new`] and never replaced; what changes at run time lives behind the
 //! `ArcSwap`s of [`Live`]. No part points back at its owner, and there are no globals.
 
@@ -11,6 +12,8 @@ use arc_swap::ArcSwap;
 use bson::oid::ObjectId;
 use tokio::sync::watch;
 
+use crate::admin::report::Parts;
+use crate::admin::Admin;
 use crate::identity::session_key::SessionKey;
 use crate::identity::sts::Sts;
 use crate::limits::client_limit::ClientLimit;
@@ -112,6 +115,8 @@ pub struct Shared {
     pub inflight: InflightBudget,
     /// Turns true when the gateway starts draining.
     pub draining: watch::Receiver<bool>,
+    /// Connected clients, the pause gate, the reload hook.
+    pub admin: Arc<Admin>,
 }
 
 impl Shared {
@@ -175,12 +180,27 @@ impl Shared {
             sources: Arc::default(),
             metrics,
             draining,
+            admin: Arc::default(),
         }
     }
 
     /// Whether the gateway is draining.
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// Runs `f` on the parts the operators' reports read.
+    pub fn with_report_parts<T>(&self, f: impl FnOnce(&Parts<'_>) -> T) -> T {
+        let settings = self.live.settings.load();
+        f(&Parts {
+            topology: &self.upstream,
+            routes: &self.routes,
+            metrics: &self.metrics,
+            admin: &self.admin,
+            settings: &settings,
+            draining: self.is_draining(),
+            reloads: self.live.reload_count(),
+        })
     }
 }
 

@@ -69,6 +69,13 @@ pub enum GatewayError {
     /// A transaction statement after the gateway aborted the transaction (idle too long).
     #[error("{0}")]
     NoSuchTransaction(String),
+    /// Forwarding stayed paused (`mongomuxPause`) for the pause's whole wait; the request was
+    /// never sent.
+    #[error("{0}")]
+    Paused(String),
+    /// An admin command with bad arguments, or a reload that failed.
+    #[error("{0}")]
+    AdminCommand(String),
     /// Socket errors on the client side.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -107,6 +114,8 @@ impl GatewayError {
             GatewayError::MessageTooLarge(_) => (10334, "BSONObjectTooLarge"),
             GatewayError::MessageTimeout(_) => (262, "ExceededTimeLimit"),
             GatewayError::NoSuchTransaction(_) => (251, "NoSuchTransaction"),
+            GatewayError::Paused(_) => (262, "ExceededTimeLimit"),
+            GatewayError::AdminCommand(_) => (2, "BadValue"),
         }
     }
 
@@ -115,6 +124,8 @@ impl GatewayError {
         match self {
             GatewayError::Upstream(e) => upstream_retryable(e),
             GatewayError::Draining => true,
+            // Never sent upstream, so running it again is safe.
+            GatewayError::Paused(_) => true,
             _ => false,
         }
     }

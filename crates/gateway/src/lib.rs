@@ -14,7 +14,8 @@
 //! Beside the request path: [`identity`] (users, SCRAM/MONGODB-AWS conversations, STS),
 //! [`settings`] (raw configuration, validated [`Settings`]) with [`reload`] applying new ones,
 //! [`access`] (the IP access list), [`proxy`] (PROXY protocol headers and who may send them), [`limits`] (client, per-source and failed-login limits), [`tls`], [`framed`] (whole messages out of a byte stream),
-//! [`metrics`], and [`error`], the one place errors become MongoDB replies.
+//! [`metrics`], [`admin`] (what operators see and steer: clients, pause, reports), and
+//! [`error`], the one place errors become MongoDB replies.
 //!
 //! State shared between tasks is a few small parts ([`context::Shared`]), built once; the
 //! reloadable settings are one validated value behind an `ArcSwap` in [`context::Live`]. There
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod command;
 pub mod config_error;
 pub mod context;

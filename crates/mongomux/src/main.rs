@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod serve_args;
+mod status;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -37,6 +38,23 @@ enum Command {
     /// Manage gateway users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Show a running gateway's pools, upstream connections, clients and per-command figures,
+    /// as one of its operators (a user with the gatewayMonitor or gatewayAdmin role).
+    Status {
+        /// The gateway's connection string with an operator's credentials, e.g.
+        /// mongodb://ops:PASSWORD@127.0.0.1:27017/?authSource=admin
+        #[arg(long, env = "MONGOMUX_STATUS_URI", hide_env_values = true)]
+        uri: String,
+        /// Print the reply as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Most clients listed.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        clients: u32,
+    },
+    /// Print a new random bearer token for the JSON admin endpoints, and the
+    /// admin_token_sha256 line to put in the configuration.
+    AdminToken,
     /// Validate a configuration (a TOML file, flags and environment, as `serve` would layer
     /// them), resolve a mongodb+srv upstream, print a summary and exit.
     CheckConfig {
@@ -62,7 +80,8 @@ enum UserCommand {
         /// Authentication database.
         #[arg(long, default_value = "admin")]
         db: String,
-        /// `read` or `readWrite`.
+        /// `read` or `readWrite`; or an operator role with no data access, `gatewayMonitor`
+        /// (the admin commands that show state) or `gatewayAdmin` (all admin commands).
         #[arg(long, default_value = "readWrite")]
         role: String,
         /// Database the user may use; repeat for more [default: all].
@@ -102,6 +121,11 @@ fn main() -> Result<()> {
             role,
             databases,
         }) => user_add(&name, &db, &role, &databases),
+        Command::Status { uri, json, clients } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(status::run(&uri, json, clients)),
+        Command::AdminToken => admin_token(),
         Command::Serve(args) => {
             init_logging(&args)?;
             let fd_limit = raise_fd_limit();
@@ -188,7 +212,12 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let gateway = Gateway::bind(settings)
         .await
         .map_err(|e| anyhow::anyhow!("{:#}", anyhow::Error::from(e)))?;
-    tokio::spawn(reload_on_sighup(gateway.shared(), args));
+    let shared = gateway.shared();
+    shared.admin.set_reloader(std::sync::Arc::new({
+        let shared = shared.clone();
+        move || reload_now(&shared, &args)
+    }));
+    tokio::spawn(reload_on_sighup(shared));
     let mut out = std::io::stdout().lock();
     writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
     if let Some(addr) = gateway.metrics_addr() {
@@ -213,33 +242,44 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the file and the environment, layer the flags again, and apply.
-async fn reload_on_sighup(shared: mongomux_gateway::Shared, args: ServeArgs) {
+/// SIGHUP: reload, as `mongomuxReload` does.
+async fn reload_on_sighup(shared: mongomux_gateway::Shared) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install a SIGHUP handler; reload is unavailable");
         return;
     };
     while hup.recv().await.is_some() {
-        let fd_limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
-            .ok()
-            .map(|(soft, _)| soft);
-        let applied = args.clone().into_raw().and_then(|mut raw| {
-            // The same lowering as at start, so an unchanged file does not read as a change.
-            fit_clients_to_fd_limit(&mut raw, fd_limit);
-            reload::reload(&shared, raw)
-        });
-        match applied {
-            Ok(change) => {
-                tracing::info!(event = "reload", users = change.users, applied = ?change.applied, "configuration reloaded");
-                if !change.needs_restart.is_empty() {
-                    tracing::warn!(settings = ?change.needs_restart, "changed settings that take effect only after a restart; their running values stay");
-                }
+        let _ = shared.admin.reload();
+    }
+}
+
+/// Re-reads the file and the environment, layers the flags again, applies the result, and
+/// logs what happened; the error is one line without secrets.
+fn reload_now(
+    shared: &mongomux_gateway::Shared,
+    args: &ServeArgs,
+) -> std::result::Result<mongomux_gateway::settings::SettingsChange, String> {
+    let fd_limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    let applied = args.clone().into_raw().and_then(|mut raw| {
+        // The same lowering as at start, so an unchanged file does not read as a change.
+        fit_clients_to_fd_limit(&mut raw, fd_limit);
+        reload::reload(shared, raw)
+    });
+    match applied {
+        Ok(change) => {
+            tracing::info!(event = "reload", users = change.users, applied = ?change.applied, "configuration reloaded");
+            if !change.needs_restart.is_empty() {
+                tracing::warn!(settings = ?change.needs_restart, "changed settings that take effect only after a restart; their running values stay");
             }
-            Err(e) => tracing::error!(
-                "reload failed, keeping the running configuration: {}",
-                invalid(e)
-            ),
+            Ok(change)
+        }
+        Err(e) => {
+            let e = invalid(e).to_string();
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            Err(e)
         }
     }
 }
@@ -292,12 +332,22 @@ fn fit_clients_to_fd_limit(cfg: &mut RawConfig, limit: Option<u64>) {
     }
 }
 
+/// Prints a random token (256 bits, hex) and the configuration line holding its SHA-256.
+fn admin_token() -> Result<()> {
+    use mongomux_gateway::admin::token;
+    let (secret, hash) = token::generate();
+    println!("# Give this token to the tools that read /admin/... (Authorization: Bearer TOKEN):");
+    println!("# {secret}");
+    println!("admin_token_sha256 = \"{hash}\"");
+    Ok(())
+}
+
 /// Prints a `[[users]]` entry with SCRAM-SHA-256 and SCRAM-SHA-1 stored keys.
 fn user_add(name: &str, db: &str, role: &str, databases: &[String]) -> Result<()> {
     use mongomux_auth::{Mechanism, ScramCredential, Secret};
     use std::io::{BufRead, IsTerminal};
-    if role != "read" && role != "readWrite" {
-        anyhow::bail!("--role must be read or readWrite");
+    if !["read", "readWrite", "gatewayMonitor", "gatewayAdmin"].contains(&role) {
+        anyhow::bail!("--role must be read, readWrite, gatewayMonitor or gatewayAdmin");
     }
     if std::io::stdin().is_terminal() {
         eprint!("password for {name} (input is echoed; pipe it in to avoid that): ");

@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// [default: 100ms].
     #[arg(long, env = "MONGOMUX_SLOW_OP_THRESHOLD", value_parser = humantime::parse_duration)]
     slow_op_threshold: Option<Duration>,
+    /// SHA-256 (64 hex digits) of the bearer token for the JSON admin endpoints on the metrics
+    /// listener (`mongomux admin-token` prints a token and its hash) [default: endpoints off].
+    #[arg(long, env = "MONGOMUX_ADMIN_TOKEN_SHA256")]
+    admin_token_sha256: Option<String>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     pub log_level: Option<String>,
@@ -226,6 +230,9 @@ impl ServeArgs {
             max_cursors_per_user,
             max_sessions_per_client
         );
+        if self.admin_token_sha256.is_some() {
+            cfg.admin_token_sha256 = self.admin_token_sha256;
+        }
         if let Some(v) = self.session_key {
             cfg.session_key = Some(mongomux_auth::Secret::new(v));
         }

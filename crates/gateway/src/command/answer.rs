@@ -26,6 +26,8 @@ fn roles_of(user: &User) -> Vec<Document> {
     let (one, any) = match user.role {
         Role::Read => ("read", "readAnyDatabase"),
         Role::ReadWrite => ("readWrite", "readWriteAnyDatabase"),
+        // The gateway's own roles have no server equivalent; they are named as they are.
+        operator => return vec![doc! { "role": operator.name(), "db": "admin" }],
     };
     if user.databases.is_empty() {
         return vec![doc! { "role": any, "db": "admin" }];

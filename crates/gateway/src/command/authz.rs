@@ -54,6 +54,11 @@ pub fn authorize(user: &User, view: &CommandView) -> Result<(), GatewayError> {
         Access::Unreviewed => deny(format!(
             "command {command} is not on mongomux's list of reviewed commands and is refused"
         )),
+        Access::GatewayMonitor | Access::GatewayAdmin => operate_allowed(user, view, access),
+        Access::Read | Access::Write if user.role.is_operator() => deny(format!(
+            "not authorized to execute command {{ {command}: ... }}: the {} role administers the gateway and has no access to data",
+            user.role.name()
+        )),
         Access::Read | Access::Write => {
             // Server-wide information (serverStatus, listDatabases, ...) is not filtered by
             // database, so only a user not restricted to some databases may see it.
@@ -87,6 +92,31 @@ pub fn authorize(user: &User, view: &CommandView) -> Result<(), GatewayError> {
             Ok(())
         }
     }
+}
+
+/// Whether `user` may run one of the gateway's admin commands: only on `admin`, as the server
+/// requires of its own admin commands, and only with an operator role that covers it.
+fn operate_allowed(user: &User, view: &CommandView, access: Access) -> Result<(), GatewayError> {
+    let command = view.name.escape_debug();
+    let role_covers = match access {
+        Access::GatewayAdmin => user.role == Role::GatewayAdmin,
+        _ => user.role.is_operator(),
+    };
+    if !role_covers {
+        let needed = match access {
+            Access::GatewayAdmin => "gatewayAdmin",
+            _ => "gatewayMonitor or gatewayAdmin",
+        };
+        return Err(GatewayError::Unauthorized(format!(
+            "not authorized to execute command {{ {command}: ... }}: it needs the gateway role {needed}"
+        )));
+    }
+    if view.db != "admin" {
+        return Err(GatewayError::Unauthorized(format!(
+            "{command} may only be run against the admin database"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `user` may touch `ns` with `access`.

@@ -41,6 +41,9 @@ pub enum Kind {
     /// `connectionStatus`: answered by the gateway with the client's own identity, because the
     /// upstream's answer names the gateway's shared upstream account.
     ConnectionStatus,
+    /// The gateway's own admin commands (`mongomux*`): answered by the gateway, for its
+    /// operators; never forwarded.
+    Operate,
 }
 
 /// Where the namespaces a command touches come from ([`super::namespaces`] reads them). Every
@@ -90,6 +93,12 @@ pub enum Access {
     Session,
     /// Administers the deployment or the shared upstream user: never allowed.
     Admin,
+    /// Shows the gateway's own state (pools, clients, statistics): the `gatewayMonitor` and
+    /// `gatewayAdmin` roles, on the `admin` database.
+    GatewayMonitor,
+    /// Steers the gateway (pause, resume, reload, close clients): the `gatewayAdmin` role, on
+    /// the `admin` database.
+    GatewayAdmin,
     /// Not reviewed: refused for authenticated users.
     Unreviewed,
 }
@@ -116,10 +125,10 @@ const fn row(name: &'static str, kind: Kind, access: Access, ns: Ns) -> (&'stati
     (name, Spec { kind, access, ns })
 }
 
-use Access::{Admin, Open, Read, Session, Write};
+use Access::{Admin, GatewayAdmin, GatewayMonitor, Open, Read, Session, Write};
 use Kind::{
     Authenticate, ConnectionState, ConnectionStatus, EndSessions, Forward, GetMore, Hello,
-    KillCursors, Logout, Ping, Sasl,
+    KillCursors, Logout, Operate, Ping, Sasl,
 };
 use Ns::{
     CloneCapped, Collection, CursorCollection, Db, Explain, FullName, MapReduce, Nothing, NsInfo,
@@ -222,6 +231,16 @@ const ROWS: &[(&str, Spec)] = &[
     row("logout", Logout, Open, Nothing),
     row("mapReduce", Forward, Read, MapReduce),
     row("mergeChunks", Forward, Admin, Nothing),
+    // The gateway's own admin commands (on `admin`, for its operator roles): never forwarded.
+    row("mongomuxClients", Operate, GatewayMonitor, Nothing),
+    row("mongomuxKillClients", Operate, GatewayAdmin, Nothing),
+    row("mongomuxPause", Operate, GatewayAdmin, Nothing),
+    row("mongomuxPools", Operate, GatewayMonitor, Nothing),
+    row("mongomuxReload", Operate, GatewayAdmin, Nothing),
+    row("mongomuxResume", Operate, GatewayAdmin, Nothing),
+    row("mongomuxServers", Operate, GatewayMonitor, Nothing),
+    row("mongomuxStats", Operate, GatewayMonitor, Nothing),
+    row("mongomuxStatus", Operate, GatewayMonitor, Nothing),
     row("moveChunk", Forward, Admin, Nothing),
     row("movePrimary", Forward, Admin, Nothing),
     row("moveRange", Forward, Admin, Nothing),

@@ -24,6 +24,31 @@ pub enum Role {
     #[default]
     #[serde(rename = "readWrite")]
     ReadWrite,
+    /// An operator who may read the gateway's own state (pools, clients, statistics) with the
+    /// admin commands, and has no access to data, like PgBouncer's `stats_users`.
+    #[serde(rename = "gatewayMonitor")]
+    GatewayMonitor,
+    /// An operator who may also steer the gateway (pause, resume, reload, close clients), and
+    /// has no access to data, like PgBouncer's `admin_users`.
+    #[serde(rename = "gatewayAdmin")]
+    GatewayAdmin,
+}
+
+impl Role {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::ReadWrite => "readWrite",
+            Role::GatewayMonitor => "gatewayMonitor",
+            Role::GatewayAdmin => "gatewayAdmin",
+        }
+    }
+
+    /// Whether the role is one of the gateway's operator roles (no data access).
+    pub fn is_operator(self) -> bool {
+        matches!(self, Role::GatewayMonitor | Role::GatewayAdmin)
+    }
 }
 
 /// One `[[users]]` entry.

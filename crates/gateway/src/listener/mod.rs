@@ -13,6 +13,7 @@
 //! immediately close a new client instead of spinning on EMFILE, while existing clients carry on.
 
 mod admit;
+mod status_json;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -128,10 +129,14 @@ impl Gateway {
         // when this function returns and drops `_stop_metrics`.
         let (_stop_metrics, stop_rx) = watch::channel(false);
         if let Some(l) = metrics_listener {
+            let endpoints = metrics::http::Endpoints {
+                ready: readiness(&shared, &accepting),
+                admin: status_json::handler(&shared),
+            };
             tokio::spawn(metrics::serve(
                 l,
                 shared.metrics.clone(),
-                readiness(&shared, &accepting),
+                endpoints,
                 stop_rx,
             ));
         }

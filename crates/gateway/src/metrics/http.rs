@@ -1,14 +1,15 @@
 //! The metrics endpoint and the health checks: answers `GET /metrics` with the text
 //! exposition, `GET /livez` with 200 whenever the event loop runs (the answer itself is the
 //! proof), `GET /readyz` with 200 or 503 and a one-line reason from the gateway's readiness probe
-//! ([`Readiness`]), and anything else with 404; one response per connection. It serves until
-//! `stop` changes, which the gateway sends after its drain, so a load balancer sees `/readyz`
-//! turn 503 while the gateway drains instead of a refused connection.
+//! ([`Readiness`]), `GET /admin/...` with the operators' JSON reports through [`AdminJson`],
+//! which checks its own bearer token, and anything else with 404; one response per connection.
+//! It serves until `stop` changes, which the gateway sends after its drain, so a load balancer
+//! sees `/readyz` turn 503 while the gateway drains instead of a refused connection.
 //!
 //! A scrape is one small request, so this is a few lines over a TCP socket rather than an HTTP
-//! library: the request head is read into a fixed 2 KiB buffer under a deadline, and at most
-//! [`MAX_SCRAPES`] exchanges run at once, so a misbehaving client holds a bounded amount of
-//! memory and tasks.
+//! server; the head is parsed by `httparse`. It is read into a fixed 2 KiB buffer under a
+//! deadline, and at most [`MAX_SCRAPES`] exchanges run at once, so a misbehaving client holds a
+//! bounded amount of memory and tasks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +31,28 @@ const MAX_SCRAPES: usize = 16;
 /// Called once per request; it must not block.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Serves `GET /metrics`, `/livez` and `/readyz` until `stop` changes or its sender is dropped.
+/// The JSON admin endpoints (`/admin/...`): called with the path and the request's bearer
+/// token, if it sent exactly one; answers a status line and a JSON body, or `None` for a path
+/// that is not one of them. It does its own access control. Called once per request; it must
+/// not block.
+pub type AdminJson =
+    Arc<dyn Fn(&str, Option<&str>) -> Option<(&'static str, String)> + Send + Sync>;
+
+/// What the endpoint serves besides the metrics.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// `/readyz`.
+    pub ready: Readiness,
+    /// `/admin/...`.
+    pub admin: AdminJson,
+}
+
+/// Serves `GET /metrics`, `/livez`, `/readyz` and `/admin/...` until `stop` changes or its
+/// sender is dropped.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    ready: Readiness,
+    endpoints: Endpoints,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
@@ -52,27 +70,46 @@ pub async fn serve(
             continue;
         };
         let metrics = metrics.clone();
-        let ready = ready.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(DEADLINE, respond(sock, &metrics, &ready)).await;
+            let _ = tokio::time::timeout(DEADLINE, respond(sock, &metrics, &endpoints)).await;
             drop(slot);
         });
     }
 }
 
-/// The path of a `GET` request line (query string dropped), if the head starts with one.
-fn get_path(head: &[u8]) -> Option<&[u8]> {
-    let line = head.split(|&b| b == b'\r' || b == b'\n').next()?;
-    let mut parts = line.split(|&b| b == b' ');
-    if parts.next()? != b"GET" {
+/// A `GET` request head: its path (query string dropped) and its bearer token, when it sent
+/// exactly one `Authorization` header and that header is a bearer token.
+struct Get {
+    path: String,
+    bearer: Option<String>,
+}
+
+/// Parses a complete request head; anything else (another method, a partial or malformed
+/// head, more headers than a scrape sends) is `None`.
+fn parse_get(head: &[u8]) -> Option<Get> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) || req.method != Some("GET") {
         return None;
     }
-    let target = parts.next()?;
-    target.split(|&b| b == b'?').next()
+    let path = req.path?.split('?').next()?.to_string();
+    let mut auth = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"));
+    let bearer = match (auth.next(), auth.next()) {
+        (Some(h), None) => std::str::from_utf8(h.value)
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string()),
+        _ => None,
+    };
+    Some(Get { path, bearer })
 }
 
 /// Reads one request head and writes one response.
-async fn respond(mut sock: TcpStream, metrics: &Metrics, ready: &Readiness) {
+async fn respond(mut sock: TcpStream, metrics: &Metrics, endpoints: &Endpoints) {
     let mut buf = [0u8; MAX_HEAD];
     let mut n = 0;
     while n < buf.len() {
@@ -85,10 +122,18 @@ async fn respond(mut sock: TcpStream, metrics: &Metrics, ready: &Readiness) {
         }
     }
     let plain = "text/plain; charset=utf-8";
-    let (status, content_type, body) = match get_path(&buf[..n]) {
-        Some(b"/metrics") => ("200 OK", prometheus::TEXT_FORMAT, metrics.render()),
-        Some(b"/livez") => ("200 OK", plain, "ok\n".to_string()),
-        Some(b"/readyz") => match ready() {
+    let get = parse_get(&buf[..n]);
+    let admin = get
+        .as_ref()
+        .and_then(|g| (endpoints.admin)(&g.path, g.bearer.as_deref()));
+    let (status, content_type, body) = match get.as_ref().map(|g| g.path.as_str()) {
+        _ if admin.is_some() => {
+            let (status, body) = admin.expect("checked");
+            (status, "application/json", body)
+        }
+        Some("/metrics") => ("200 OK", prometheus::TEXT_FORMAT, metrics.render()),
+        Some("/livez") => ("200 OK", plain, "ok\n".to_string()),
+        Some("/readyz") => match (endpoints.ready)() {
             Ok(()) => ("200 OK", plain, "ready\n".to_string()),
             Err(why) => (
                 "503 Service Unavailable",
@@ -99,11 +144,15 @@ async fn respond(mut sock: TcpStream, metrics: &Metrics, ready: &Readiness) {
         _ => (
             "404 Not Found",
             plain,
-            "not found; try /metrics, /livez or /readyz\n".to_string(),
+            "not found; try /metrics, /livez, /readyz or /admin/status\n".to_string(),
         ),
     };
+    let challenge = match status.starts_with("401") {
+        true => "WWW-Authenticate: Bearer realm=\"mongomux\"\r\n",
+        false => "",
+    };
     let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{challenge}Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = sock.write_all(resp.as_bytes()).await;
@@ -123,8 +172,21 @@ mod tests {
         out
     }
 
-    fn always_ready() -> Readiness {
-        Arc::new(|| Ok(()))
+    fn always_ready() -> Endpoints {
+        with_ready(Arc::new(|| Ok(())))
+    }
+
+    fn with_ready(ready: Readiness) -> Endpoints {
+        Endpoints {
+            ready,
+            admin: Arc::new(|path, bearer| {
+                let section = path.strip_prefix("/admin/")?;
+                Some(match bearer {
+                    Some("t0k3n") => ("200 OK", format!("{{\"section\":\"{section}\"}}")),
+                    _ => ("401 Unauthorized", "{}".to_string()),
+                })
+            }),
+        }
     }
 
     #[tokio::test]
@@ -138,7 +200,12 @@ mod tests {
             false => Err("draining".into()),
         });
         let (_tx, rx) = watch::channel(false);
-        tokio::spawn(serve(listener, Arc::new(Metrics::default()), ready, rx));
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            with_ready(ready),
+            rx,
+        ));
         let live = get(addr, "/livez").await;
         assert!(live.starts_with("HTTP/1.1 200 OK\r\n"), "{live}");
         let ok = get(addr, "/readyz").await;
@@ -158,14 +225,61 @@ mod tests {
     }
 
     #[test]
-    fn request_lines_are_split_not_prefix_matched() {
-        assert_eq!(get_path(b"GET /readyz HTTP/1.1\r\n"), Some(&b"/readyz"[..]));
+    fn request_heads_are_parsed_not_prefix_matched() {
+        let path = |head: &[u8]| parse_get(head).map(|g| g.path);
         assert_eq!(
-            get_path(b"GET /livez?x=1 HTTP/1.1\r\n"),
-            Some(&b"/livez"[..])
+            path(b"GET /readyz HTTP/1.1\r\n\r\n").as_deref(),
+            Some("/readyz")
         );
-        assert_eq!(get_path(b"POST /readyz HTTP/1.1\r\n"), None);
-        assert_eq!(get_path(b""), None);
+        assert_eq!(
+            path(b"GET /livez?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").as_deref(),
+            Some("/livez")
+        );
+        assert_eq!(path(b"POST /readyz HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(path(b"GET /readyz HTTP/1.1\r\n"), None, "partial head");
+        assert_eq!(path(b""), None);
+        let bearer = |head: &[u8]| parse_get(head).and_then(|g| g.bearer);
+        assert_eq!(
+            bearer(b"GET /admin/status HTTP/1.1\r\nauthorization: Bearer abc \r\n\r\n").as_deref(),
+            Some("abc")
+        );
+        // Two Authorization headers, or another scheme, carry no token.
+        assert_eq!(
+            bearer(b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            bearer(b"GET / HTTP/1.1\r\nAuthorization: Basic YTpi\r\n\r\n"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_paths_go_to_the_admin_handler_with_the_token() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            always_ready(),
+            rx,
+        ));
+        let denied = get(addr, "/admin/status").await;
+        assert!(
+            denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{denied}"
+        );
+        assert!(denied.contains("WWW-Authenticate: Bearer"), "{denied}");
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /admin/pools HTTP/1.1\r\nAuthorization: Bearer t0k3n\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("Content-Type: application/json"), "{out}");
+        assert!(out.ends_with("{\"section\":\"pools\"}"), "{out}");
     }
 
     #[tokio::test]

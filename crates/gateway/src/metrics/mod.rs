@@ -20,6 +20,7 @@
 
 pub mod bounded;
 pub mod http;
+pub mod latency;
 #[cfg(test)]
 mod tests;
 
@@ -165,6 +166,8 @@ pub struct Metrics {
     sts_results: Vec<Counter>,
     /// Operations by command name, in [`COMMANDS`] order, then `other`.
     ops: Vec<Counter>,
+    /// Per-command times and failures for the admin surface (not exported to Prometheus).
+    pub commands: latency::CommandStats,
     /// Error replies the gateway itself generated, in [`ERROR_CODES`] order.
     gateway_errors: Vec<Counter>,
     /// Upstream members by address and state (1 for the current state). Members are bounded
@@ -280,6 +283,7 @@ impl Default for Metrics {
                 )
                 .expect("family"),
             )),
+            commands: latency::CommandStats::new(COMMANDS),
             ops: r.counter_family(
                 "mongomux_operations_total",
                 "Operations received, by command.",

@@ -64,6 +64,17 @@ impl Routes {
         self.tables.lock().expect("routing lock")
     }
 
+    /// Cursors the client connection `connection` opened that are still open.
+    pub fn cursors_opened_by(&self, connection: i64) -> usize {
+        self.lock().cursors.held_by_connection(connection)
+    }
+
+    /// Logical sessions the gateway knows now, and cursors open now.
+    pub fn counts(&self) -> (usize, usize) {
+        let tables = self.lock();
+        (tables.sessions.len(), tables.cursors.len())
+    }
+
     /// Whether a request may use cursor `id` (see [`Cursors::may_use`]).
     pub fn may_use_cursor(
         &self,

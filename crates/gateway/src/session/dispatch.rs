@@ -70,6 +70,11 @@ impl Session {
             }
         }
         self.count_op(&view.name, view.spec.kind);
+        self.op = Some((
+            self.shared.metrics.commands.index_of(&view.name),
+            std::time::Instant::now(),
+        ));
+        self.client.begin(&view.name, &view.db);
         if !matches!(view.spec.kind, Kind::Hello | Kind::Ping) {
             self.monitoring_only = false;
         }
@@ -121,6 +126,10 @@ impl Session {
                     false,
                 )
             }
+            Kind::Operate => {
+                let body = msg.body.to_raw_document_buf();
+                return Box::pin(self.operate(&users, &view, &body)).await;
+            }
             Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions => {}
         }
         // Whatever reaches a shared upstream connection must not be able to break it.
@@ -146,6 +155,21 @@ impl Session {
             if view.has_session_ids() {
                 let key = &self.shared.edge.session_key;
                 view.rewrite_session_ids(&mut frame, |uuid| namespaced_session_id(key, user, uuid));
+            }
+        }
+        // While an operator has paused forwarding, the request waits here (bounded); a
+        // transaction already running goes on, so that it can finish and free its connection.
+        let continues_transaction = view.in_transaction && !view.start_transaction;
+        if !continues_transaction && self.shared.admin.pause.is_paused() {
+            // Boxed: rare, and kept out of the state every idle session carries.
+            if let Err(waited) = Box::pin(self.shared.admin.pause.pass()).await {
+                let e = GatewayError::Paused(format!(
+                    "forwarding is paused by an operator (mongomuxPause) and did not resume within {} ms; the request was not sent",
+                    waited.0.as_millis()
+                ));
+                return self
+                    .replier()
+                    .error(view.request_id, e, view.in_transaction);
             }
         }
         match view.spec.kind {

@@ -232,6 +232,11 @@ impl Session {
                         .note_session(&mut self.used_sessions, lsid.as_bytes());
                 }
                 let facts = ReplyFacts::read(msg.body);
+                if facts.error_code.is_some() {
+                    self.failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.client.set_sessions(self.used_sessions.keys().len());
                 let release = self.track_reply(facts, view, &meta);
                 let body_at = msg.body.as_bytes().as_ptr() as usize - reply.as_ptr() as usize;
                 let cursor_at = facts.cursor_id_at.map(|at| body_at + at);
@@ -376,6 +381,9 @@ impl Session {
     /// session the upstream never saw is simply gone either way.
     pub(super) async fn end_sessions(&mut self, frame: BytesMut, view: &CommandView) -> Outcome {
         let _ = self.forward(frame, view).await;
+        // The client's answer is `ok` whatever the upstream said.
+        self.failed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if view.more_to_come {
             return Outcome::Silent;
         }

@@ -46,6 +46,20 @@ fn app_name_of(body: &RawDocument) -> Option<Box<str>> {
     Some(crate::text::bounded_prefix(name, MAX_APP_NAME).into())
 }
 
+/// `client.driver.name` and `version` of a handshake, as one string (cut by the registry).
+fn driver_of(body: &RawDocument) -> Option<String> {
+    let driver = body
+        .get_document("client")
+        .ok()?
+        .get_document("driver")
+        .ok()?;
+    let name = driver.get_str("name").ok()?;
+    Some(match driver.get_str("version") {
+        Ok(version) => format!("{name} {version}"),
+        Err(_) => name.to_string(),
+    })
+}
+
 /// Builds the hello reply for a request whose command name is `name`.
 pub fn hello_reply(
     info: UpstreamInfo,
@@ -143,6 +157,8 @@ impl Session {
         }
         if self.app_name.is_none() {
             self.app_name = app_name_of(body);
+            self.client
+                .set_handshake(self.app_name.as_deref(), driver_of(body));
         }
         let mut reply = self.hello_document(&view.name, body).await;
         if users.auth_required() {

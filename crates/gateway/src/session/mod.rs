@@ -24,6 +24,7 @@ mod forward;
 pub mod handshake;
 mod inbound;
 mod legacy;
+mod operate;
 mod reply;
 mod upstream_choice;
 
@@ -32,6 +33,9 @@ use std::net::SocketAddr;
 use mongomux_wire::{peek_request_id, MAX_MESSAGE_SIZE};
 use tokio::net::TcpStream;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::admin::clients::Registration;
 use crate::context::Shared;
 use crate::error::GatewayError;
 use crate::framed::{FrameError, Framed};
@@ -70,6 +74,12 @@ struct Session {
     /// This client's series of the per-appName and per-user operation counters, resolved once.
     app_ops: Option<crate::metrics::Counter>,
     user_ops: Option<crate::metrics::Counter>,
+    /// This client in the operators' registry.
+    client: Registration,
+    /// The command being handled: its index in the per-command statistics, and its arrival.
+    op: Option<(usize, std::time::Instant)>,
+    /// Whether the reply to the command being handled is an error.
+    failed: AtomicBool,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -92,8 +102,12 @@ pub async fn run(
     };
     shared.metrics.client_connections.inc();
     shared.metrics.client_connections_total.inc();
+    let connection_id = shared.ids.next_connection_id();
     let mut session = Session {
-        connection_id: shared.ids.next_connection_id(),
+        client: shared.admin.clients.register(connection_id, peer),
+        op: None,
+        failed: AtomicBool::new(false),
+        connection_id,
         framed: Framed::new(stream, MAX_MESSAGE_SIZE),
         shared: shared.clone(),
         peer,
@@ -138,6 +152,7 @@ impl Session {
             ids: &self.shared.ids,
             metrics: &self.shared.metrics,
             peer: self.peer,
+            failed: &self.failed,
         }
     }
 
@@ -155,8 +170,14 @@ impl Session {
             let limits = self.read_limits();
             let monitor_deadline = self.last_message + self.monitor_idle_limit();
             let read = tokio::select! {
-                // Reading first means bytes that already arrived win over the drain signal.
                 biased;
+                // An operator's close comes first, so a client that keeps sending cannot put
+                // it off; it is looked at only between messages, after the last reply.
+                () = self.client.close_requested() => {
+                    tracing::info!(event = "client_closed_by_operator", peer = %self.peer, conn = self.connection_id, "closing a client an operator named");
+                    return;
+                }
+                // Reading before the drain signal means bytes that already arrived win.
                 r = read_message(&mut self.framed, &mut self.inbound, &self.shared.inflight, limits) => r,
                 changed = draining.changed() => {
                     if changed.is_ok() && self.framed.has_buffered() {
@@ -188,6 +209,7 @@ impl Session {
             };
             self.greeted = true;
             let outcome = self.handle(message.frame).await;
+            self.finish_op();
             drop(message.permit);
             match outcome {
                 Outcome::Reply(bytes) => {
@@ -198,6 +220,19 @@ impl Session {
                 Outcome::Silent => {}
                 Outcome::Close => return,
             }
+        }
+    }
+
+    /// Records the command just handled in the statistics and the registry.
+    fn finish_op(&mut self) {
+        let user = self.auth.identity.as_ref().map(|u| u.name.as_str());
+        self.client.end(user);
+        if let Some((index, started)) = self.op.take() {
+            let failed = self.failed.swap(false, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .commands
+                .observe(index, started.elapsed(), failed);
         }
     }
 

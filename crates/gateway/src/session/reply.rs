@@ -3,6 +3,7 @@
 //! module only frames it (OP_MSG, or OP_REPLY for the legacy handshake), counts it and logs it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bson::Document;
 use bytes::Bytes;
@@ -30,6 +31,8 @@ pub struct Replier<'a> {
     pub metrics: &'a Metrics,
     /// For log lines.
     pub peer: SocketAddr,
+    /// Set when an error reply is made, for the per-command statistics.
+    pub failed: &'a AtomicBool,
 }
 
 impl Replier<'_> {
@@ -49,6 +52,7 @@ impl Replier<'_> {
     pub fn error(&self, request_id: i32, e: GatewayError, in_txn: bool) -> Outcome {
         let (code, _) = e.code();
         self.metrics.count_error(code);
+        self.failed.store(true, Ordering::Relaxed);
         tracing::debug!(peer = %self.peer, code, error = %e, "error reply");
         self.reply(request_id, &e.to_reply(in_txn))
     }
@@ -62,6 +66,7 @@ impl Replier<'_> {
     /// servers do for legacy queries (not for legacy commands).
     pub fn legacy_error(&self, request_id: i32, e: GatewayError, query_failure: bool) -> Outcome {
         self.metrics.count_error(e.code().0);
+        self.failed.store(true, Ordering::Relaxed);
         let mut body = e.to_reply(false);
         let flags = if query_failure {
             body.insert("$err", e.to_string());

@@ -131,6 +131,22 @@ pub struct Settings {
     pub transaction_idle_timeout: Duration,
     /// Operations at least this long are logged.
     pub slow_op_threshold: Duration,
+    /// SHA-256 of the JSON admin endpoints' bearer token; `None`: they are off.
+    pub admin_token_sha256: Option<[u8; 32]>,
+}
+
+/// The admin token's hash: 64 hex digits.
+fn admin_token(hex_text: Option<&str>) -> Result<Option<[u8; 32]>, ConfigError> {
+    let Some(text) = hex_text else {
+        return Ok(None);
+    };
+    let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32);
+    match bytes {
+        Some(b) => Ok(Some(b.try_into().expect("32 bytes"))),
+        None => Err(ConfigError::Invalid(
+            "admin_token_sha256 must be 64 hex digits (the SHA-256 of the token; `mongomux admin-token` prints both)".into(),
+        )),
+    }
 }
 
 impl Settings {
@@ -192,6 +208,7 @@ impl Settings {
             client_write_timeout: raw.client_write_timeout,
             transaction_idle_timeout: raw.transaction_idle_timeout,
             slow_op_threshold: raw.slow_op_threshold,
+            admin_token_sha256: admin_token(raw.admin_token_sha256.as_deref())?,
         })
     }
 

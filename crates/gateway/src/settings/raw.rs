@@ -137,6 +137,9 @@ pub struct RawConfig {
     /// Operations taking this long or longer are logged (`event: slow_operation`).
     #[serde(with = "humantime_serde")]
     pub slow_op_threshold: Duration,
+    /// SHA-256 (hex) of the bearer token of the JSON admin endpoints on the metrics listener
+    /// (`mongomux admin-token` makes one); unset turns them off.
+    pub admin_token_sha256: Option<String>,
 }
 
 impl Default for RawConfig {
@@ -186,6 +189,7 @@ impl Default for RawConfig {
             client_write_timeout: Duration::from_secs(30),
             transaction_idle_timeout: Duration::from_secs(60),
             slow_op_threshold: Duration::from_millis(100),
+            admin_token_sha256: None,
         }
     }
 }

@@ -77,6 +77,8 @@ const FIELDS: &[Field] = &[
     live!("client_write_timeout", client_write_timeout),
     live!("transaction_idle_timeout", transaction_idle_timeout),
     live!("slow_op_threshold", slow_op_threshold),
+    // Read on every admin request.
+    live!("admin_token_sha256", admin_token_sha256),
     // The budget is one semaphore built at start; bytes held under the old size could not be
     // accounted against a new one.
     restart!("max_inflight_bytes", max_inflight_bytes),

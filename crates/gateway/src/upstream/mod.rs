@@ -16,6 +16,8 @@ pub mod error;
 #[cfg(test)]
 mod mem_connector;
 pub mod pool;
+mod pool_limits;
+pub mod pool_stats;
 pub mod read_pref;
 pub mod srv;
 pub mod summary;

@@ -19,6 +19,7 @@
 //! gone, timeout, upstream error, cancelled task) keeps a dirty connection from being reused.
 //! The idle list and the open-connection count share one lock, never held across an await.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,69 +31,15 @@ use super::bound::{Bound, Permit};
 use super::conn::UpstreamInfo;
 use super::connector::{Connector, PoolConn, TcpConnector};
 use super::error::UpstreamError;
+use super::pool_limits::LiveLimits;
+pub use super::pool_limits::PoolLimits;
+use super::pool_stats::{ConnRecord, ConnReport, ConnState, PoolCounters, PoolReport, Waiting};
 use super::total::{IdleSource, Total};
 use crate::metrics::{Counter, Gauge, Metrics};
 
 /// An idle connection with open cursors is kept this long at most (MongoDB's own idle-cursor
 /// timeout), because on some servers closing it would kill those cursors.
 pub const CURSOR_KEEPALIVE: Duration = Duration::from_secs(600);
-
-/// The timeouts the pool reads on every use; swapped whole by [`Pool::set_limits`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolLimits {
-    /// Longest wait for a slot (and, separately, for a transaction pin).
-    pub checkout_timeout: Duration,
-    /// Longest time to open and authenticate a connection.
-    pub connect_timeout: Duration,
-    /// Idle connections older than this are closed.
-    pub idle_timeout: Duration,
-}
-
-/// [`PoolLimits`] readable on the hot path with one relaxed load each. The three values are
-/// independent, so a reader that sees one new and one old value during a swap is still right.
-#[derive(Debug)]
-struct LiveLimits {
-    checkout_nanos: AtomicU64,
-    connect_nanos: AtomicU64,
-    idle_nanos: AtomicU64,
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl LiveLimits {
-    fn new(limits: PoolLimits) -> LiveLimits {
-        let live = LiveLimits {
-            checkout_nanos: AtomicU64::new(0),
-            connect_nanos: AtomicU64::new(0),
-            idle_nanos: AtomicU64::new(0),
-        };
-        live.set(limits);
-        live
-    }
-
-    fn set(&self, limits: PoolLimits) {
-        self.checkout_nanos
-            .store(nanos(limits.checkout_timeout), Ordering::Relaxed);
-        self.connect_nanos
-            .store(nanos(limits.connect_timeout), Ordering::Relaxed);
-        self.idle_nanos
-            .store(nanos(limits.idle_timeout), Ordering::Relaxed);
-    }
-
-    fn checkout(&self) -> Duration {
-        Duration::from_nanos(self.checkout_nanos.load(Ordering::Relaxed))
-    }
-
-    fn connect(&self) -> Duration {
-        Duration::from_nanos(self.connect_nanos.load(Ordering::Relaxed))
-    }
-
-    fn idle(&self) -> Duration {
-        Duration::from_nanos(self.idle_nanos.load(Ordering::Relaxed))
-    }
-}
 
 /// The production pool.
 pub type UpstreamPool = Pool<TcpConnector>;
@@ -111,6 +58,7 @@ pub struct Pool<C: Connector = TcpConnector> {
     ids: AtomicU64,
     info: ArcSwap<Option<UpstreamInfo>>,
     metrics: Arc<Metrics>,
+    counters: PoolCounters,
 }
 
 /// The connections the pool owns that nobody has checked out, and the count of all open ones.
@@ -121,6 +69,8 @@ struct Stock<T> {
     /// Open connections: idle plus checked out.
     open: usize,
     closed: bool,
+    /// Every open connection, by id (as many as `open`).
+    conns: BTreeMap<u64, ConnRecord>,
 }
 
 /// An idle connection, when it went idle, and its permit of the shared [`Total`].
@@ -182,10 +132,12 @@ impl<C: Connector> Pool<C> {
                 idle: Vec::new(),
                 open: 0,
                 closed: false,
+                conns: BTreeMap::new(),
             }),
             ids: AtomicU64::new(0),
             info: ArcSwap::from_pointee(None),
             metrics,
+            counters: PoolCounters::default(),
         });
         let weak: std::sync::Weak<dyn IdleSource> = Arc::downgrade(&pool) as _;
         total.register(weak);
@@ -250,7 +202,10 @@ impl<C: Connector> Pool<C> {
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn<C>, UpstreamError> {
         let started = Instant::now();
         let timeout = self.limits.checkout();
-        let slot = match tokio::time::timeout(timeout, self.slots.acquire()).await {
+        let waiting = Waiting::new(&self.counters.waiting);
+        let slot = tokio::time::timeout(timeout, self.slots.acquire()).await;
+        drop(waiting);
+        let slot = match slot {
             Ok(Ok(slot)) => slot,
             Ok(Err(_)) => return Err(UpstreamError::PoolClosed),
             Err(_) => {
@@ -259,9 +214,11 @@ impl<C: Connector> Pool<C> {
             }
         };
         self.metrics.checkout_wait.observe(started.elapsed());
+        self.counters.waits.observe(started.elapsed());
         // On error `slot` drops here, so a failed connect never keeps a slot.
         let (conn, total) = self.take_idle_or_connect(started + timeout).await?;
         gauge_add(&self.metrics.upstream_in_use, 1);
+        self.counters.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),
             pool: self.clone(),
@@ -283,6 +240,11 @@ impl<C: Connector> Pool<C> {
         let mut conn = self.checkout().await?;
         conn.pin = Some(pin);
         gauge_add(&self.metrics.upstream_pinned, 1);
+        self.counters.pinned.fetch_add(1, Ordering::Relaxed);
+        let id = conn.conn().meta().id;
+        if let Some(record) = self.lock().conns.get_mut(&id) {
+            record.set(ConnState::Pinned);
+        }
         Ok(conn)
     }
 
@@ -311,7 +273,12 @@ impl<C: Connector> Pool<C> {
         match result {
             Ok((conn, info)) => {
                 self.info.store(Arc::new(Some(info)));
-                self.lock().open += 1;
+                let mut stock = self.lock();
+                stock.open += 1;
+                stock
+                    .conns
+                    .insert(id, ConnRecord::in_use(conn.meta().clone()));
+                drop(stock);
                 self.note_opened();
                 tracing::debug!(conn = id, "opened upstream connection");
                 Ok((conn, permit))
@@ -330,6 +297,9 @@ impl<C: Connector> Pool<C> {
         let mut stock = self.lock();
         while let Some(idle) = stock.idle.pop() {
             if idle.conn.is_healthy() {
+                if let Some(record) = stock.conns.get_mut(&idle.conn.meta().id) {
+                    record.set(ConnState::InUse);
+                }
                 return Some((idle.conn, idle.total));
             }
             self.discard(&mut stock, idle.conn);
@@ -345,6 +315,9 @@ impl<C: Connector> Pool<C> {
         if stock.closed || stock.open > self.slots.capacity() || self.total.wants_permits() {
             self.discard(&mut stock, conn);
         } else {
+            if let Some(record) = stock.conns.get_mut(&conn.meta().id) {
+                record.set(ConnState::Idle);
+            }
             stock.idle.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -357,6 +330,7 @@ impl<C: Connector> Pool<C> {
     fn discard(&self, stock: &mut Stock<C::Conn>, conn: C::Conn) {
         tracing::debug!(conn = conn.meta().id, "closing upstream connection");
         stock.open -= 1;
+        stock.conns.remove(&conn.meta().id);
         self.note_discarded();
         drop(conn);
     }
@@ -407,6 +381,36 @@ impl<C: Connector> Pool<C> {
     fn note_checkout_timeout(&self, waited: Duration) {
         count(&self.metrics.checkout_timeouts_total);
         self.metrics.checkout_wait.observe(waited);
+        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.counters.waits.observe(waited);
+    }
+
+    /// The pool's figures now, for operators.
+    pub fn report(&self, member: &str) -> PoolReport {
+        let (open, idle) = {
+            let stock = self.lock();
+            (stock.open, stock.idle.len())
+        };
+        let c = &self.counters;
+        PoolReport {
+            member: member.to_string(),
+            size: self.slots.capacity(),
+            open,
+            in_use: c.in_use.load(Ordering::Relaxed),
+            idle,
+            pinned: c.pinned.load(Ordering::Relaxed),
+            max_pinned: self.pins.capacity(),
+            waiting: c.waiting.load(Ordering::Relaxed),
+            checkout_timeouts: c.timeouts.load(Ordering::Relaxed),
+            checkout_wait: c.waits.snapshot(),
+        }
+    }
+
+    /// Every open connection, oldest id first.
+    pub fn connections(&self) -> Vec<ConnReport> {
+        let now = Instant::now();
+        let stock = self.lock();
+        stock.conns.values().map(|r| r.report(now)).collect()
     }
 
     fn note_opened(&self) {
@@ -443,8 +447,10 @@ impl<C: Connector> PooledConn<C> {
 impl<C: Connector> Drop for PooledConn<C> {
     fn drop(&mut self) {
         gauge_add(&self.pool.metrics.upstream_in_use, -1);
+        self.pool.counters.in_use.fetch_sub(1, Ordering::Relaxed);
         if self.pin.take().is_some() {
             gauge_add(&self.pool.metrics.upstream_pinned, -1);
+            self.pool.counters.pinned.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(conn) = self.conn.take() {
             let mut stock = self.pool.lock();

@@ -334,6 +334,14 @@ impl Topology {
         self.members.lock().expect("topology lock")
     }
 
+    /// Each member's address and pool, in address order (for operators' reports).
+    pub fn member_pools(&self) -> Vec<(String, Arc<UpstreamPool>)> {
+        self.lock_members()
+            .iter()
+            .map(|(address, m)| (address.clone(), m.pool.clone()))
+            .collect()
+    }
+
     fn pools(&self) -> Vec<Arc<UpstreamPool>> {
         self.lock_members()
             .values()
