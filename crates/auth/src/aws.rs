@@ -122,6 +122,45 @@ impl AwsServerFirst {
         let authorization = string_field(doc, "a")?.ok_or(AuthError::Malformed("a"))?;
         let date = string_field(doc, "d")?.ok_or(AuthError::Malformed("d"))?;
         let token = string_field(doc, "t")?;
+        checked_request(
+            Signed {
+                authorization,
+                date,
+                token,
+            },
+            &self.nonce,
+            &self.host,
+            now,
+        )
+    }
+
+    /// The host handed to the client.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+/// The client-supplied parts of a signed GetCallerIdentity request.
+struct Signed<'a> {
+    authorization: &'a str,
+    date: &'a str,
+    token: Option<&'a str>,
+}
+
+/// Rebuilds the signed GetCallerIdentity request for STS at `host` with `nonce`, after the
+/// local checks every client-supplied value gets.
+fn checked_request(
+    signed: Signed<'_>,
+    nonce: &[u8; 64],
+    host: &str,
+    now: SystemTime,
+) -> Result<StsRequest, AuthError> {
+    let Signed {
+        authorization,
+        date,
+        token,
+    } = signed;
+    {
         // Every value below is copied into the HTTP request sent to STS: each is checked
         // against the exact shape a SigV4 signer produces before anything else happens.
         let parsed = aws_fields::parse_authorization(authorization, token.is_some())?;
@@ -135,7 +174,7 @@ impl AwsServerFirst {
         }
         // The host is signed; a scope for another region means it was signed for another host
         // (an endpoint in the same region is caught by STS, which sees our host header).
-        if parsed.region != aws_fields::region_of_host(&self.host) {
+        if parsed.region != aws_fields::region_of_host(host) {
             return Err(AuthError::AuthenticationFailed);
         }
         check_date(date, now)?;
@@ -145,13 +184,10 @@ impl AwsServerFirst {
                 "application/x-www-form-urlencoded".to_string(),
             ),
             ("content-length".to_string(), STS_BODY.len().to_string()),
-            ("host".to_string(), self.host.clone()),
+            ("host".to_string(), host.to_string()),
             ("x-amz-date".to_string(), date.to_string()),
             ("authorization".to_string(), authorization.to_string()),
-            (
-                "x-mongodb-server-nonce".to_string(),
-                base64_encode(&self.nonce),
-            ),
+            ("x-mongodb-server-nonce".to_string(), base64_encode(nonce)),
             ("x-mongodb-gs2-cb-flag".to_string(), "n".to_string()),
         ];
         if let Some(t) = token {
@@ -163,11 +199,79 @@ impl AwsServerFirst {
             signature: parsed.signature.to_string(),
         })
     }
+}
 
-    /// The host handed to the client.
-    pub fn host(&self) -> &str {
-        &self.host
+/// Longest `X-MongoMux-AWS-STS` header value accepted (a real one is under 4 KiB).
+pub const MAX_HTTP_HEADER: usize = 16 * 1024;
+
+/// The signed headers an HTTP client sends in `X-MongoMux-AWS-STS` (base64 of this as JSON):
+/// the same request a MONGODB-AWS client signs, with a nonce the client chose.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSigned {
+    #[serde(rename = "Authorization")]
+    authorization: String,
+    #[serde(rename = "X-Amz-Date")]
+    date: String,
+    #[serde(rename = "X-MongoDB-Server-Nonce")]
+    nonce: String,
+    #[serde(
+        rename = "X-Amz-Security-Token",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    token: Option<String>,
+}
+
+/// Encodes the header value for a request signed with `nonce` (the client half of
+/// [`http_sts_request`]).
+pub(crate) fn http_header(
+    authorization: String,
+    date: String,
+    nonce: &[u8; 64],
+    token: Option<String>,
+) -> String {
+    use base64::Engine;
+    let signed = HttpSigned {
+        authorization,
+        date,
+        nonce: base64_encode(nonce),
+        token,
+    };
+    let json = serde_json::to_vec(&signed).expect("strings serialize");
+    base64::engine::general_purpose::STANDARD.encode(json)
+}
+
+/// Checks an `X-MongoMux-AWS-STS` header value (HTTP clients of the gateway's Data API) and
+/// rebuilds the signed GetCallerIdentity request for STS at `host` (from configuration), with
+/// the same checks as a MONGODB-AWS login. The nonce is the client's: the replay guard of the
+/// caller, which refuses a signature seen before, is what makes each header single-use.
+pub fn http_sts_request(value: &str, host: &str, now: SystemTime) -> Result<StsRequest, AuthError> {
+    use base64::Engine;
+    if value.len() > MAX_HTTP_HEADER {
+        return Err(AuthError::Malformed("header"));
     }
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| AuthError::Malformed("header"))?;
+    // A key given twice, an unknown key or a non-string value is refused by the parser.
+    let signed: HttpSigned =
+        serde_json::from_slice(&json).map_err(|_| AuthError::Malformed("header"))?;
+    let nonce: [u8; 64] = base64::engine::general_purpose::STANDARD
+        .decode(&signed.nonce)
+        .ok()
+        .and_then(|n| n.try_into().ok())
+        .ok_or(AuthError::Malformed("nonce"))?;
+    checked_request(
+        Signed {
+            authorization: &signed.authorization,
+            date: &signed.date,
+            token: signed.token.as_deref(),
+        },
+        &nonce,
+        host,
+        now,
+    )
 }
 
 /// X-Amz-Date is `YYYYMMDD'T'HHMMSS'Z'`; it must be within [`MAX_CLOCK_SKEW`] of `now`.

@@ -140,6 +140,40 @@ pub fn sts_region(host: &str) -> Result<&str, AuthError> {
 }
 
 impl AwsChallenge {
+    /// A request for the gateway's HTTP Data API, which has no conversation: a fresh random
+    /// 64-byte nonce, and the STS host the gateway verifies with (its `aws_sts_host`).
+    pub fn for_http(host: &str) -> Result<AwsChallenge, AuthError> {
+        let mut nonce = [0u8; 64];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let region = sts_region(host)?.to_string();
+        Ok(AwsChallenge {
+            nonce,
+            host: host.to_string(),
+            region,
+        })
+    }
+
+    /// The `X-MongoMux-AWS-STS` header value of an HTTP Data API request: the signed
+    /// GetCallerIdentity headers as base64 JSON. Sign a new one per request: the gateway
+    /// accepts each signature once.
+    pub fn http_header(
+        &self,
+        credentials: &AwsCredentials,
+        now: SystemTime,
+    ) -> Result<String, AuthError> {
+        let (authorization, date) = self.sign(credentials, now)?;
+        let token = credentials
+            .session_token
+            .as_ref()
+            .map(|t| t.expose().to_string());
+        Ok(crate::aws::http_header(
+            authorization,
+            date,
+            &self.nonce,
+            token,
+        ))
+    }
+
     /// The STS host the server named.
     pub fn host(&self) -> &str {
         &self.host

@@ -229,3 +229,43 @@ fn no_secret_in_debug_or_errors() {
         .unwrap_err();
     assert!(!err.to_string().contains(SECRET));
 }
+
+/// The HTTP Data API's header: what the client signs, the server's checks accept once rebuilt
+/// for STS with the same signature; a tampered, padded, stale or foreign header is refused.
+#[test]
+fn http_header_round_trips_and_refuses_tampering() {
+    use crate::aws::http_sts_request;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let now = SystemTime::now();
+    let host = "sts.us-east-1.amazonaws.com";
+    let challenge = AwsChallenge::for_http(host).unwrap();
+    for token in [false, true] {
+        let header = challenge.http_header(&creds(token), now).unwrap();
+        let req: StsRequest = http_sts_request(&header, host, now).unwrap();
+        let has = |name: &str| req.headers.iter().any(|(k, _)| k == name);
+        assert_eq!(has("x-amz-security-token"), token);
+        assert!(has("x-mongodb-server-nonce") && req.signature.len() == 64);
+    }
+    let header = challenge.http_header(&creds(false), now).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&b64.decode(&header).unwrap()).unwrap();
+    let encode = |v: &serde_json::Value| b64.encode(v.to_string());
+    // Another region's host, a stale date, a short nonce, an unknown key, a CR/LF.
+    assert!(http_sts_request(&header, "sts.eu-west-1.amazonaws.com", now).is_err());
+    assert!(http_sts_request(&header, host, now + Duration::from_secs(20 * 60)).is_err());
+    let mut short = json.clone();
+    short["X-MongoDB-Server-Nonce"] = b64.encode([0u8; 32]).into();
+    assert!(http_sts_request(&encode(&short), host, now).is_err());
+    let mut extra = json.clone();
+    extra["Host"] = "evil.example".into();
+    assert!(http_sts_request(&encode(&extra), host, now).is_err());
+    let mut crlf = json.clone();
+    crlf["X-Amz-Date"] = format!("{}\r\nX-Evil: 1", json["X-Amz-Date"].as_str().unwrap()).into();
+    assert!(http_sts_request(&encode(&crlf), host, now).is_err());
+    // A key given twice is refused, whichever value would win.
+    let text = json.to_string();
+    let doubled = text.replacen('{', &format!("{{\"X-Amz-Date\":{},", json["X-Amz-Date"]), 1);
+    assert!(http_sts_request(&b64.encode(doubled), host, now).is_err());
+    assert!(http_sts_request("not base64!", host, now).is_err());
+    assert!(http_sts_request(&"A".repeat(20_000), host, now).is_err());
+}

@@ -50,6 +50,9 @@ pub enum GatewayError {
     /// The client asked for an authentication mechanism the gateway does not offer.
     #[error("{0}")]
     MechanismUnavailable(String),
+    /// A Data API request without credentials.
+    #[error("{0}")]
+    NoCredentials(String),
     /// The client is not allowed to run this command.
     #[error("{0}")]
     Unauthorized(String),
@@ -76,6 +79,15 @@ pub enum GatewayError {
     /// An admin command with bad arguments, or a reload that failed.
     #[error("{0}")]
     AdminCommand(String),
+    /// The database refused an operation a Data API request asked for (its code and message,
+    /// which the HTTP answer carries).
+    #[error("{message}")]
+    DataApiRefused {
+        /// The database's error code.
+        code: i32,
+        /// The database's message.
+        message: String,
+    },
     /// Socket errors on the client side.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -101,7 +113,9 @@ impl GatewayError {
             GatewayError::UnsupportedValue(_) => (2, "BadValue"),
             GatewayError::NotSupported(_) => (115, "CommandNotSupported"),
             GatewayError::LoadBalancerMismatch(_) => (354, "LoadBalancerSupportMismatch"),
-            GatewayError::AuthenticationFailed => (18, "AuthenticationFailed"),
+            GatewayError::AuthenticationFailed | GatewayError::NoCredentials(_) => {
+                (18, "AuthenticationFailed")
+            }
             GatewayError::Unauthorized(_) => (13, "Unauthorized"),
             GatewayError::MechanismUnavailable(_) => (334, "MechanismUnavailable"),
             // What a server answers when its session cache is full.
@@ -116,6 +130,7 @@ impl GatewayError {
             GatewayError::NoSuchTransaction(_) => (251, "NoSuchTransaction"),
             GatewayError::Paused(_) => (262, "ExceededTimeLimit"),
             GatewayError::AdminCommand(_) => (2, "BadValue"),
+            GatewayError::DataApiRefused { .. } => (96, "OperationFailed"),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod command;
 pub mod config_error;
 pub mod context;
+pub mod dataapi;
 pub mod error;
 pub mod framed;
 pub mod identity;

@@ -52,6 +52,9 @@ enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         clients: u32,
     },
+    /// Manage Data API keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
     /// Print a new random bearer token for the JSON admin endpoints, and the
     /// admin_token_sha256 line to put in the configuration.
     AdminToken,
@@ -67,6 +70,22 @@ enum Command {
         /// with this configuration open to each member and in total (docs/deploy.md).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         gateways: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Print a new random key (once; keep it) and the `[[api_keys]]` entry holding its SHA-256,
+    /// acting as gateway user USER.
+    Add {
+        /// A name for the key (logs, revocation).
+        name: String,
+        /// The gateway user the key acts as.
+        #[arg(long)]
+        user: String,
+        /// That user's authentication database.
+        #[arg(long, default_value = "admin")]
+        db: String,
     },
 }
 
@@ -126,6 +145,20 @@ fn main() -> Result<()> {
             .build()?
             .block_on(status::run(&uri, json, clients)),
         Command::AdminToken => admin_token(),
+        Command::ApiKey(ApiKeyCommand::Add { name, user, db }) => {
+            let (key, digest) = mongomux_gateway::identity::api_keys::generate();
+            let quote = |s: &str| format!("{s:?}");
+            println!("# The key (shown once; give it to the function as its apiKey header):");
+            println!("# {key}");
+            println!(
+                "[[api_keys]]\nname = {}\nuser = {}\ndb = {}\nsha256 = {}",
+                quote(&name),
+                quote(&user),
+                quote(&db),
+                quote(&digest)
+            );
+            Ok(())
+        }
         Command::Serve(args) => {
             init_logging(&args)?;
             let fd_limit = raise_fd_limit();
@@ -222,6 +255,9 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     writeln!(out, "mongomux: listening on {}", gateway.local_addr())?;
     if let Some(addr) = gateway.metrics_addr() {
         writeln!(out, "mongomux: metrics on {addr}")?;
+    }
+    if let Some(addr) = gateway.data_api_addr() {
+        writeln!(out, "mongomux: data api on {addr}")?;
     }
     out.flush()?;
     drop(out);

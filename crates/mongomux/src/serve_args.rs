@@ -162,6 +162,21 @@ pub struct ServeArgs {
     /// listener (`mongomux admin-token` prints a token and its hash) [default: endpoints off].
     #[arg(long, env = "MONGOMUX_ADMIN_TOKEN_SHA256")]
     admin_token_sha256: Option<String>,
+    /// Address of the HTTP Data API, e.g. 127.0.0.1:8080 [default: no Data API].
+    #[arg(long, env = "MONGOMUX_DATA_API_LISTEN")]
+    data_api_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for the Data API's HTTPS [default: plain HTTP].
+    #[arg(long, env = "MONGOMUX_DATA_API_TLS_CERT_FILE")]
+    data_api_tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) for the Data API's HTTPS.
+    #[arg(long, env = "MONGOMUX_DATA_API_TLS_KEY_FILE")]
+    data_api_tls_key_file: Option<PathBuf>,
+    /// Largest Data API request body in bytes [default: 1048576].
+    #[arg(long, env = "MONGOMUX_DATA_API_MAX_BODY_BYTES")]
+    data_api_max_body_bytes: Option<usize>,
+    /// Most documents one Data API find or aggregate returns [default: 1000].
+    #[arg(long, env = "MONGOMUX_DATA_API_MAX_FIND_LIMIT")]
+    data_api_max_find_limit: Option<usize>,
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "MONGOMUX_LOG")]
     pub log_level: Option<String>,
@@ -244,6 +259,8 @@ impl ServeArgs {
             (self.tls_key_file, &mut cfg.tls_key_file),
             (self.tls_client_ca_file, &mut cfg.tls_client_ca_file),
             (self.upstream_tls_ca_file, &mut cfg.upstream_tls_ca_file),
+            (self.data_api_tls_cert_file, &mut cfg.data_api_tls_cert_file),
+            (self.data_api_tls_key_file, &mut cfg.data_api_tls_key_file),
         ] {
             if flag.is_some() {
                 *field = flag;
@@ -252,6 +269,10 @@ impl ServeArgs {
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen;
         }
+        if self.data_api_listen.is_some() {
+            cfg.data_api_listen = self.data_api_listen;
+        }
+        set!(data_api_max_body_bytes, data_api_max_find_limit);
         if !self.access.is_empty() {
             cfg.access = self
                 .access

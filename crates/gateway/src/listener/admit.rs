@@ -1,5 +1,6 @@
 //! Admission of one accepted socket, in its own task: the PROXY protocol step (when on), then
-//! the access list for addresses only known after it, the per-source limit, and the session.
+//! the access list for addresses only known after it, the per-source limit, and the session
+//! (a wire-protocol session, or an HTTP Data API connection: both doors admit alike).
 //!
 //! The client's effective address is computed once, here ([`admit`]), and is the only address
 //! handed on: the access list, the per-source limit, the failed-login throttle (keyed by the
@@ -98,8 +99,7 @@ fn via(client: SocketAddr, peer: SocketAddr) -> String {
 /// it does for every peer whose address cannot change (not a listed PROXY source).
 pub(super) async fn admit(
     shared: Shared,
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    (mut stream, peer, front): (TcpStream, SocketAddr, super::Front),
     permit: ClientPermit,
     access_checked: bool,
     warnings: std::sync::Arc<Warnings>,
@@ -146,7 +146,12 @@ pub(super) async fn admit(
     if client != peer {
         tracing::debug!(peer = %client, via = %peer, "client address from PROXY header");
     }
-    session::run(shared, stream, client, (permit, slot)).await;
+    match front {
+        super::Front::Wire => session::run(shared, stream, client, (permit, slot)).await,
+        super::Front::DataApi => {
+            crate::dataapi::serve_connection(shared, stream, client, (permit, slot)).await
+        }
+    }
 }
 
 fn refuse_proxy(shared: &Shared, warnings: &Warnings, peer: SocketAddr, why: Refusal) {

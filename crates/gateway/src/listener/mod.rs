@@ -54,7 +54,17 @@ pub struct Gateway {
     shared: Shared,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    data_api_listener: Option<TcpListener>,
     drain_tx: watch::Sender<bool>,
+}
+
+/// Which protocol an accepted connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// The MongoDB wire protocol.
+    Wire,
+    /// The HTTP Data API.
+    DataApi,
 }
 
 impl Gateway {
@@ -79,6 +89,10 @@ impl Gateway {
             Some(addr) => Some(bind(addr, " for metrics")?),
             None => None,
         };
+        let data_api_listener = match settings.data_api_listen {
+            Some(addr) => Some(bind(addr, " for the Data API")?),
+            None => None,
+        };
         let (drain_tx, drain_rx) = watch::channel(false);
         let shared = Shared::with_seeds(settings, start.config, start.seeds, drain_rx);
         shared.upstream.start();
@@ -89,8 +103,16 @@ impl Gateway {
             shared,
             listener,
             metrics_listener,
+            data_api_listener,
             drain_tx,
         })
+    }
+
+    /// The Data API address actually bound.
+    pub fn data_api_addr(&self) -> Option<SocketAddr> {
+        self.data_api_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound socket has an address"))
     }
 
     /// The client address actually bound (useful with port 0).
@@ -120,6 +142,7 @@ impl Gateway {
             shared,
             listener,
             metrics_listener,
+            data_api_listener,
             drain_tx,
         } = self;
         // The client socket is bound (the kernel queues connections from here on) and the
@@ -141,12 +164,22 @@ impl Gateway {
             ));
         }
         tokio::spawn(reaper(shared.clone()));
+        if let Some(l) = data_api_listener {
+            let shared = shared.clone();
+            let mut draining = shared.draining.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = draining.wait_for(|d| *d).await;
+                };
+                accept_loop(&shared, l, Front::DataApi, stop).await;
+            });
+        }
         tokio::spawn({
             let pool = shared.upstream.clone();
             let deadline = shared.live.settings.load().handshake_timeout;
             async move { session::handshake::ensure_upstream_info(&pool, deadline).await }
         });
-        accept_loop(&shared, listener, shutdown).await;
+        accept_loop(&shared, listener, Front::Wire, shutdown).await;
         accepting.store(false, Ordering::Relaxed);
         let _ = drain_tx.send(true);
         shared.metrics.draining.set(1);
@@ -188,7 +221,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+async fn accept_loop(
+    shared: &Shared,
+    listener: TcpListener,
+    front: Front,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut spare = std::fs::File::open("/dev/null").ok();
     let warnings = Arc::new(Warnings::default());
@@ -198,7 +236,7 @@ async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Futu
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => on_accept(shared, &warnings, stream, peer),
+            Ok((stream, peer)) => on_accept(shared, &warnings, stream, peer, front),
             Err(e) if is_fd_exhaustion(&e) => {
                 // Free the spare descriptor to accept and close the waiting client, so it
                 // learns now instead of hanging in the backlog.
@@ -224,7 +262,13 @@ async fn accept_loop(shared: &Shared, listener: TcpListener, shutdown: impl Futu
 /// The checks that need no byte from the socket, then the admission task. A peer whose address
 /// cannot be replaced by a PROXY header (PROXY protocol off, or a peer not listed as a source)
 /// is judged by the access list here, before a single byte of it is read.
-fn on_accept(shared: &Shared, warnings: &Arc<Warnings>, stream: TcpStream, peer: SocketAddr) {
+fn on_accept(
+    shared: &Shared,
+    warnings: &Arc<Warnings>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    front: Front,
+) {
     let (trusted, allowed) = {
         let s = shared.live.settings.load();
         (
@@ -245,8 +289,7 @@ fn on_accept(shared: &Shared, warnings: &Arc<Warnings>, stream: TcpStream, peer:
     };
     tokio::spawn(admit::admit(
         shared.clone(),
-        stream,
-        peer,
+        (stream, peer, front),
         permit,
         !trusted,
         warnings.clone(),

@@ -21,19 +21,20 @@
 pub mod bounded;
 pub mod http;
 pub mod latency;
+mod register;
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
-use prometheus::core::Collector;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use bounded::BoundedCounters;
 pub use http::serve;
+use register::Register;
 
 /// A counter: only goes up (`inc`).
 pub type Counter = prometheus::IntCounter;
@@ -84,6 +85,11 @@ const STS_RESULTS: &[&str] = &["ok", "denied", "throttled", "timeout", "error", 
 /// Error codes the gateway generates itself, the `code` label of
 /// `mongomux_gateway_errors_total`. Other codes are not counted, so the label set stays closed.
 const ERROR_CODES: &[i32] = &[2, 6, 9, 13, 18, 22, 43, 91, 115, 133, 251, 262, 352, 10334];
+
+/// HTTP statuses of the Data API, the `status` label of `mongomux_data_api_requests_total`.
+pub const DATA_API_STATUSES: &[&str] = &[
+    "200", "201", "400", "401", "403", "404", "405", "406", "413", "415", "500", "503",
+];
 
 /// Why the gateway closed a client connection, the `reason` label of
 /// `mongomux_client_connections_cut_total`.
@@ -168,6 +174,10 @@ pub struct Metrics {
     ops: Vec<Counter>,
     /// Per-command times and failures for the admin surface (not exported to Prometheus).
     pub commands: latency::CommandStats,
+    /// Data API requests by action and HTTP status.
+    data_api: IntCounterVec,
+    /// Time of a Data API request, from its head to its answer.
+    pub data_api_latency: Histogram,
     /// Error replies the gateway itself generated, in [`ERROR_CODES`] order.
     gateway_errors: Vec<Counter>,
     /// Upstream members by address and state (1 for the current state). Members are bounded
@@ -284,6 +294,20 @@ impl Default for Metrics {
                 .expect("family"),
             )),
             commands: latency::CommandStats::new(COMMANDS),
+            data_api: r.add(
+                IntCounterVec::new(
+                    Opts::new(
+                        "mongomux_data_api_requests_total",
+                        "HTTP Data API requests by action (unknown: no such action) and HTTP status.",
+                    ),
+                    &["action", "status"],
+                )
+                .expect("family"),
+            ),
+            data_api_latency: r.histogram(
+                "mongomux_data_api_request_seconds",
+                "Time of an HTTP Data API request, from its head to its answer.",
+            ),
             ops: r.counter_family(
                 "mongomux_operations_total",
                 "Operations received, by command.",
@@ -350,6 +374,17 @@ impl Metrics {
         if let Some(i) = CUT_REASONS.iter().position(|r| *r == reason) {
             self.clients_cut[i].inc();
         }
+    }
+
+    /// Counts a Data API request. `action` is one of the API's action names or `unknown`
+    /// (the caller's closed set); statuses outside [`DATA_API_STATUSES`] count as `other`.
+    pub fn count_data_api(&self, action: &'static str, status: u16) {
+        let status = DATA_API_STATUSES
+            .iter()
+            .find(|s| s.parse() == Ok(status))
+            .copied()
+            .unwrap_or("other");
+        self.data_api.with_label_values(&[action, status]).inc();
     }
 
     /// Counts one operation.
@@ -434,47 +469,5 @@ impl Metrics {
             tracing::error!(error = %e, "rendering metrics failed");
         }
         out
-    }
-}
-
-/// Builds metrics and registers them. Every definition is a compile-time constant, so a
-/// failure here is a programming error (an invalid or duplicate name), caught by the unit
-/// tests, which build a [`Metrics`] before anything else.
-struct Register(Registry);
-
-impl Register {
-    fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
-        self.0
-            .register(Box::new(c.clone()))
-            .expect("fixed metric definitions are valid and distinct");
-        c
-    }
-
-    fn gauge(&self, name: &str, help: &str) -> Gauge {
-        self.add(Gauge::new(name, help).expect("valid gauge name"))
-    }
-
-    fn counter(&self, name: &str, help: &str) -> Counter {
-        self.add(Counter::new(name, help).expect("valid counter name"))
-    }
-
-    fn histogram(&self, name: &str, help: &str) -> Histogram {
-        let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-        Histogram(self.add(prometheus::Histogram::with_opts(opts).expect("valid histogram")))
-    }
-
-    /// A counter family with one label whose children are all created now, so each is
-    /// rendered (as 0) from the start and recording never looks a label up.
-    fn counter_family<V: AsRef<str>>(
-        &self,
-        name: &str,
-        help: &str,
-        label: &str,
-        values: impl Iterator<Item = V>,
-    ) -> Vec<Counter> {
-        let family = self.add(IntCounterVec::new(Opts::new(name, help), &[label]).expect("family"));
-        values
-            .map(|v| family.with_label_values(&[v.as_ref()]))
-            .collect()
     }
 }

@@ -62,6 +62,7 @@ fn every_documented_metric_is_rendered_with_its_type_and_label() {
     m.set_member("a.example:27017", "mongos", 1);
     m.app_ops.counter("billing").inc();
     m.user_ops.counter("alice").inc();
+    m.count_data_api("findOne", 200);
     let text = m.render();
     let rendered = types(&text);
     let documented = documented();

@@ -25,6 +25,7 @@ pub use uri_options::IGNORED as IGNORED_URI_OPTIONS;
 use mongomux_wire::MAX_MESSAGE_SIZE;
 
 use crate::access::{AccessList, IpBlock};
+use crate::identity::api_keys::ApiKeys;
 use crate::identity::session_key::SessionKey;
 use crate::identity::sts::StsEndpoint;
 use crate::identity::users::UserStore;
@@ -133,6 +134,16 @@ pub struct Settings {
     pub slow_op_threshold: Duration,
     /// SHA-256 of the JSON admin endpoints' bearer token; `None`: they are off.
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// The HTTP Data API's address; `None`: no Data API.
+    pub data_api_listen: Option<SocketAddr>,
+    /// The Data API's HTTPS configuration; `None`: plain HTTP.
+    pub data_api_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Largest Data API request body.
+    pub data_api_max_body_bytes: usize,
+    /// Most documents one Data API `find` or `aggregate` returns.
+    pub data_api_max_find_limit: usize,
+    /// Data API keys.
+    pub api_keys: Arc<ApiKeys>,
 }
 
 /// The admin token's hash: 64 hex digits.
@@ -169,6 +180,11 @@ impl Settings {
             proxy_protocol: raw.proxy_protocol,
             access: AccessList::from_config(&raw.access, raw.allow_any_address)?,
             users: Arc::new(UserStore::from_config(&raw.users)?),
+            api_keys: Arc::new(ApiKeys::from_config(
+                &raw.api_keys,
+                &UserStore::from_config(&raw.users)?,
+            )?),
+            data_api_tls: data_api_tls(&raw)?,
             tls_server: tls_server(&raw)?,
             max_pinned: raw.max_pinned.unwrap_or((raw.pool_size / 2).max(1)),
             listen: raw.listen,
@@ -209,6 +225,9 @@ impl Settings {
             transaction_idle_timeout: raw.transaction_idle_timeout,
             slow_op_threshold: raw.slow_op_threshold,
             admin_token_sha256: admin_token(raw.admin_token_sha256.as_deref())?,
+            data_api_listen: raw.data_api_listen,
+            data_api_max_body_bytes: raw.data_api_max_body_bytes,
+            data_api_max_find_limit: raw.data_api_max_find_limit,
         })
     }
 
@@ -313,6 +332,21 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
         if p == 0 || p > raw.pool_size {
             return Err(invalid("max_pinned must be between 1 and pool_size"));
         }
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&raw.data_api_max_body_bytes) {
+        return Err(invalid(
+            "data_api_max_body_bytes must be between 1024 and 16777216",
+        ));
+    }
+    if !(1..=50_000).contains(&raw.data_api_max_find_limit) {
+        return Err(invalid(
+            "data_api_max_find_limit must be between 1 and 50000",
+        ));
+    }
+    if raw.data_api_listen.is_some() && raw.users.is_empty() {
+        return Err(invalid(
+            "data_api_listen needs users: every Data API request acts as a gateway user (an API key's, or an IAM principal's)",
+        ));
     }
     for (name, n) in [
         ("max_cursors_per_client", raw.max_cursors_per_client),
@@ -447,6 +481,21 @@ fn apply_credential_overrides(
 }
 
 /// The listener's TLS configuration, when TLS is enabled.
+/// The Data API's HTTPS: both files, or neither.
+fn data_api_tls(raw: &RawConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    match (&raw.data_api_tls_cert_file, &raw.data_api_tls_key_file) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let mut cfg = (*crate::tls::server_config(cert, key, None)?).clone();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Some(Arc::new(cfg)))
+        }
+        _ => Err(invalid(
+            "data_api_tls_cert_file and data_api_tls_key_file go together",
+        )),
+    }
+}
+
 fn tls_server(raw: &RawConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
     if raw.tls_mode == TlsMode::Disabled {
         return Ok(None);

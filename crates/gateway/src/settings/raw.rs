@@ -140,6 +140,18 @@ pub struct RawConfig {
     /// SHA-256 (hex) of the bearer token of the JSON admin endpoints on the metrics listener
     /// (`mongomux admin-token` makes one); unset turns them off.
     pub admin_token_sha256: Option<String>,
+    /// Address of the HTTP Data API; unset: no Data API.
+    pub data_api_listen: Option<std::net::SocketAddr>,
+    /// Certificate chain (PEM) of the Data API's HTTPS; unset: plain HTTP.
+    pub data_api_tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the Data API's HTTPS.
+    pub data_api_tls_key_file: Option<PathBuf>,
+    /// Largest Data API request body.
+    pub data_api_max_body_bytes: usize,
+    /// Most documents one Data API `find` or `aggregate` returns.
+    pub data_api_max_find_limit: usize,
+    /// Data API keys, each acting as a gateway user.
+    pub api_keys: Vec<crate::identity::api_keys::ApiKeyConfig>,
 }
 
 impl Default for RawConfig {
@@ -190,6 +202,12 @@ impl Default for RawConfig {
             transaction_idle_timeout: Duration::from_secs(60),
             slow_op_threshold: Duration::from_millis(100),
             admin_token_sha256: None,
+            data_api_listen: None,
+            data_api_tls_cert_file: None,
+            data_api_tls_key_file: None,
+            data_api_max_body_bytes: 1024 * 1024,
+            data_api_max_find_limit: 1000,
+            api_keys: Vec::new(),
         }
     }
 }

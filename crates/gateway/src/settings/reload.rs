@@ -79,6 +79,10 @@ const FIELDS: &[Field] = &[
     live!("slow_op_threshold", slow_op_threshold),
     // Read on every admin request.
     live!("admin_token_sha256", admin_token_sha256),
+    // Read on every Data API request; the keys (like users) are always re-read.
+    live!("data_api_max_body_bytes", data_api_max_body_bytes),
+    live!("data_api_max_find_limit", data_api_max_find_limit),
+    restart!("data_api_listen", data_api_listen),
     // The budget is one semaphore built at start; bytes held under the old size could not be
     // accounted against a new one.
     restart!("max_inflight_bytes", max_inflight_bytes),
