@@ -239,7 +239,7 @@ pub async fn run(args: LatencyArgs) -> Result<()> {
 
 /// Seed the documents `find` reads (ids 0..docs), straight to the upstream (the stub stores
 /// nothing and answers every find with one document, so it needs none).
-async fn seed(upstream: &UpstreamProc, docs: u64) -> Result<()> {
+pub(crate) async fn seed(upstream: &UpstreamProc, docs: u64) -> Result<()> {
     let Some(mut conn) = upstream.seed_conn(CONNECT_DEADLINE).await? else {
         return Ok(());
     };

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! mongomux-bench latency [--concurrency 1,16,64] [--ops N] [--smoke]
+//! mongomux-bench data-api [--concurrency 1,16] [--ops N] [--smoke]
 //! mongomux-bench idle-memory [--clients 1000,10000] [--smoke]
 //! ```
 //!
 //! Scenario modules own their flags and their run; [`procs`] owns the child processes,
 //! [`observe`] the view from `/proc`, [`wire`] the raw OP_MSG client (with [`scram`] to log in), [`report`] tables and CSV.
 
+mod data_api;
 mod fan_in;
 mod fleet;
 mod holder;
@@ -43,6 +45,9 @@ enum Command {
     /// Single-document find/insert latency, direct to FerretDB and through the gateway,
     /// interleaved in one run.
     Latency(latency::LatencyArgs),
+    /// findOne through the HTTP Data API next to the same find over the wire, direct and
+    /// through the gateway, interleaved in one run.
+    DataApi(data_api::DataApiArgs),
     /// Idle client connections up to the descriptor limit, from several processes: proxy memory
     /// per connection and the upstream connection count.
     FanIn(fan_in::FanInArgs),
@@ -128,6 +133,7 @@ async fn main() -> Result<()> {
     let scenario = async {
         match cli.command {
             Command::Latency(args) => latency::run(args).await,
+            Command::DataApi(args) => data_api::run(args).await,
             Command::IdleMemory(args) => idle_memory::run(args).await,
             Command::Throughput(args) => throughput::run(args).await,
             Command::FanIn(args) => fan_in::run(args).await,

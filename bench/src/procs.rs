@@ -27,7 +27,7 @@ use mongomux_testkit::{is_ok, Mechanism, RawConn};
 /// The user FerretDB is set up with; the gateway authenticates upstream as this user.
 pub const UPSTREAM_USER: &str = "mmux-bench";
 /// Throwaway password of [`UPSTREAM_USER`] (a FerretDB in a temporary folder, on loopback).
-const UPSTREAM_PASSWORD: &str = "bench-only-Pa55";
+pub(crate) const UPSTREAM_PASSWORD: &str = "bench-only-Pa55";
 
 /// Longest wait for a child to become ready.
 const START_DEADLINE: Duration = Duration::from_secs(60);

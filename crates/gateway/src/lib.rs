@@ -10,6 +10,8 @@
 //! - [`command`]: a request decoded once into a typed view; the command table; authorization.
 //! - [`route`]: cursor ownership, sessions and pinned transactions, shared by all clients.
 //! - [`upstream`]: authenticated upstream connections and the bounded pool.
+//! - [`dataapi`]: the HTTP Data API, a second front door: the listener admits its connections,
+//!   and each request becomes one command through the same authorization and pool.
 //!
 //! Beside the request path: [`identity`] (users, SCRAM/MONGODB-AWS conversations, STS),
 //! [`settings`] (raw configuration, validated [`Settings`]) with [`reload`] applying new ones,
