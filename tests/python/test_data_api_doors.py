@@ -81,3 +81,15 @@ def test_https_with_its_own_certificate(ferretdb, logdir, tmp_path):
     with gw.client() as c:
         assert c.admin.command("ping")["ok"] == 1
     gw.proc.stop()
+
+
+def test_a_trickled_body_times_out(ferretdb, logdir, tmp_path):
+    gw, port, key = gateway(ferretdb, logdir, tmp_path, "dapi-slow", message_timeout="1s")
+    head = (f"POST /action/findOne HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"apiKey: {key}\r\nContent-Length: {len(BODY)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + BODY[:10])  # and never the rest
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert b'"error_code":"RequestTimeout"' in reply
+    gw.proc.stop()

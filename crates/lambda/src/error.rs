@@ -1,7 +1,7 @@
 //! The kit's one error type, and the redaction that keeps passwords out of it.
 //!
-//! Owns: every way building the shared client can fail, each with a message a function author
-//! can act on. Must never: put a password, secret key or session token into a message. A
+//! Owns: every way building the shared client (or the Data API client, and its requests) can
+//! fail, each with a message a function author can act on. Must never: put a password, secret key or session token into a message. A
 //! connection string can carry a password, so any text derived from one (the driver's parse
 //! errors included) goes through [`redact_uri_password`] first.
 
@@ -52,6 +52,74 @@ pub enum Error {
     /// The driver refused the options (for example `maxPoolSize=0`).
     #[error("MongoDB driver: {0}")]
     Driver(#[from] mongodb::error::Error),
+
+    /// [`crate::DataApi::from_env`]: `MONGOMUX_DATA_API_URL` is not set.
+    #[error(
+        "no Data API address: set MONGOMUX_DATA_API_URL in the function's environment \
+         (e.g. http://gateway.internal:8080)"
+    )]
+    NoDataApiUrl,
+
+    /// The Data API base address is not `http://host[:port][/prefix]`. The address itself is not
+    /// repeated: it could carry user info.
+    #[error("invalid Data API address in {origin}: {reason}")]
+    InvalidDataApiUrl {
+        /// Where it came from (`MONGOMUX_DATA_API_URL` or `DataApi::new`).
+        origin: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The Data API client has no API key and the function's environment holds no AWS
+    /// credentials to sign an IAM request with.
+    #[error(
+        "no Data API credentials: set MONGOMUX_DATA_API_KEY, or run with a role \
+         (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY missing: {missing})"
+    )]
+    NoDataApiCredentials {
+        /// Which variable is missing (a name, never a value).
+        missing: &'static str,
+    },
+
+    /// Signing the IAM (STS GetCallerIdentity) header failed; the auth crate's messages carry no
+    /// key material.
+    #[error("signing the Data API IAM header: {0}")]
+    DataApiSigning(#[from] mongomux_auth::AuthError),
+
+    /// The request did not get an answer: connection refused or reset, timeout. `reason` is the
+    /// HTTP client's explanation, which never quotes request headers.
+    #[error("Data API {action}: no answer: {reason}")]
+    DataApiTransport {
+        /// The action (`findOne`, `insertOne`, ...).
+        action: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The gateway answered with an error status. `error` and `error_code` are the answer's
+    /// fields (e.g. `InvalidSession`), `error_code` empty when it had none.
+    #[error("Data API {action}: HTTP {status} {error_code}: {error}")]
+    DataApi {
+        /// The action (`findOne`, `insertOne`, ...).
+        action: String,
+        /// The HTTP status.
+        status: u16,
+        /// The answer's `error_code`.
+        error_code: String,
+        /// The answer's `error` message.
+        error: String,
+    },
+
+    /// The gateway answered 2xx with something that is not a JSON object.
+    #[error("Data API {action}: HTTP {status} with an unreadable answer: {reason}")]
+    DataApiAnswer {
+        /// The action.
+        action: String,
+        /// The HTTP status.
+        status: u16,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 /// `text` with the password of `uri` (as written, and percent-decoded) replaced by `***`.

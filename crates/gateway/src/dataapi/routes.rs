@@ -7,6 +7,7 @@
 //! becomes an HTTP status and a JSON body ([`Problem`]).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -241,11 +242,15 @@ async fn handle(api: &Api, req: Request) -> Result<Response, Problem> {
     let caller = auth::identify(&api.shared, api.client, &parts.headers)
         .await
         .map_err(Problem::of)?;
-    let (limit, max_documents) = {
+    let (limit, max_documents, deadline) = {
         let s = api.shared.live.settings.load();
-        (s.data_api_max_body_bytes, s.data_api_max_find_limit)
+        (
+            s.data_api_max_body_bytes,
+            s.data_api_max_find_limit,
+            s.message_timeout,
+        )
     };
-    let bytes = read_body(body, limit).await?;
+    let bytes = read_body(body, limit, deadline).await?;
     let doc = ejson::parse_body(&bytes).map_err(Problem::of)?;
     let plan = actions::plan(action, doc, max_documents).map_err(Problem::of)?;
     let reply = exec::run(&api.shared, &caller.user, &plan.command, plan.reads)
@@ -261,13 +266,21 @@ async fn handle(api: &Api, req: Request) -> Result<Response, Problem> {
         .into_response())
 }
 
-/// The body, at most `limit` bytes (a longer one is refused without reading the rest).
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
-    to_bytes(body, limit).await.map_err(|_| {
-        Problem::new(
+/// The body, at most `limit` bytes (a longer one is refused without reading the rest), in
+/// full within `deadline` (`message_timeout`, as for a wire message): a client trickling a body
+/// cannot hold a connection and a task for ever.
+async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<bytes::Bytes, Problem> {
+    match tokio::time::timeout(deadline, to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PayloadTooLarge",
             format!("the request body is larger than {limit} bytes (data_api_max_body_bytes)"),
-        )
-    })
+        )),
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!("the request body did not arrive within {deadline:?} (message_timeout)"),
+        )),
+    }
 }

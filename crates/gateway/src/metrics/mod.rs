@@ -88,7 +88,7 @@ const ERROR_CODES: &[i32] = &[2, 6, 9, 13, 18, 22, 43, 91, 115, 133, 251, 262, 3
 
 /// HTTP statuses of the Data API, the `status` label of `mongomux_data_api_requests_total`.
 pub const DATA_API_STATUSES: &[&str] = &[
-    "200", "201", "400", "401", "403", "404", "405", "406", "413", "415", "500", "503",
+    "200", "201", "400", "401", "403", "404", "405", "406", "408", "413", "415", "500", "503",
 ];
 
 /// Why the gateway closed a client connection, the `reason` label of
