@@ -70,6 +70,11 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// `MONGOMUX_DATA_API_KEY` holds characters an HTTP header cannot carry (the key itself
+    /// is not repeated).
+    #[error("MONGOMUX_DATA_API_KEY is not a valid HTTP header value (a stray newline?)")]
+    InvalidDataApiKey,
+
     /// The Data API client has no API key and the function's environment holds no AWS
     /// credentials to sign an IAM request with.
     #[error(
