@@ -88,15 +88,25 @@
 //! connections it opened and how long they took, and how many MONGODB-AWS logins it made, and
 //! prints the same as one CloudWatch Embedded Metric Format line (namespace `mongomux/lambda`):
 //! `ClientReused` near 1 and `ConnectionsOpened` near 0 is the advice taking effect.
+//!
+//! # The HTTP Data API instead of a connection
+//!
+//! [`DataApi`] is a small client for the gateway's Data API (`POST /action/findOne`, ...):
+//! one per execution environment like the [`Kit`], keep-alive connections, canonical Extended
+//! JSON both ways, an API key (`MONGOMUX_DATA_API_KEY`) or the role's credentials signed
+//! afresh per request. `examples/lambda-data-api` is a complete function; docs/lambda.md has
+//! its settings.
 
 #![forbid(unsafe_code)]
 
+pub mod data_api;
 mod env;
 mod error;
 mod kit;
 mod options;
 mod report;
 
+pub use data_api::{DataApi, DataApiAuth};
 pub use env::LambdaEnv;
 pub use error::Error;
 pub use kit::Kit;
