@@ -112,10 +112,18 @@ pub fn parse_body(bytes: &[u8]) -> Result<Document, GatewayError> {
     }
 }
 
-/// Writes a response document in `format`.
+/// Writes a response document in `format`. The answer's own counts (`matchedCount`, ...) are
+/// plain numbers in both formats: they are the API's, not the database's values.
 pub fn render(doc: Document, format: Format) -> Vec<u8> {
     let value = match format {
-        Format::Ejson => Bson::Document(doc).into_canonical_extjson(),
+        Format::Ejson => Value::Object(
+            doc.into_iter()
+                .map(|(k, v)| match v {
+                    Bson::Int32(_) | Bson::Int64(_) if k.ends_with("Count") => (k, plain(v)),
+                    v => (k, v.into_canonical_extjson()),
+                })
+                .collect(),
+        ),
         Format::Json => plain(Bson::Document(doc)),
     };
     serde_json::to_vec(&value).expect("JSON values serialize")
@@ -188,6 +196,12 @@ mod tests {
         assert_eq!(json["d"], "2022-01-12T02:33:23.067Z");
         assert_eq!(json["dec"], "9823.1297");
         assert_eq!(json["s"], "x\n\"y");
+        let counts: Value =
+            serde_json::from_slice(&render(doc! { "deletedCount": 3_i64 }, Format::Ejson)).unwrap();
+        assert_eq!(
+            counts["deletedCount"], 3,
+            "the API's counts are plain numbers"
+        );
         let ejson: Value = serde_json::from_slice(&render(doc, Format::Ejson)).unwrap();
         assert_eq!(ejson["_id"]["$oid"], "64b7f1f1f1f1f1f1f1f1f1f1");
         assert_eq!(ejson["i"]["$numberInt"], "7");
