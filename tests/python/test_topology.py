@@ -307,7 +307,10 @@ def test_pool_bounds_per_member_and_in_total(replset, ferretdb, logdir, gw_stop)
     rs = replset
     per_member, total = 4, 6
     gw = gateway_for(rs, ferretdb, logdir, pool_size=per_member,
-                     extra_args=("--max-upstream-connections", total))
+                     extra_args=("--max-upstream-connections", total,
+                                 # The bounds are measured, not the wait: a loaded machine may
+                                 # queue 40 clients behind 6 connections for over 5 s.
+                                 "--checkout-timeout", "60s"))
     gw_stop.append(gw)
     ports = [rs.address(i)[1] for i in range(3)]
     wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
