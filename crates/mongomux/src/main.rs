@@ -370,8 +370,8 @@ fn fit_clients_to_fd_limit(cfg: &mut RawConfig, limit: Option<u64>) {
 
 /// Prints a random token (256 bits, hex) and the configuration line holding its SHA-256.
 fn admin_token() -> Result<()> {
-    use mongomux_gateway::admin::token;
-    let (secret, hash) = token::generate();
+    // The same kind of secret as an API key: 256 random bits, configured by its SHA-256.
+    let (secret, hash) = mongomux_gateway::identity::api_keys::generate();
     println!("# Give this token to the tools that read /admin/... (Authorization: Bearer TOKEN):");
     println!("# {secret}");
     println!("admin_token_sha256 = \"{hash}\"");

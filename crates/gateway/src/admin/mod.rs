@@ -9,7 +9,6 @@
 pub mod clients;
 pub mod pause;
 pub mod report;
-pub mod token;
 
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;

@@ -42,7 +42,7 @@ pub async fn run(
         view.name
     };
     let metrics = &shared.metrics;
-    metrics.count_op(&name);
+    let index = metrics.count_op(&name);
     metrics.user_ops.counter(&user.name).inc();
     let started = Instant::now();
     let result = exchange(shared, &mut frame, reads).await;
@@ -50,9 +50,7 @@ pub async fn run(
         Ok(reply) => super::actions::reply_error(reply).is_some(),
         Err(_) => true,
     };
-    metrics
-        .commands
-        .observe(metrics.commands.index_of(&name), started.elapsed(), failed);
+    metrics.commands.observe(index, started.elapsed(), failed);
     result
 }
 

@@ -109,7 +109,8 @@ impl ApiKeys {
     }
 }
 
-/// A new key (256 random bits, hex) and its SHA-256 (hex).
+/// A new secret (256 random bits, hex) and its SHA-256 (hex): an API key, or the bearer token
+/// of the JSON admin endpoints (`mongomux admin-token`).
 pub fn generate() -> (String, String) {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -152,6 +153,8 @@ server_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
     #[test]
     fn keys_match_by_digest_and_entries_are_checked() {
         let (key, digest) = generate();
+        assert_eq!(key.len(), 64);
+        assert_ne!(key, generate().0, "each secret is fresh");
         let users = users();
         let keys = ApiKeys::from_config(&[entry("fn", "app", &digest)], &users).expect("keys");
         let found = keys.find(&key).expect("the key");

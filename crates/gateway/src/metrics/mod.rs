@@ -387,13 +387,15 @@ impl Metrics {
         self.data_api.with_label_values(&[action, status]).inc();
     }
 
-    /// Counts one operation.
-    pub fn count_op(&self, command: &str) {
+    /// Counts one operation; returns the command's index, which is also its row in
+    /// [`Metrics::commands`] (both follow [`COMMANDS`]), so the name is looked up once.
+    pub fn count_op(&self, command: &str) -> usize {
         let i = COMMANDS
             .iter()
             .position(|c| c.eq_ignore_ascii_case(command))
             .unwrap_or(OTHER);
         self.ops[i].inc();
+        i
     }
 
     /// Counts an STS call by result; results outside the documented set are not counted.

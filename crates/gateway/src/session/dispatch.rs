@@ -69,11 +69,8 @@ impl Session {
                 return self.undecodable(&frame, e);
             }
         }
-        self.count_op(&view.name, view.spec.kind);
-        self.op = Some((
-            self.shared.metrics.commands.index_of(&view.name),
-            std::time::Instant::now(),
-        ));
+        let index = self.count_op(&view.name, view.spec.kind);
+        self.op = Some((index, std::time::Instant::now()));
         self.client.begin(&view.name, &view.db);
         if !matches!(view.spec.kind, Kind::Hello | Kind::Ping) {
             self.monitoring_only = false;
@@ -215,14 +212,15 @@ impl Session {
 
 impl Session {
     /// Counts an operation by command, by appName and, once logged in, by user; the series are
-    /// resolved on first use and kept for the connection.
-    fn count_op(&mut self, name: &str, kind: Kind) {
+    /// resolved on first use and kept for the connection. Returns the command's row in the
+    /// per-command statistics.
+    fn count_op(&mut self, name: &str, kind: Kind) -> usize {
         let metrics = &self.shared.metrics;
-        metrics.count_op(name);
+        let index = metrics.count_op(name);
         // The handshake is not an operation of the application, and it is where the appName
         // arrives: the series is chosen at the first command after it.
         if kind == Kind::Hello {
-            return;
+            return index;
         }
         let app = self.app_name.as_deref().unwrap_or("none");
         self.app_ops
@@ -233,5 +231,6 @@ impl Session {
                 .get_or_insert_with(|| metrics.user_ops.counter(&user.name))
                 .inc();
         }
+        index
     }
 }
