@@ -10,17 +10,20 @@ and writes use unique ids so that "nothing lost, nothing twice" can be checked a
 from __future__ import annotations
 
 import re
+import secrets
 import threading
 import time
 import uuid
 
 import pytest
+from bson import Int64
 from pymongo.errors import PyMongoError
 
 from conftest import start_gateway, wait_until
 from dns_fixtures import dns_server  # noqa: F401 - pytest fixture
 from rs_fixtures import make_mongos  # noqa: F401 - pytest fixture
-from security_fixtures import metrics_text
+from mongowire import RawConn
+from security_fixtures import GatewayFactory, lsid, make_user, metrics_text, write_config
 
 FAST = {"heartbeatFrequencyMS": 500, "serverSelectionTimeoutMS": 5000}
 DB = "sharded"
@@ -49,6 +52,16 @@ def routers_in_metrics(gw) -> dict[str, str]:
         m = re.match(r'mongomux_upstream_member_state\{address="([^"]+)",state="([^"]+)"\} 1', line)
         if m:
             out[m.group(1)] = m.group(2)
+    return out
+
+
+def member_connections(gw) -> dict[str, int]:
+    """address -> pooled connections open, from mongomux_upstream_member_connections."""
+    out = {}
+    for line in metrics_text(gw).splitlines():
+        m = re.match(r'mongomux_upstream_member_connections\{address="([^"]+)"\} (\d+)', line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
     return out
 
 
@@ -270,15 +283,21 @@ def test_a_quiescing_router_is_left_without_client_errors(make_mongos, ferretdb,
 
 def test_a_router_that_refuses_new_connections_is_left_before_the_request_is_sent(
         make_mongos, ferretdb, logdir, gw_stop):
-    """Router 2 quiesces before the gateway has a connection to it, and before its monitor's
+    """A router quiesces before the gateway has a connection to it, and before its monitor's
     pending hello notices: the first request that picks it finds it while setting up a
     connection (hello answers 91). Nothing was sent yet, so even a write the gateway never
     resends (FerretDB cannot deduplicate) moves to another router; the client, which does
-    not retry here, sees no error."""
+    not retry here, sees no error. (The gateway's start-up opens one pooled connection, to
+    learn the upstream's wire versions, to whichever router it picks: the quiesced router is
+    one it has no connection to.)"""
     sc = make_mongos(n=3)
     gw = gateway_for(sc, ferretdb, logdir, gw_stop)
     wait_for_routers(gw, sc.members)
-    sc.quiesce(2, wake=False)
+    wait_until(lambda: sum(member_connections(gw).values()) >= 1, 10.0,
+               what="the start-up connection that learns the upstream's wire versions")
+    open_now = member_connections(gw)
+    q = max(i for i, a in enumerate(sc.members) if open_now.get(a, 0) == 0)
+    sc.quiesce(q, wake=False)
     errors = []
     with gw.client(retryWrites=False, retryReads=False) as c:
         coll = c[DB][f"setup_{uuid.uuid4().hex[:6]}"]
@@ -291,5 +310,59 @@ def test_a_router_that_refuses_new_connections_is_left_before_the_request_is_sen
         coll.drop()
     assert not errors, errors[:3]
     assert stored == 40
-    assert routers_in_metrics(gw).get(sc.members[2]) == "unknown"
-    assert sc.counts()[sc.members[2]]["served"].get("insert", 0) == 0
+    assert routers_in_metrics(gw).get(sc.members[q]) == "unknown"
+    assert sc.counts()[sc.members[q]]["served"].get("insert", 0) == 0
+
+
+def test_a_transaction_stays_on_one_router_across_gateways(make_mongos, nx, logdir):
+    """Three gateways sharing session_key in front of three mongos personas (nx-27017 behind
+    them: FerretDB 1.24 has no transactions). Each transaction starts on one gateway, continues
+    on the second and ends on the third, as a plain driver's pool behind a round-robin balancer
+    sends it: every statement and the commit or abort reach one router, the one its session
+    picks on every gateway, and the sessions spread over the routers."""
+    sc = make_mongos(n=3, backend=nx)
+    user = make_user("shtx-a")
+    f = GatewayFactory(logdir, nx)
+    conns = []
+    try:
+        key = secrets.token_hex(32)
+        uri = sc.uri(seed=[0, 1, 2], **FAST)
+        gws = []
+        for _ in range(3):
+            cfg = write_config(logdir / f"shtx-{secrets.token_hex(3)}.toml", [user], session_key=key)
+            gws.append(f("--config", cfg, upstream_uri=uri, credentials_in_env=False))
+        for gw in gws:
+            wait_for_routers(gw, sc.members)
+        with nx.client() as direct:
+            direct.sharded_txn.docs.drop()
+            direct.sharded_txn.create_collection("docs")
+        for gw in gws:
+            raw = RawConn(gw.port)
+            assert raw.auth(user.name, user.password)["ok"] == 1
+            conns.append(raw)
+        routers_used = set()
+        for k in range(12):
+            sc.reset_counts()
+            txn = {"lsid": lsid(), "txnNumber": Int64(1), "autocommit": False}
+            r = conns[0].command({"insert": "docs", "documents": [{"_id": f"{k}-a"}],
+                                  "startTransaction": True, **txn}, db="sharded_txn")
+            assert r.get("ok") == 1, (k, r)
+            r = conns[1].command({"insert": "docs", "documents": [{"_id": f"{k}-b"}], **txn}, db="sharded_txn")
+            assert r.get("ok") == 1, (k, r)
+            end = "commitTransaction" if k % 2 == 0 else "abortTransaction"
+            r = conns[2].command({end: 1, **txn}, db="admin")
+            assert r.get("ok") == 1, (k, end, r)
+            served = {i: (sc.served(i, "insert"), sc.served(i, end)) for i in range(3)}
+            on = [i for i, (inserts, ends) in served.items() if inserts or ends]
+            assert len(on) == 1 and served[on[0]] == (2, 1), (k, served)
+            routers_used.add(on[0])
+        with nx.client() as direct:
+            stored = sorted(d["_id"] for d in direct.sharded_txn.docs.find())
+            direct.sharded_txn.docs.drop()
+        assert stored == sorted(f"{k}-{x}" for k in range(0, 12, 2) for x in "ab")
+        print(f"12 transactions across 3 gateways: each on one router; routers used {sorted(routers_used)}")
+        assert len(routers_used) >= 2, routers_used
+    finally:
+        for c in conns:
+            c.close()
+        f.stop_all()

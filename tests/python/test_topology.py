@@ -189,13 +189,12 @@ def _insert_ok(c) -> bool:
         return False
 
 
-def test_failover_under_load_loses_nothing(replset, ferretdb, logdir, gw_stop):
-    """50 clients insert (retryable writes, unique ids) and read while the primary steps down and
-    another member is elected. Every acknowledged insert is then present exactly once."""
-    rs = replset
-    gw = gateway_for(rs, ferretdb, logdir, serverSelectionTimeoutMS=15000)
-    gw_stop.append(gw)
-    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+def failover_under_load(rs, client_for, new_primary: int, workers: int = 50) -> dict:
+    """`workers` clients (from `client_for()`, one connection each) insert documents with unique
+    `uid`s (retryable writes) and read each back, while the primary steps down and
+    `new_primary` is elected 0.5 s later. The `_id`s are generated, so a write applied twice
+    would be stored twice. Returns the step-down-to-first-write time (a probe client from
+    `client_for()`), the acknowledged uids, the client errors and the stored uids."""
     coll_name = f"load_{uuid.uuid4().hex[:6]}"
     acked: list[str] = []
     errors: list[str] = []
@@ -203,44 +202,62 @@ def test_failover_under_load_loses_nothing(replset, ferretdb, logdir, gw_stop):
     stop = threading.Event()
 
     def worker(n: int):
-        with gw.client(maxPoolSize=1) as c:
+        with client_for() as c:
             coll = c.rs_failover[coll_name]
             i = 0
             while not stop.is_set():
-                doc_id = f"{n}-{i}"
+                uid = f"{n}-{i}"
                 try:
-                    coll.insert_one({"_id": doc_id})
+                    coll.insert_one({"uid": uid})
                     with lock:
-                        acked.append(doc_id)
-                    coll.find_one({"_id": doc_id})
+                        acked.append(uid)
+                    coll.find_one({"uid": uid})
                 except PyMongoError as e:
                     with lock:
                         errors.append(f"{type(e).__name__}: {e}")
                 i += 1
 
-    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(50)]
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(workers)]
     for t in threads:
         t.start()
     time.sleep(1.5)
-    # Step-down, then an election 0.5 s later; measure to the first write through the gateway.
-    with gw.client() as probe:
-        through_gateway = failover_time(rs, probe, new_primary=1, election_delay=0.5)
+    with client_for() as probe:
+        took = failover_time(rs, probe, new_primary=new_primary, election_delay=0.5)
     time.sleep(1.5)
     stop.set()
     for t in threads:
         t.join(30)
     with pymongo.MongoClient(rs.uri(seed=[0, 1, 2], **FAST)) as direct:
-        direct_time = failover_time(rs, direct, new_primary=2, election_delay=0.5)
-        stored = [d["_id"] for d in direct.rs_failover[coll_name].find({}, {"_id": 1})]
+        stored = [d["uid"] for d in direct.rs_failover[coll_name].find({}, {"uid": 1})]
         direct.rs_failover[coll_name].drop()
-    print(f"failover: step-down to first write {through_gateway * 1000:.0f} ms through the gateway, "
-          f"{direct_time * 1000:.0f} ms for pymongo straight to the set (election 500 ms after step-down); "
-          f"{len(acked)} acknowledged inserts, {len(errors)} client errors")
-    assert len(stored) == len(set(stored)), "an insert is present twice"
-    missing = set(acked) - set(stored)
-    assert not missing, f"{len(missing)} acknowledged inserts are missing"
-    assert len(errors) <= len(acked) // 10, errors[:5]
-    assert len(acked) > 100
+    return {"took": took, "acked": acked, "errors": errors, "stored": stored}
+
+
+def test_failover_under_load_loses_nothing(replset, ferretdb, logdir, gw_stop):
+    """50 clients insert (retryable writes, unique ids) and read while the primary steps down and
+    another member is elected, first through the gateway, then straight to the set (the same
+    load, pymongo's own discovery). Every acknowledged insert is then present exactly once, no
+    client sees an error through the gateway, and the two step-down-to-first-write times are
+    printed side by side."""
+    rs = replset
+    gw = gateway_for(rs, ferretdb, logdir, serverSelectionTimeoutMS=15000)
+    gw_stop.append(gw)
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    through = failover_under_load(rs, lambda: gw.client(maxPoolSize=1), new_primary=1)
+    direct = failover_under_load(
+        rs, lambda: pymongo.MongoClient(rs.uri(seed=[0, 1, 2], **FAST), maxPoolSize=1), new_primary=2)
+    for name, run in (("gateway", through), ("direct", direct)):
+        print(f"failover ({name}): step-down to first write {run['took'] * 1000:.0f} ms "
+              f"(election 500 ms after step-down); {len(run['acked'])} acknowledged inserts, "
+              f"{len(run['stored'])} stored, {len(run['errors'])} client errors {run['errors'][:3]}")
+        stored = run["stored"]
+        assert len(stored) == len(set(stored)), f"{name}: an insert was applied twice"
+        missing = set(run["acked"]) - set(stored)
+        assert not missing, f"{name}: {len(missing)} acknowledged inserts are missing"
+        assert len(run["acked"]) > 100, name
+    # The gateway waits for the new primary (serverSelectionTimeoutMS) and labels what it
+    # refuses as retryable, so the drivers' single retry covers the election.
+    assert not through["errors"], through["errors"][:5]
 
 
 def test_mongodb_srv_discovers_the_set(replset, ferretdb, logdir, gw_stop, dns_server):
