@@ -422,3 +422,37 @@ def test_cluster_time_gossip_lets_a_causal_session_read_its_write_on_a_lagging_c
         assert got == {"_id": 1}
         c.rs_causal.docs.drop()
     assert rs.served(1, "afterClusterTime") + rs.served(2, "afterClusterTime") == 1
+
+
+def test_a_step_down_inside_a_transaction_is_retried_whole(make_replset, nx, logdir, gw_stop):
+    """The primary steps down while a transaction is open on it: the next statement fails with
+    the TransientTransactionError label (as a mongos passes a shard's step-down on), so the
+    driver's with_transaction runs the whole transaction again on the new primary, and only
+    the second attempt's writes are stored."""
+    rs = make_replset(backend=nx)
+    gw = start_gateway(nx, logdir, name=f"mongomux-rs-txn-{uuid.uuid4().hex[:4]}", metrics=True,
+                       upstream_uri=rs.uri(seed=2, **FAST), credentials_in_env=False)
+    gw_stop.append(gw)
+    wait_until(lambda: len(members_in_metrics(gw)) == 3, what="3 members")
+    attempts = []
+    with gw.client() as c:
+        coll = c.rs_txn_step.docs
+        coll.drop()
+        c.rs_txn_step.create_collection("docs")
+
+        def body(s):
+            attempts.append(len(attempts) + 1)
+            coll.insert_one({"attempt": attempts[-1], "n": 1}, session=s)
+            if len(attempts) == 1:
+                rs.step_down()
+                rs.elect(1)
+                wait_until(lambda: members_in_metrics(gw).get(rs.members[1]) == "primary", what="the new primary")
+            coll.insert_one({"attempt": attempts[-1], "n": 2}, session=s)
+
+        with c.start_session() as s:
+            s.with_transaction(body)
+        stored = sorted((d["attempt"], d["n"]) for d in coll.find({}, {"_id": 0}))
+    print(f"step-down inside a transaction: {len(attempts)} attempts, stored {stored}")
+    assert len(attempts) == 2, attempts
+    assert stored == [(2, 1), (2, 2)], stored
+    assert rs.served(1, "commitTransaction") == 1, rs.counts()
