@@ -144,3 +144,7 @@ pub(super) fn need_of<'a>(view: &'a CommandView, default: &'a ReadPreference) ->
     }
     Need::Read(view.read_preference.as_ref().unwrap_or(default))
 }
+
+#[cfg(test)]
+#[path = "upstream_choice_tests.rs"]
+mod tests;
