@@ -590,14 +590,16 @@ def test_ipv6_access_entries(gateways):
 
 def test_handshake_timeout_closes_silent_socket(gateways):
     gw = gateways("--handshake-timeout", "1s")
+    # Timed from the connect: on a loaded machine the hello below may take longer than the
+    # timeout itself.
+    t0 = time.monotonic()
     silent = w.connect(gw.port)
     talking = w.connect(gw.port)
     talking.sendall(w.op_msg({"hello": 1, "$db": "admin"}))
     assert w.recv_message(talking, 5) is not None
-    t0 = time.monotonic()
-    assert w.wait_closed(silent, 6), "a silent socket was not closed"
+    assert w.wait_closed(silent, 8), "a silent socket was not closed"
     took = time.monotonic() - t0
-    assert 0.5 <= took <= 4, f"closed after {took:.2f}s with --handshake-timeout 1s"
+    assert 0.9 <= took <= 6, f"closed {took:.2f}s after connecting, with --handshake-timeout 1s"
     # A client that completed its handshake is not subject to it.
     talking.sendall(w.op_msg({"ping": 1, "$db": "admin"}))
     msg = w.recv_message(talking, 5)
