@@ -84,6 +84,16 @@ STATE_COMMANDS = [
     {"getLastError": 1},
     {"getPrevError": 1},
     {"resetError": 1},
+    # The server's lowercase aliases, and its test command that sets the last error.
+    {"getlasterror": 1},
+    {"getpreverror": 1},
+    {"reseterror": 1},
+    {"forceerror": 1},
+    # Any case variant of a command the gateway never forwards is refused too, whatever an
+    # upstream would make of it.
+    {"LOGOUT": 1},
+    {"GetLastError": 1},
+    {"SASLSTART": 1, "mechanism": "SCRAM-SHA-256", "payload": Binary(b"n,,n=x,r=y")},
 ]
 
 
