@@ -1,17 +1,20 @@
 """The Data API's listener is admitted like the wire protocol's (issue 17, item 3): the IP access
 list, the PROXY protocol (headers trusted only from listed sources, the carried address judged
 by the access list), the client limit; and it has TLS settings of its own (HTTPS with the
-throwaway PKI, plain HTTP refused on it).
+throwaway PKI, plain HTTP refused on it). An established keep-alive connection whose address a
+reload removes from the access list is closed, as a wire client's is (issue 12).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import ssl
 import urllib.request
 
-from conftest import free_port, start_gateway
+from conftest import free_port, start_gateway, wait_until
 from security_fixtures import make_pki, make_user, metric, write_config
 from test_data_api import api_key
 
@@ -92,4 +95,44 @@ def test_a_trickled_body_times_out(ferretdb, logdir, tmp_path):
         reply = s.recv(65536)
     assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
     assert b'"error_code":"RequestTimeout"' in reply
+    gw.proc.stop()
+
+
+def keep_alive_request(s: socket.socket, key: str) -> bytes:
+    """One POST /action/findOne on an open keep-alive connection; the whole response."""
+    head = (f"POST /action/findOne HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"apiKey: {key}\r\nContent-Length: {len(BODY)}\r\n\r\n").encode()
+    s.sendall(head + BODY)
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = s.recv(65536)
+        assert chunk, f"closed mid-response: {out!r}"
+        out += chunk
+    headers, _, body = out.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in headers.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+    return headers + b"\r\n\r\n" + body
+
+
+def test_a_keep_alive_connection_is_closed_when_its_address_is_removed(ferretdb, logdir, tmp_path):
+    """Like a wire client, an established Data API connection whose address a reload removes
+    from the access list is closed (after the request in progress) and counted."""
+    gw, port, key = gateway(ferretdb, logdir, tmp_path, "dapi-revoke", access=["127.0.0.1/32", "127.0.0.2/32"],
+                            handshake_timeout="30s")
+    revoked = "mongomux_client_connections_revoked_total"
+    with socket.socket() as gone, socket.socket() as kept:
+        for s, source in ((gone, "127.0.0.2"), (kept, "127.0.0.1")):
+            s.settimeout(10)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", port))
+            assert keep_alive_request(s, key).startswith(b"HTTP/1.1 200 ")
+        cfg = tmp_path / "dapi-revoke.toml"
+        cfg.write_text(cfg.read_text().replace('cidr = "127.0.0.2/32"', 'cidr = "127.0.0.1/32"'))
+        os.kill(gw.pid, signal.SIGHUP)
+        gone.settimeout(5)
+        assert gone.recv(65536) == b"", "the removed address's keep-alive connection stayed open"
+        assert keep_alive_request(kept, key).startswith(b"HTTP/1.1 200 ")
+    wait_until(lambda: metric(gw, revoked, 'reason="access"') == 1, 5, what="one access revocation counted")
     gw.proc.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import secrets
+import time
 import uuid
 
 import struct
@@ -84,6 +85,16 @@ STATE_COMMANDS = [
     {"getLastError": 1},
     {"getPrevError": 1},
     {"resetError": 1},
+    # The server's lowercase aliases, and its test command that sets the last error.
+    {"getlasterror": 1},
+    {"getpreverror": 1},
+    {"reseterror": 1},
+    {"forceerror": 1},
+    # Any case variant of a command the gateway never forwards is refused too, whatever an
+    # upstream would make of it.
+    {"LOGOUT": 1},
+    {"GetLastError": 1},
+    {"SASLSTART": 1, "mechanism": "SCRAM-SHA-256", "payload": Binary(b"n,,n=x,r=y")},
 ]
 
 
@@ -345,6 +356,58 @@ def test_sessions_past_the_client_bound_are_refused(gateways):
         assert metric(gw, "mongomux_open_cursors") == 3
     # Every cursor of every session it used is released when it leaves.
     wait_until(lambda: metric(gw, "mongomux_open_cursors") == 0, 10, what="session cursors released")
+
+
+def test_sessions_past_the_user_bound_are_refused(gateways, users):
+    """The user's bound spans its connections; another user is not affected; a session ends
+    (and makes room) when the last connection that used it closes."""
+    a, b = users["a"], users["b"]
+    cfg = write_config(gateways.logdir / f"conn-{secrets.token_hex(3)}.toml", [a, b],
+                       max_sessions_per_client=10, max_sessions_per_user=4)
+    gw = gateways("--config", cfg)
+
+    def find(raw, s):
+        return raw.command({"find": "usess", "lsid": s, "batchSize": 100}, db="sec_conn")
+
+    def refused_by_user_bound(r):
+        return r.get("code") == TOO_MANY_SESSIONS and "max_sessions_per_user" in r.get("errmsg", "")
+
+    with RawConn(gw.port) as r1, RawConn(gw.port) as r2, RawConn(gw.port) as other:
+        for raw, u in ((r1, a), (r2, a), (other, b)):
+            assert raw.auth(u.name, u.password)["ok"] == 1
+        seed(r1, "sec_conn", "usess", 3)
+        on_r1 = [lsid() for _ in range(3)]
+        for s in on_r1:
+            assert find(r1, s).get("ok") == 1
+        on_r2 = lsid()
+        assert find(r2, on_r2).get("ok") == 1, "the user's fourth session"
+        r = find(r2, lsid())
+        assert refused_by_user_bound(r), r
+        r = find(r1, lsid())
+        assert refused_by_user_bound(r), r
+        # Sessions the user already holds keep working, on any of its connections.
+        for s in on_r1:
+            assert find(r2, s).get("ok") == 1
+        assert find(r1, on_r2).get("ok") == 1
+        # Another user is not affected: it has its whole bound of its own while the first
+        # user is at its bound, and no more.
+        for _ in range(4):
+            assert find(other, lsid()).get("ok") == 1
+        assert refused_by_user_bound(find(other, lsid()))
+        # r1's sessions are all still used by r2 too: closing r1 ends none of them.
+        r1.close()
+        time.sleep(0.5)
+        assert refused_by_user_bound(find(r2, lsid()))
+        # Once r2 closes as well, every session of the user has ended: a new connection gets
+        # the whole bound again.
+        r2.close()
+        with RawConn(gw.port) as r3:
+            assert r3.auth(a.name, a.password)["ok"] == 1
+            fresh = [lsid() for _ in range(4)]
+            wait_until(lambda: find(r3, fresh[0]).get("ok") == 1, 5, what="the user's ended sessions to make room")
+            for s in fresh[1:]:
+                assert find(r3, s).get("ok") == 1
+            assert refused_by_user_bound(find(r3, lsid()))
 
 
 def test_unacknowledged_find_leaves_no_cursor(gateways):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import secrets
 import subprocess
 import time
 
@@ -22,10 +23,10 @@ import pytest
 
 import mongowire as w
 from iam_fixtures import (STS_HOST, AwsConn, sign, start_iam_gateway, start_moto, sts_calls, sts_counts,
-                          sts_delta)
+                          sts_delta, write_iam_config)
 from conftest import start_gateway
 from mongowire import AUTHENTICATION_FAILED
-from security_fixtures import gateway_bin
+from security_fixtures import gateway_bin, make_user
 
 DB = "iam_db"
 
@@ -142,10 +143,36 @@ def test_another_conversations_nonce_is_refused(gw, moto):
     assert_proper_login_works(gw, moto)
 
 
-def test_scram_after_abandoned_aws_conversation(gw, moto):
-    """A MONGODB-AWS conversation left unfinished does not capture the next conversation: the
-    next saslContinue is judged as the SCRAM conversation it belongs to (here: an unknown user,
-    refused as such), and a new MONGODB-AWS login on the same connection gets in."""
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+def test_scram_after_abandoned_aws_conversation(ferretdb, logdir, moto, mechanism):
+    """A MONGODB-AWS conversation left unfinished does not capture the next conversation: a
+    SCRAM login of a real user on the same connection completes (server signature verified)
+    and the connection then works as that user. (An unknown user's refusal would not tell:
+    a conversation captured by the abandoned one is refused too.)"""
+    scram_user = make_user(f"scram-after-aws-{mechanism[-3:].lower()}")
+    name = f"mongomux-iam-scram-{secrets.token_hex(3)}"
+    cfg = write_iam_config(logdir / f"{name}.toml", moto.endpoint)
+    cfg.write_text(cfg.read_text() + scram_user.toml)
+    g = start_gateway(ferretdb, logdir, name=name, metrics=True, extra_args=("--config", str(cfg)))
+    try:
+        with AwsConn(g.port) as conn:
+            first_of(conn)  # abandoned
+            r = conn.command({"find": "items", "filter": {}}, db=DB)
+            assert r.get("code") == 13, f"an abandoned conversation authenticated the connection: {r}"
+            reply = conn.auth(scram_user.name, scram_user.password, mechanism=mechanism)
+            assert reply.get("ok") == 1 and reply.get("done") is True, reply
+            r = conn.command({"find": "items", "filter": {}}, db=DB)
+            assert r.get("ok") == 1, r
+            status = conn.command({"connectionStatus": 1})
+            users = status["authInfo"]["authenticatedUsers"]
+            assert users == [{"user": scram_user.name, "db": "admin"}], status
+    finally:
+        g.proc.stop()
+
+
+def test_aws_after_abandoned_aws_and_failed_scram_conversations(gw, moto):
+    """After an abandoned MONGODB-AWS conversation and a refused SCRAM one (unknown user), a new
+    MONGODB-AWS login on the same connection gets in."""
     with AwsConn(gw.port) as conn:
         first_of(conn)  # abandoned
         scram = w.ScramClient("SCRAM-SHA-256", "nobody", "pw")
@@ -158,6 +185,7 @@ def test_scram_after_abandoned_aws_conversation(gw, moto):
         first = conn.sasl_start()
         reply = conn.sasl_continue(first, sign(moto.role, first.nonce, first.host))
         assert reply.get("ok") == 1, reply
+        assert conn.command({"find": "items", "filter": {}}, db=DB).get("ok") == 1
 
 
 def test_unauthenticated_clients_meet_the_handshake_deadline(ferretdb, logdir, moto):

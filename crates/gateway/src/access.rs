@@ -193,6 +193,16 @@ impl AccessList {
             .any(|e| e.expires.is_none_or(|t| now < t) && e.block.contains(ip))
     }
 
+    /// The first moment after `now` at which an entry expires, when the list changes by itself;
+    /// connections admitted by that entry must be judged again then.
+    pub fn next_expiry(&self, now: SystemTime) -> Option<SystemTime> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.expires)
+            .filter(|t| now < *t)
+            .min()
+    }
+
     /// Whether the entries together admit every address of a family.
     pub fn admits_any(&self) -> bool {
         let blocks: Vec<IpBlock> = self.entries.iter().map(|e| e.block).collect();
@@ -286,5 +296,25 @@ mod tests {
         assert!(l.allows("127.0.0.1".parse().unwrap(), before));
         assert!(!l.allows("127.0.0.1".parse().unwrap(), after));
         assert!(AccessList::from_config(&[entry("127.0.0.1", Some("tomorrow"))], false).is_err());
+    }
+
+    #[test]
+    fn the_next_expiry_is_the_earliest_still_ahead() {
+        let e = [
+            entry("10.0.0.1", Some("2030-01-01T00:00:00Z")),
+            entry("10.0.0.2", Some("2030-06-01T00:00:00Z")),
+            entry("10.0.0.3", None),
+        ];
+        let l = AccessList::from_config(&e, false).unwrap();
+        let at = |t| humantime::parse_rfc3339(t).unwrap();
+        let first = at("2030-01-01T00:00:00Z");
+        assert_eq!(l.next_expiry(at("2029-01-01T00:00:00Z")), Some(first));
+        assert_eq!(
+            l.next_expiry(first),
+            Some(at("2030-06-01T00:00:00Z")),
+            "an entry expiring now is already out"
+        );
+        assert_eq!(l.next_expiry(at("2031-01-01T00:00:00Z")), None);
+        assert_eq!(AccessList::default().next_expiry(first), None);
     }
 }

@@ -5,7 +5,7 @@
 //! start-up by [`Shared::new`] and never replaced; what changes at run time lives behind the
 //! `ArcSwap`s of [`Live`]. No part points back at its owner, and there are no globals.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -30,23 +30,35 @@ use crate::upstream::PoolLimits;
 pub struct Live {
     /// The settings in force (users, access list and TLS included).
     pub settings: ArcSwap<Settings>,
-    reload_tx: watch::Sender<u64>,
+    /// Bumped whenever who may stay connected can have changed: on every reload, and when an
+    /// access-list entry expires. One channel for both, so an idle session waits on one
+    /// receiver, not one timer of its own.
+    recheck_tx: watch::Sender<u64>,
+    reloads: AtomicU64,
 }
 
 impl Live {
-    /// A receiver that changes on every reload; sessions re-check their identity then.
-    pub fn reloads(&self) -> watch::Receiver<u64> {
-        self.reload_tx.subscribe()
+    /// A receiver that changes on every reload and every access-list expiry; sessions re-check
+    /// their address and identity then.
+    pub fn rechecks(&self) -> watch::Receiver<u64> {
+        self.recheck_tx.subscribe()
     }
 
     /// How many reloads were applied since start.
     pub fn reload_count(&self) -> u64 {
-        *self.reload_tx.borrow()
+        self.reloads.load(Ordering::Relaxed)
     }
 
     /// Tells every session that the configuration changed.
     pub fn signal_reload(&self) {
-        self.reload_tx.send_modify(|n| *n += 1);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.signal_recheck();
+    }
+
+    /// Tells every session to judge its address and identity again (an access-list entry
+    /// expired).
+    pub fn signal_recheck(&self) {
+        self.recheck_tx.send_modify(|n| *n += 1);
     }
 }
 
@@ -172,7 +184,8 @@ impl Shared {
             ),
             live: Arc::new(Live {
                 settings: ArcSwap::from_pointee(settings),
-                reload_tx: watch::channel(0).0,
+                recheck_tx: watch::channel(0).0,
+                reloads: AtomicU64::new(0),
             }),
             routes: Arc::new(Routes::new(metrics.clone())),
             edge: Arc::new(edge),

@@ -137,6 +137,9 @@ pub struct ServeArgs {
     /// Most logical sessions one client connection may use [default: 1000].
     #[arg(long, env = "MONGOMUX_MAX_SESSIONS_PER_CLIENT")]
     max_sessions_per_client: Option<usize>,
+    /// Most logical sessions one user may hold over all its connections [default: 20000].
+    #[arg(long, env = "MONGOMUX_MAX_SESSIONS_PER_USER")]
+    max_sessions_per_user: Option<usize>,
     /// Bytes of large client messages and replies held at once, e.g. 268435456 [default: 256 MiB].
     #[arg(long, env = "MONGOMUX_MAX_INFLIGHT_BYTES")]
     max_inflight_bytes: Option<usize>,
@@ -243,7 +246,8 @@ impl ServeArgs {
         set!(
             max_cursors_per_client,
             max_cursors_per_user,
-            max_sessions_per_client
+            max_sessions_per_client,
+            max_sessions_per_user
         );
         if self.admin_token_sha256.is_some() {
             cfg.admin_token_sha256 = self.admin_token_sha256;

@@ -258,6 +258,37 @@ fn every_data_row_is_judged_on_every_namespace_source() {
     assert!(checked > 100, "only {checked} outside requests generated");
 }
 
+/// Every `Admin` row is refused to the broadest data user there is: read-write on every
+/// database (and on the server's own ones, named explicitly), on `admin` and elsewhere; and to
+/// the gateway's operators, who administer the gateway, never the deployment.
+#[test]
+fn every_admin_row_is_refused_to_every_user() {
+    let users = [
+        user(Role::ReadWrite, &[]),
+        user(Role::ReadWrite, &["admin", "local", "config", "a"]),
+        user(Role::GatewayAdmin, &[]),
+    ];
+    let mut checked = 0;
+    for (name, _) in TABLE.iter().filter(|(_, s)| s.access == Access::Admin) {
+        for db in ["admin", "a", "local", "config"] {
+            for value in [Bson::Int32(1), Bson::String("c".into())] {
+                let body = cmd(name, value, doc! {}, db);
+                for u in &users {
+                    let verdict = judge(u, &body);
+                    assert!(
+                        matches!(verdict, Err(GatewayError::Unauthorized(_))),
+                        "{name} on {db} for {:?} {:?}: {verdict:?}",
+                        u.role,
+                        u.databases
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 500, "only {checked} requests judged");
+}
+
 #[test]
 fn server_wide_rows_only_for_users_of_every_database() {
     let all = user(Role::Read, &[]);

@@ -46,6 +46,16 @@ pub enum Kind {
     Operate,
 }
 
+impl Kind {
+    /// Whether a request of this kind can reach an upstream connection.
+    pub fn is_forwarded(self) -> bool {
+        matches!(
+            self,
+            Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions
+        )
+    }
+}
+
 /// Where the namespaces a command touches come from ([`super::namespaces`] reads them). Every
 /// row with [`Access::Read`] or [`Access::Write`] names one; the others touch no data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +207,8 @@ const ROWS: &[(&str, Spec)] = &[
     row("findAndModify", Forward, Write, Collection),
     row("findandmodify", Forward, Write, Collection),
     row("flushRouterConfig", Forward, Admin, Nothing),
+    // Sets the connection's last error (a test command of the server).
+    row("forceerror", ConnectionState, Open, Nothing),
     row("fsync", Forward, Admin, Nothing),
     row("fsyncUnlock", Forward, Admin, Nothing),
     row("getCmdLineOpts", Forward, Admin, Nothing),
@@ -206,7 +218,10 @@ const ROWS: &[(&str, Spec)] = &[
     row("getMoreSearch", Forward, Read, Db),
     row("getParameter", Forward, Read, Server),
     row("getPrevError", ConnectionState, Open, Nothing),
+    // The server's own lowercase aliases (names are matched exactly, as the server does).
+    row("getlasterror", ConnectionState, Open, Nothing),
     row("getnonce", ConnectionState, Open, Nothing),
+    row("getpreverror", ConnectionState, Open, Nothing),
     row("grantPrivilegesToRole", Forward, Admin, Nothing),
     row("grantRolesToRole", Forward, Admin, Nothing),
     row("grantRolesToUser", Forward, Admin, Nothing),
@@ -260,6 +275,7 @@ const ROWS: &[(&str, Spec)] = &[
     row("replSetStepDown", Forward, Admin, Nothing),
     row("replSetSyncFrom", Forward, Admin, Nothing),
     row("resetError", ConnectionState, Open, Nothing),
+    row("reseterror", ConnectionState, Open, Nothing),
     row("reshardCollection", Forward, Admin, Nothing),
     row("resync", Forward, Admin, Nothing),
     row("revokePrivilegesFromRole", Forward, Admin, Nothing),
@@ -357,15 +373,38 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The row for `name`, or [`UNKNOWN`]: a scan of the few names of the same length.
+///
+/// Names are matched exactly, as MongoDB matches them. A name that is not in the table but
+/// equals, ignoring case, one the gateway never forwards (`LOGOUT`, `getLastERROR`, `SaslStart`)
+/// is refused as a connection-state command rather than forwarded as unknown: an upstream that
+/// matched names more loosely, or an alias the table has missed, must not reach the state of a
+/// shared connection, in any mode.
 pub fn lookup(name: &str) -> Spec {
     let Some(&(start, end)) = LENGTH_RANGES.get(name.len()) else {
         return UNKNOWN;
     };
-    BY_LENGTH[start..end]
+    let same_length = &BY_LENGTH[start..end];
+    if let Some((_, spec)) = same_length
         .iter()
         .find(|(n, _)| same_bytes(n.as_bytes(), name.as_bytes()))
-        .map_or(UNKNOWN, |(_, spec)| *spec)
+    {
+        return *spec;
+    }
+    let never_forwarded = same_length
+        .iter()
+        .any(|(n, spec)| !spec.kind.is_forwarded() && n.eq_ignore_ascii_case(name));
+    match never_forwarded {
+        true => CONNECTION_STATE,
+        false => UNKNOWN,
+    }
 }
+
+/// The row given to a case variant of a command the gateway never forwards.
+const CONNECTION_STATE: Spec = Spec {
+    kind: Kind::ConnectionState,
+    access: Access::Open,
+    ns: Ns::Nothing,
+};
 
 #[cfg(test)]
 mod tests {
@@ -424,7 +463,8 @@ mod tests {
     }
 
     /// Commands that change the upstream connection itself are answered or refused by the
-    /// gateway: none of them may ever be forwarded, whoever sends them.
+    /// gateway: none of them may ever be forwarded, whoever sends them, under any of the
+    /// names the server knows them by.
     #[test]
     fn connection_state_commands_are_never_forwarded() {
         for name in [
@@ -436,19 +476,54 @@ mod tests {
             "copydbgetnonce",
             "copydbsaslstart",
             "getLastError",
+            "getlasterror",
             "getPrevError",
+            "getpreverror",
             "resetError",
+            "reseterror",
+            "forceerror",
         ] {
             let spec = lookup(name);
-            assert!(
-                !matches!(
-                    spec.kind,
-                    Kind::Forward | Kind::GetMore | Kind::KillCursors | Kind::EndSessions
-                ),
-                "{name} would be forwarded"
-            );
+            assert!(!spec.kind.is_forwarded(), "{name} would be forwarded");
             // Open, so the dispatcher gives its own answer even before authentication.
             assert_eq!(spec.access, Access::Open, "{name}");
         }
+    }
+
+    /// Every spelling of a command the gateway answers or refuses itself, in any case, stays
+    /// away from the upstream; a case variant of a forwarded command stays unknown (the server
+    /// does not know it either).
+    #[test]
+    fn case_variants_of_never_forwarded_commands_are_refused() {
+        let variants = |name: &str| {
+            [
+                name.to_ascii_uppercase(),
+                name.to_ascii_lowercase(),
+                name.chars()
+                    .enumerate()
+                    .map(|(i, c)| match i % 2 {
+                        0 => c.to_ascii_uppercase(),
+                        _ => c.to_ascii_lowercase(),
+                    })
+                    .collect(),
+            ]
+        };
+        let mut checked = 0;
+        for (name, _) in TABLE.iter().filter(|(_, s)| !s.kind.is_forwarded()) {
+            for v in variants(name) {
+                let found = lookup(&v);
+                assert!(
+                    !found.kind.is_forwarded(),
+                    "{v} (a variant of {name}) would be forwarded"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} variants checked");
+        assert_eq!(
+            lookup("FIND"),
+            UNKNOWN,
+            "a variant of a forwarded command stays unknown"
+        );
     }
 }

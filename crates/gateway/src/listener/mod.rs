@@ -164,6 +164,7 @@ impl Gateway {
             ));
         }
         tokio::spawn(reaper(shared.clone()));
+        tokio::spawn(crate::reload::watch_access_expiry(shared.clone()));
         if let Some(l) = data_api_listener {
             let shared = shared.clone();
             let mut draining = shared.draining.clone();

@@ -95,6 +95,11 @@ pub const DATA_API_STATUSES: &[&str] = &[
 /// `mongomux_client_connections_cut_total`.
 pub const CUT_REASONS: &[&str] = &["message_too_large", "message_timeout", "write_timeout"];
 
+/// Why an admitted client lost its right to stay connected, the `reason` label of
+/// `mongomux_client_connections_revoked_total`: its address is no longer in the access list
+/// (entry expired or removed), or its user was removed or changed by a reload.
+pub const REVOKE_REASONS: &[&str] = &["access", "user"];
+
 /// Upper bounds, in seconds, of the latency histogram buckets (`+Inf` is implied).
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -152,6 +157,9 @@ pub struct Metrics {
     /// Client connections the gateway closed for holding resources too long, in
     /// [`CUT_REASONS`] order.
     clients_cut: Vec<Counter>,
+    /// Client connections closed because their access or user was revoked, in
+    /// [`REVOKE_REASONS`] order.
+    clients_revoked: Vec<Counter>,
     /// Transactions aborted by the gateway after `transaction_idle_timeout`.
     pub transactions_reaped_total: Counter,
     /// 1 while the gateway drains (after SIGTERM), else 0.
@@ -265,6 +273,12 @@ impl Default for Metrics {
                 "reason",
                 CUT_REASONS.iter().copied(),
             ),
+            clients_revoked: r.counter_family(
+                "mongomux_client_connections_revoked_total",
+                "Client connections closed after their in-flight operation because the access list no longer admits their address (access) or their user was removed or changed by a reload (user).",
+                "reason",
+                REVOKE_REASONS.iter().copied(),
+            ),
             transactions_reaped_total: r.counter(
                 "mongomux_transactions_reaped_total",
                 "Idle transactions aborted after transaction_idle_timeout, their pinned connection returned.",
@@ -373,6 +387,13 @@ impl Metrics {
     pub fn count_cut(&self, reason: &str) {
         if let Some(i) = CUT_REASONS.iter().position(|r| *r == reason) {
             self.clients_cut[i].inc();
+        }
+    }
+
+    /// Counts a client connection closed for `reason`, one of [`REVOKE_REASONS`].
+    pub fn count_revoked(&self, reason: &str) {
+        if let Some(i) = REVOKE_REASONS.iter().position(|r| *r == reason) {
+            self.clients_revoked[i].inc();
         }
     }
 

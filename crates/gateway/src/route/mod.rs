@@ -139,11 +139,18 @@ impl Routes {
         self.metrics.open_cursors.dec();
     }
 
-    /// Registers that a client connection uses session `lsid`, once per connection.
-    pub fn note_session(&self, used: &mut UsedSessions, lsid: &[u8]) {
+    /// Registers that a client connection (of `user`, when it has one) uses session `lsid`,
+    /// once per connection.
+    pub fn note_session(&self, used: &mut UsedSessions, lsid: &[u8], user: Option<&str>) {
         if used.first_use(lsid) {
-            self.lock().sessions.join(lsid);
+            self.lock().sessions.join(lsid, user);
         }
+    }
+
+    /// Whether `user` may use session `lsid` within `limit` sessions of its own
+    /// (`max_sessions_per_user`): a session it already has always may.
+    pub fn user_session_admits(&self, lsid: &[u8], user: &str, limit: usize) -> bool {
+        self.lock().sessions.admits(lsid, user, limit)
     }
 
     /// Takes the connection pinned for session `lsid`, if its transaction holds one.
@@ -265,7 +272,7 @@ mod tests {
         let conn = Arc::new(ConnMeta::default());
         let mut used = UsedSessions::default();
         let s = lsid(1);
-        routes.note_session(&mut used, &s);
+        routes.note_session(&mut used, &s, None);
         routes
             .add_cursor(
                 1,
@@ -302,8 +309,8 @@ mod tests {
         let routes = Routes::new(Arc::new(Metrics::default()));
         let conn = Arc::new(ConnMeta::default());
         let (mut a, mut b) = (UsedSessions::default(), UsedSessions::default());
-        routes.note_session(&mut a, b"S");
-        routes.note_session(&mut b, b"S");
+        routes.note_session(&mut a, b"S", None);
+        routes.note_session(&mut b, b"S", None);
         routes
             .add_cursor(
                 1,
@@ -328,8 +335,8 @@ mod tests {
         let routes = Routes::new(Arc::new(Metrics::default()));
         let conn = Arc::new(ConnMeta::default());
         let (mut a, mut b) = (UsedSessions::default(), UsedSessions::default());
-        routes.note_session(&mut a, b"S");
-        routes.note_session(&mut b, b"S");
+        routes.note_session(&mut a, b"S", None);
+        routes.note_session(&mut b, b"S", None);
         for (id, opened_by) in [(1, 1), (2, 2)] {
             let owner = Owner::Session(b"S".to_vec());
             routes

@@ -4,6 +4,10 @@
 //! A session ends, as far as the gateway is concerned, when the last client connection that used
 //! it disconnects: that is when the driver client that owned it is gone. Generic over the pinned
 //! value so the bookkeeping can be tested without an upstream.
+//!
+//! Sessions are also counted per user (setting `max_sessions_per_user`): session ids are
+//! namespaced by identity, so each session belongs to the one user whose connection first used
+//! it, and counts against that user until it ends.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,18 +18,23 @@ struct Entry<P> {
     /// The transaction number the gateway aborted for being idle, so that its next statement
     /// is answered NoSuchTransaction instead of running outside any transaction.
     reaped: Option<i64>,
+    /// The user the session counts against, when the gateway authenticates clients.
+    user: Option<Box<str>>,
 }
 
 /// Sessions in use, keyed by the raw lsid document.
 #[derive(Debug)]
 pub struct Sessions<P> {
     by_lsid: HashMap<Vec<u8>, Entry<P>>,
+    /// Sessions known now, per user.
+    per_user: HashMap<Box<str>, usize>,
 }
 
 impl<P> Default for Sessions<P> {
     fn default() -> Self {
         Sessions {
             by_lsid: HashMap::new(),
+            per_user: HashMap::new(),
         }
     }
 }
@@ -40,16 +49,34 @@ pub struct Ended<P> {
 }
 
 impl<P> Sessions<P> {
-    /// One more client connection uses `lsid`.
-    pub fn join(&mut self, lsid: &[u8]) {
+    /// One more client connection, of `user` if it has one, uses `lsid`.
+    pub fn join(&mut self, lsid: &[u8], user: Option<&str>) {
+        let per_user = &mut self.per_user;
         self.by_lsid
             .entry(lsid.to_vec())
-            .or_insert(Entry {
-                live_connections: 0,
-                pinned: None,
-                reaped: None,
+            .or_insert_with(|| {
+                if let Some(u) = user {
+                    *per_user.entry(u.into()).or_default() += 1;
+                }
+                Entry {
+                    live_connections: 0,
+                    pinned: None,
+                    reaped: None,
+                    user: user.map(Into::into),
+                }
             })
             .live_connections += 1;
+    }
+
+    /// Whether `user` may use `lsid` within `limit` sessions: a session already known always
+    /// may; a new one only while the user holds fewer than `limit`.
+    pub fn admits(&self, lsid: &[u8], user: &str, limit: usize) -> bool {
+        self.by_lsid.contains_key(lsid) || self.held_by_user(user) < limit
+    }
+
+    /// Sessions `user` holds now.
+    pub fn held_by_user(&self, user: &str) -> usize {
+        self.per_user.get(user).copied().unwrap_or(0)
     }
 
     /// Takes the value pinned for `lsid`, if its transaction holds one.
@@ -100,6 +127,9 @@ impl<P> Sessions<P> {
             s.live_connections = s.live_connections.saturating_sub(1);
             if s.live_connections == 0 {
                 let s = self.by_lsid.remove(key).expect("present");
+                if let Some(user) = &s.user {
+                    self.forget_one_of(user);
+                }
                 out.push(Ended {
                     lsid: key.clone(),
                     pinned: s.pinned,
@@ -107,6 +137,15 @@ impl<P> Sessions<P> {
             }
         }
         out
+    }
+
+    fn forget_one_of(&mut self, user: &str) {
+        if let Some(n) = self.per_user.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(user);
+            }
+        }
     }
 
     /// Sessions known now.
@@ -157,8 +196,8 @@ mod tests {
     #[test]
     fn a_session_ends_with_its_last_connection() {
         let mut s: Sessions<u32> = Sessions::default();
-        s.join(b"A");
-        s.join(b"A");
+        s.join(b"A", None);
+        s.join(b"A", None);
         let one: HashSet<Vec<u8>> = [b"A".to_vec()].into();
         assert!(s.leave(&one).is_empty(), "one connection still uses A");
         let ended = s.leave(&one);
@@ -170,8 +209,8 @@ mod tests {
     #[test]
     fn stale_pins_are_taken_and_remembered_as_aborted() {
         let mut s: Sessions<(u32, i64)> = Sessions::default();
-        s.join(b"A");
-        s.join(b"B");
+        s.join(b"A", None);
+        s.join(b"B", None);
         s.pin(b"A", (10, 7));
         s.pin(b"B", (99, 3));
         // Values below 50 count as idle for long enough.
@@ -194,7 +233,7 @@ mod tests {
     fn pinning_and_its_release() {
         let mut s: Sessions<u32> = Sessions::default();
         assert_eq!(s.pin(b"A", 1), Some(1), "unknown session: handed back");
-        s.join(b"A");
+        s.join(b"A", None);
         assert_eq!(s.pin(b"A", 2), None);
         assert_eq!(s.take_pinned(b"A"), Some(2));
         assert_eq!(s.take_pinned(b"A"), None, "taken once");
@@ -205,6 +244,34 @@ mod tests {
             Some(3),
             "the departing session's transaction is handed over"
         );
+    }
+
+    #[test]
+    fn sessions_are_counted_per_user_until_they_end() {
+        let mut s: Sessions<u32> = Sessions::default();
+        s.join(b"A", Some("u"));
+        s.join(b"A", Some("u"));
+        s.join(b"B", Some("u"));
+        s.join(b"C", Some("v"));
+        s.join(b"D", None);
+        assert_eq!((s.held_by_user("u"), s.held_by_user("v")), (2, 1));
+        assert!(
+            !s.admits(b"E", "u", 2),
+            "a third session of u is over the bound"
+        );
+        assert!(
+            s.admits(b"A", "u", 2),
+            "a known session always is within it"
+        );
+        assert!(s.admits(b"E", "v", 2), "another user is not affected");
+        let a: HashSet<Vec<u8>> = [b"A".to_vec()].into();
+        s.leave(&a);
+        assert_eq!(s.held_by_user("u"), 2, "A still has a connection");
+        s.leave(&a);
+        assert_eq!(s.held_by_user("u"), 1);
+        assert!(s.admits(b"E", "u", 2), "an ended session makes room");
+        s.leave(&[b"B".to_vec(), b"C".to_vec()].into());
+        assert!(s.per_user.is_empty(), "no empty counts are kept");
     }
 
     #[test]

@@ -226,10 +226,11 @@ impl Session {
             Ok(msg) => {
                 // Only now has the upstream seen the session: a request that never got an
                 // answer leaves nothing behind to end or to own.
-                if let Some(lsid) = &view.lsid {
-                    self.shared
-                        .routes
-                        .note_session(&mut self.used_sessions, lsid.as_bytes());
+                let lsid = view.lsid.as_ref().map(|l| l.as_bytes());
+                if let Some(lsid) = lsid.filter(|l| !self.used_sessions.keys().contains(*l)) {
+                    let user = self.user_key();
+                    let used = &mut self.used_sessions;
+                    self.shared.routes.note_session(used, lsid, user.as_deref());
                 }
                 let facts = ReplyFacts::read(msg.body);
                 if facts.error_code.is_some() {
@@ -350,12 +351,7 @@ impl Session {
         };
         let opener = Opener {
             connection: self.connection_id,
-            // Length-prefixed: "a.b" + "c" and "a" + "b.c" are two users.
-            user: self
-                .auth
-                .identity
-                .as_ref()
-                .map(|u| format!("{}:{}.{}", u.db.len(), u.db, u.name)),
+            user: self.user_key(),
         };
         let limits = self.shared.live.settings.load().cursor_limits();
         let refused = routes

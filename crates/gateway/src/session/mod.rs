@@ -1,7 +1,9 @@
 //! One client connection: a task that owns the client socket. The parts, in the order a
 //! message meets them:
 //! - this module: the connection's lifecycle (TLS, the read loop, the handshake deadline, drain,
-//!   reload, and on exit the release of everything the client held upstream);
+//!   reload and revocation (closing, between messages, a connection whose address the access
+//!   list no longer admits or whose user was removed), and on exit the release of everything
+//!   the client held upstream);
 //! - [`dispatch`]: decodes each message once into a [`CommandView`](crate::command::CommandView),
 //!   authorizes it, and decides by the command table's kind what happens to it;
 //! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
@@ -80,6 +82,9 @@ struct Session {
     op: Option<(usize, std::time::Instant)>,
     /// Whether the reply to the command being handled is an error.
     failed: AtomicBool,
+    /// Why this connection lost its right to stay (a `mongomux_client_connections_revoked_total`
+    /// reason), once it has; it closes after the message it is receiving, if any.
+    revoked: Option<&'static str>,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -107,6 +112,7 @@ pub async fn run(
         client: shared.admin.clients.register(connection_id, peer),
         op: None,
         failed: AtomicBool::new(false),
+        revoked: None,
         connection_id,
         framed: Framed::new(stream, MAX_MESSAGE_SIZE),
         shared: shared.clone(),
@@ -158,7 +164,12 @@ impl Session {
 
     async fn serve(&mut self) {
         let mut draining = self.shared.draining.clone();
-        let mut reloads = self.shared.live.reloads();
+        let mut rechecks = self.shared.live.rechecks();
+        // A reload or an expiry between admission and here (the TLS handshake may take a
+        // while) was signalled before this receiver existed.
+        if let Some(reason) = self.revocation() {
+            return self.close_revoked(reason);
+        }
         let handshake_deadline =
             tokio::time::Instant::now() + self.shared.live.settings.load().handshake_timeout;
         loop {
@@ -185,10 +196,12 @@ impl Session {
                     }
                     return;
                 }
-                Ok(()) = reloads.changed() => {
-                    if self.identity_revoked() {
-                        tracing::info!(peer = %self.peer, "closing a connection whose user was removed or changed");
-                        return;
+                // A reload, or an access-list entry that expired. Only between messages, so an
+                // operation in flight is never cut; a message partly received is let in.
+                Ok(()) = rechecks.changed() => {
+                    self.revoked = self.revocation();
+                    if let Some(reason) = self.revoked.filter(|_| !self.framed.has_buffered()) {
+                        return self.close_revoked(reason);
                     }
                     continue;
                 }
@@ -219,6 +232,15 @@ impl Session {
                 }
                 Outcome::Silent => {}
                 Outcome::Close => return,
+            }
+            // A client that always has its next message ready never lets the select above
+            // see the signal: it is looked at after every message too.
+            if rechecks.has_changed().unwrap_or(false) {
+                rechecks.borrow_and_update();
+                self.revoked = self.revocation();
+            }
+            if let Some(reason) = self.revoked {
+                return self.close_revoked(reason);
             }
         }
     }
@@ -316,12 +338,33 @@ impl Session {
         self.auth.identity.is_none() && self.shared.live.settings.load().users.auth_required()
     }
 
-    /// Whether the authenticated user no longer exists as it was when it logged in.
-    fn identity_revoked(&self) -> bool {
-        match &self.auth.identity {
-            Some(user) => !self.shared.live.settings.load().users.still_valid(user),
-            None => false,
+    /// Why this connection may no longer stay, if it may not: the access list in force does not
+    /// admit its address now (an entry expired or was removed; judged on the address it was
+    /// admitted on, the PROXY header's when there was one), or its user no longer exists as it
+    /// was when it logged in.
+    fn revocation(&self) -> Option<&'static str> {
+        let settings = self.shared.live.settings.load();
+        if !settings
+            .access
+            .allows(self.peer.ip(), std::time::SystemTime::now())
+        {
+            return Some("access");
         }
+        match &self.auth.identity {
+            Some(user) if !settings.users.still_valid(user) => Some("user"),
+            _ => None,
+        }
+    }
+
+    /// Counts and logs the end of a connection whose right to stay was revoked; the caller
+    /// closes it.
+    fn close_revoked(&self, reason: &'static str) {
+        self.shared.metrics.count_revoked(reason);
+        let why = match reason {
+            "user" => "its user was removed or changed",
+            _ => "the access list no longer admits its address",
+        };
+        tracing::info!(event = "client_revoked", peer = %self.peer, conn = self.connection_id, reason, "closing a connection: {why}");
     }
 
     /// Answers a message whose length prefix cannot be trusted, then the caller closes.

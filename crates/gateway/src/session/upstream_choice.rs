@@ -1,7 +1,7 @@
 //! Which upstream connection a request goes out on, and whether it may go out again: the
 //! transaction's pinned connection, the member a cursor lives on, a member selected by read
-//! preference; the bounds checked before anything is sent (sessions per connection, a
-//! transaction the gateway aborted); and the rules for sending a request a second time, which
+//! preference; the bounds checked before anything is sent (sessions per connection and per
+//! user, a transaction the gateway aborted); and the rules for sending a request a second time, which
 //! must never apply a write twice.
 
 use crate::command::{Access, CommandView, Kind};
@@ -14,8 +14,14 @@ use crate::upstream::{PooledConn, UpstreamError};
 use super::Session;
 
 impl Session {
-    /// Refuses a request whose session would be one more than `max_sessions_per_client`, and
-    /// a statement of a transaction the gateway aborted for idleness.
+    /// Refuses a request whose session would be one more than `max_sessions_per_client` for
+    /// this connection or `max_sessions_per_user` for its user, and a statement of a
+    /// transaction the gateway aborted for idleness.
+    ///
+    /// The user's bound is checked here and the session counted once the upstream answered
+    /// ([`Routes::note_session`](crate::route::Routes::note_session)), so connections of one
+    /// user that start new sessions at the same moment may pass it together: by at most one
+    /// session each, which their own per-connection bound also limits.
     pub(super) fn admissible(&self, view: &CommandView) -> Result<(), GatewayError> {
         let Some(lsid) = &view.lsid else {
             return Ok(());
@@ -29,13 +35,41 @@ impl Session {
                 )));
             }
         }
-        let limit = self.shared.live.settings.load().max_sessions_per_client;
-        if self.used_sessions.admits(lsid.as_bytes(), limit) {
+        let lsid = lsid.as_bytes();
+        if self.used_sessions.keys().contains(lsid) {
             return Ok(());
         }
-        Err(GatewayError::TooManySessions(format!(
-            "this connection already uses {limit} logical sessions (max_sessions_per_client); end some or open a new connection"
-        )))
+        let (per_client, per_user) = {
+            let s = self.shared.live.settings.load();
+            (s.max_sessions_per_client, s.max_sessions_per_user)
+        };
+        if !self.used_sessions.admits(lsid, per_client) {
+            return Err(GatewayError::TooManySessions(format!(
+                "this connection already uses {per_client} logical sessions (max_sessions_per_client); end some or open a new connection"
+            )));
+        }
+        match self.user_key() {
+            Some(user)
+                if !self
+                    .shared
+                    .routes
+                    .user_session_admits(lsid, &user, per_user) =>
+            {
+                Err(GatewayError::TooManySessions(format!(
+                    "this user already has {per_user} logical sessions open (max_sessions_per_user); end some, or close connections, before starting more"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The authenticated user as the per-user bounds count it: length-prefixed, so that
+    /// `a.b` + `c` and `a` + `b.c` are two users.
+    pub(super) fn user_key(&self) -> Option<String> {
+        self.auth
+            .identity
+            .as_ref()
+            .map(|u| format!("{}:{}.{}", u.db.len(), u.db, u.name))
     }
 
     /// The connection a request goes out on: its transaction's pinned one, a newly pinned one

@@ -120,6 +120,8 @@ pub struct Settings {
     pub max_cursors_per_user: usize,
     /// Most logical sessions one client connection may use.
     pub max_sessions_per_client: usize,
+    /// Most logical sessions one user may hold over all its connections.
+    pub max_sessions_per_user: usize,
     /// Bytes of large client messages and replies held at once (fixed at start).
     pub max_inflight_bytes: usize,
     /// Largest message before authentication, when users are configured.
@@ -218,6 +220,7 @@ impl Settings {
             max_cursors_per_client: raw.max_cursors_per_client,
             max_cursors_per_user: raw.max_cursors_per_user,
             max_sessions_per_client: raw.max_sessions_per_client,
+            max_sessions_per_user: raw.max_sessions_per_user,
             max_inflight_bytes: raw.max_inflight_bytes,
             max_unauthenticated_message_bytes: raw.max_unauthenticated_message_bytes,
             message_timeout: raw.message_timeout,
@@ -352,6 +355,7 @@ fn check_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
         ("max_cursors_per_client", raw.max_cursors_per_client),
         ("max_cursors_per_user", raw.max_cursors_per_user),
         ("max_sessions_per_client", raw.max_sessions_per_client),
+        ("max_sessions_per_user", raw.max_sessions_per_user),
     ] {
         if n == 0 {
             return Err(invalid(format!("{name} must be at least 1")));

@@ -118,6 +118,8 @@ pub struct RawConfig {
     pub max_cursors_per_user: usize,
     /// Most logical sessions one client connection may use.
     pub max_sessions_per_client: usize,
+    /// Most logical sessions one user may hold over all its connections to this gateway.
+    pub max_sessions_per_user: usize,
     /// Bytes of large client messages and replies held at once, over all connections.
     pub max_inflight_bytes: usize,
     /// Largest message a client may send before it has authenticated (when users are
@@ -195,6 +197,9 @@ impl Default for RawConfig {
             max_cursors_per_client: 1000,
             max_cursors_per_user: 5000,
             max_sessions_per_client: 1000,
+            // Above the default max_clients: a fleet of functions sharing one user, each
+            // with a session or two on its one connection, stays under it.
+            max_sessions_per_user: 20_000,
             max_inflight_bytes: 256 * 1024 * 1024,
             max_unauthenticated_message_bytes: 64 * 1024,
             message_timeout: Duration::from_secs(30),

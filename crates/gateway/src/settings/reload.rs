@@ -68,6 +68,7 @@ const FIELDS: &[Field] = &[
     live!("max_cursors_per_client", max_cursors_per_client),
     live!("max_cursors_per_user", max_cursors_per_user),
     live!("max_sessions_per_client", max_sessions_per_client),
+    live!("max_sessions_per_user", max_sessions_per_user),
     // Read at every message, reply and reap.
     live!(
         "max_unauthenticated_message_bytes",

@@ -252,6 +252,7 @@ fn bounds_are_live_and_the_session_key_needs_a_restart() {
         "max_cursors_per_client",
         "max_cursors_per_user",
         "max_sessions_per_client",
+        "max_sessions_per_user",
     ] {
         assert!(error_of(&format!("{bound} = 0\n")).contains(bound));
     }
@@ -259,13 +260,18 @@ fn bounds_are_live_and_the_session_key_needs_a_restart() {
     let old = Settings::from_raw(raw(key)).unwrap();
     assert_eq!(old.max_cursors_per_client, 1000);
     let mut new = Settings::from_raw(raw(&format!(
-        "{key}max_cursors_per_client = 5\nmax_sessions_per_client = 7\n"
+        "{key}max_cursors_per_client = 5\nmax_sessions_per_client = 7\nmax_sessions_per_user = 9\n"
     )))
     .unwrap();
+    assert_eq!(old.max_sessions_per_user, 20_000);
     let change = SettingsChange::reconcile(&old, &mut new);
     assert_eq!(
         change.applied,
-        vec!["max_cursors_per_client", "max_sessions_per_client"]
+        vec![
+            "max_cursors_per_client",
+            "max_sessions_per_client",
+            "max_sessions_per_user"
+        ]
     );
     assert!(change.needs_restart.is_empty(), "the same key is no change");
     let mut rekeyed =
