@@ -274,7 +274,8 @@ impl Session {
             (None, false) => {
                 let mut reply = reply;
                 if let Some(at) = cursor_at {
-                    super::cursors::mask_reply_cursor(&mut reply, at, self.cursor_mask(view));
+                    let cipher = self.cursor_cipher(view);
+                    super::cursors::hide_reply_cursor(&mut reply, at, &cipher);
                 }
                 self.relay(reply, view)
             }

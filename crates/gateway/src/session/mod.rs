@@ -7,7 +7,7 @@
 //! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
 //! - [`forward`]: the exchange with the upstream and the cursor/session/transaction bookkeeping;
 //!   [`upstream_choice`]: which connection a request goes out on, and whether it may go again;
-//! - [`cursors`]: the cursor ids a client sends and sees (`getMore`, `killCursors`, masking);
+//! - [`cursors`]: the cursor ids a client sends and sees (`getMore`, `killCursors`, their enciphering);
 //! - [`inbound`]: receiving a message within the size, budget and time bounds;
 //! - [`legacy`]: OP_QUERY, where only the handshake is served; [`reply`]: framing the gateway's
 //!   own replies and errors.
@@ -80,6 +80,9 @@ struct Session {
     op: Option<(usize, std::time::Instant)>,
     /// Whether the reply to the command being handled is an error.
     failed: AtomicBool,
+    /// The cursor-id cipher of the owner this connection last used (boxed: idle clients carry
+    /// only the pointer).
+    last_cipher: Option<Box<cursors::LastCipher>>,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -122,6 +125,7 @@ pub async fn run(
         last_message: tokio::time::Instant::now(),
         app_ops: None,
         user_ops: None,
+        last_cipher: None,
     };
     tracing::info!(event = "client_connected", peer = %peer, conn = session.connection_id, "client connected");
     let connected = std::time::Instant::now();
