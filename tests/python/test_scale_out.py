@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import pymongo
 import pytest
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 import procnet
 from conftest import Proc, _binary, _running, _spawn, free_port, start_gateway, tail, wait_until
 from rs_fixtures import make_replset, replset  # noqa: F401 - pytest fixtures
+from security_fixtures import metric
 
 HAPROXY_DEFAULT = Path(shutil.which("haproxy") or "/usr/sbin/haproxy")
 DOCS = 1000
@@ -259,22 +261,52 @@ def test_transactions_through_three_gateways(nx, deployment, load_balanced):
     assert stored == sorted(f"{k}-{x}" for k in range(0, 20, 2) for x in "ab")
 
 
-def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir):
-    """Twelve pymongo clients insert (retryable writes, unique ids) and read through HAProxy
-    round-robin over three gateways; one gateway gets SIGTERM in the middle. Every acknowledged
-    insert is then in FerretDB exactly once, and every error a client saw was retryable."""
+# The codes the drivers' retryable reads and writes specifications retry, and CursorNotFound is
+# not one of them: a cursor that got it lost its place, and the application must re-run the query.
+RETRYABLE_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+
+
+def retryable(e: PyMongoError) -> bool:
+    """A network error or server-selection timeout, or an error the specifications retry (by
+    code, or by a RetryableWriteError / ResetPool label)."""
+    labels = getattr(e, "_error_labels", set()) or set()
+    return (isinstance(e, ConnectionFailure) or bool(labels & {"RetryableWriteError", "ResetPool"})
+            or getattr(e, "code", None) in RETRYABLE_CODES)
+
+
+def describe(e: PyMongoError) -> tuple:
+    """(retryable, type, code, message, labels), for the figures and the assertions."""
+    labels = sorted(getattr(e, "_error_labels", set()) or ())
+    return retryable(e), type(e).__name__, getattr(e, "code", None), str(e)[:200], labels
+
+
+@pytest.mark.parametrize("load_balanced", [False, True], ids=["plain", "loadBalanced"])
+def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir, load_balanced):
+    """Through HAProxy round-robin over three gateways sharing a key, twelve pymongo clients
+    insert (retryable writes, unique ids) and read, while six threads of one more client read
+    cursors of 1,000 documents 10 at a time over its pooled connections, so through every
+    gateway; one gateway gets SIGTERM in the middle. Every acknowledged insert is then in
+    FerretDB exactly once, every cursor returned all of its documents or failed with a
+    retryable error (never CursorNotFound: a drained gateway must not end the sessions and
+    cursors the driver goes on with through the others), and every other error was retryable.
+    The drained gateway has a 10 s drain deadline: FerretDB 1.x ends a cursor with the upstream
+    connection that opened it, so the gateway keeps such connections open until then."""
     key = secrets.token_hex(32)
     gws = [start_gateway(ferretdb, logdir, name=f"mongomux-dr-{i}-{secrets.token_hex(2)}", pool_size=4,
-                         extra_args=("--session-key", key)) for i in range(3)]
+                         extra_args=("--session-key", key), metrics=True, drain_timeout="10s" if i == 0 else "2s")
+           for i in range(3)]
     lb = start_balancer(logdir, [g.port for g in gws])
-    coll_name = f"drain_{uuid.uuid4().hex[:6]}"
-    acked, errors = [], []
+    uri = f"mongodb://127.0.0.1:{lb.port}/" + ("?loadBalanced=true" if load_balanced else "")
+    coll_name, docs_name = f"drain_{uuid.uuid4().hex[:6]}", f"drain_docs_{uuid.uuid4().hex[:6]}"
+    with ferretdb.client() as direct:
+        direct.scale_out[docs_name].insert_many([{"_id": i} for i in range(DOCS)])
+    acked, errors, cursor_errors, short = [], [], [], []
+    complete = [0]
     lock = threading.Lock()
     stop = threading.Event()
 
-    def worker(n: int):
-        with pymongo.MongoClient(f"mongodb://127.0.0.1:{lb.port}/", maxPoolSize=4,
-                                 serverSelectionTimeoutMS=10_000) as c:
+    def writer(n: int):
+        with pymongo.MongoClient(uri, maxPoolSize=4, serverSelectionTimeoutMS=10_000) as c:
             coll = c.scale_out[coll_name]
             i = 0
             while not stop.is_set():
@@ -285,35 +317,66 @@ def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir):
                         acked.append(doc_id)
                     coll.find_one({"_id": doc_id})
                 except PyMongoError as e:
-                    labels = getattr(e, "_error_labels", set()) or set()
                     with lock:
-                        errors.append((type(e).__name__, str(e)[:200], sorted(labels)))
+                        errors.append(describe(e))
                 i += 1
 
+    def reader(coll):
+        while not stop.is_set():
+            got = 0
+            try:
+                for _ in coll.find({}, batch_size=10):
+                    got += 1
+                    if got % 100 == 0:
+                        time.sleep(0.02)  # a reader that works on its batches: cursors span the drain
+                with lock:
+                    complete[0] += got == DOCS
+                    if got != DOCS:
+                        short.append(got)
+            except PyMongoError as e:
+                with lock:
+                    cursor_errors.append((got, *describe(e)))
+
+    readers = pymongo.MongoClient(uri, maxPoolSize=12, serverSelectionTimeoutMS=10_000)
     try:
-        threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(12)]
+        threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(12)]
+        threads += [threading.Thread(target=reader, args=(readers.scale_out[docs_name],), daemon=True)
+                    for _ in range(6)]
         for t in threads:
             t.start()
         time.sleep(1.5)
-        gws[0].proc.stop()  # SIGTERM: drain, then exit
-        time.sleep(2.0)
+        gws[0].proc.popen.send_signal(signal.SIGTERM)  # drain, then exit; its metrics stay up meanwhile
+        time.sleep(3.0)
+        try:  # still up if it lingers for cursors others continue (FerretDB 1.x), else exited
+            handed_off = metric(gws[0], "mongomux_cursors_handed_off_total")
+        except OSError:
+            handed_off = None
         stop.set()
         for t in threads:
             t.join(60)
+        adopted = [metric(g, "mongomux_cursors_adopted_total") for g in gws[1:]]
+        assert gws[0].proc.popen.wait(30) == 0, tail(gws[0].proc.log)
         with ferretdb.client() as direct:
             stored = [d["_id"] for d in direct.scale_out[coll_name].find({}, {"_id": 1})]
             direct.scale_out[coll_name].drop()
-        print(f"drain mid-run: {len(acked)} acknowledged inserts, {len(errors)} client errors "
-              f"{errors[:3]}")
+            direct.scale_out[docs_name].drop()
+        form = "loadBalanced=true" if load_balanced else "plain URI"
+        print(f"drain mid-run, {form}: {len(acked)} acknowledged inserts, {len(errors)} client errors {errors[:3]}; "
+              f"{complete[0]} cursors complete, {len(cursor_errors)} failed {cursor_errors[:3]}; the drained gateway "
+              f"handed off {handed_off} cursors, the others adopted {adopted}")
         assert len(stored) == len(set(stored)), "an insert is stored twice"
         missing = set(acked) - set(stored)
         assert not missing, f"{len(missing)} acknowledged inserts are missing"
-        not_retryable = [e for e in errors if not (set(e[2]) & {"RetryableWriteError", "ResetPool"})
-                         and e[0] not in ("AutoReconnect", "NetworkTimeout", "ServerSelectionTimeoutError")]
+        assert not short, f"cursors ended early, without an error: {short[:5]}"
+        assert complete[0] > 0
+        not_retryable = [e for e in errors if not e[0]]
         assert not not_retryable, not_retryable[:3]
+        bad_cursors = [e for e in cursor_errors if not e[1]]
+        assert not bad_cursors, f"cursors failed with errors that are not retryable: {bad_cursors[:3]}"
     finally:
+        readers.close()
         lb.stop()
-        for g in gws[1:]:
+        for g in gws:
             g.proc.stop()
 
 

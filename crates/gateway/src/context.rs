@@ -174,7 +174,11 @@ impl Shared {
                 settings: ArcSwap::from_pointee(settings),
                 reload_tx: watch::channel(0).0,
             }),
-            routes: Arc::new(Routes::new(metrics.clone())),
+            routes: Arc::new(if edge.session_key.is_configured() {
+                Routes::with_shared_sessions(metrics.clone())
+            } else {
+                Routes::new(metrics.clone())
+            }),
             edge: Arc::new(edge),
             ids: Arc::new(Ids::new()),
             sources: Arc::default(),

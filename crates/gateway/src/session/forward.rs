@@ -318,6 +318,7 @@ impl Session {
                 }
                 // Continued here, opened through another gateway: this one tracks it now.
                 Some((_, ns)) if routes.cursor_member(id).is_none() => {
+                    self.shared.metrics.cursors_adopted_total.inc();
                     self.adopt_cursor(id, ns, view, meta)
                 }
                 Some(_) => None,
