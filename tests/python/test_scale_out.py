@@ -72,16 +72,18 @@ backend gateways
 
 @pytest.fixture
 def deployment(logdir):
-    """deployment(upstream) -> HAProxy in front of three gateways sharing a session_key."""
+    """deployment(upstream) -> HAProxy in front of three gateways sharing a session_key (the
+    returned Proc's `gateways`, each with its metrics endpoint)."""
     started: list[Proc] = []
 
     def make(upstream, upstream_uri: str | None = None) -> Proc:
         key = secrets.token_hex(32)
         gws = [start_gateway(upstream, logdir, name=f"mongomux-so-{i}-{secrets.token_hex(2)}", pool_size=4,
                              extra_args=("--session-key", key), upstream_uri=upstream_uri,
-                             credentials_in_env=upstream_uri is None) for i in range(3)]
+                             credentials_in_env=upstream_uri is None, metrics=True) for i in range(3)]
         started.extend(g.proc for g in gws)
         lb = start_balancer(logdir, [g.port for g in gws])
+        lb.gateways = gws  # for the tests that read each gateway's metrics
         started.append(lb)
         return lb
 
@@ -111,15 +113,24 @@ def test_cursors_through_three_gateways_in_front_of_a_replica_set(ferretdb, repl
 
 
 def run_cursors(uri: str, coll_name: str) -> tuple[int, list[str]]:
-    """CURSORS threads each read the whole collection in batches of 10 through one client."""
+    """CURSORS threads each read the whole collection in batches of 10 through one client. Each
+    thread pauses after a batch, as an application works on it: meanwhile the others take its
+    pooled connection, so its next getMore goes out on whichever one is free, through any
+    gateway (back to back, a thread gets its own connection back, and nothing crosses)."""
     complete, errors = [0], []
     lock = threading.Lock()
     with pymongo.MongoClient(uri, maxPoolSize=50, serverSelectionTimeoutMS=10_000) as client:
         coll = client.scale_out[coll_name]
 
+        def read(cursor):
+            for i, doc in enumerate(cursor):
+                if i % 10 == 9:
+                    time.sleep(0.002)
+                yield doc
+
         def one():
             try:
-                n = sum(1 for _ in coll.find({}, batch_size=10))
+                n = sum(1 for _ in read(coll.find({}, batch_size=10)))
                 with lock:
                     complete[0] += n == DOCS
             except PyMongoError as e:
@@ -148,6 +159,16 @@ def test_cursors_through_three_gateways(ferretdb, deployment, load_balanced):
         direct.scale_out[coll_name].drop()
     assert not errors, errors[:3]
     assert complete == CURSORS
+    # The requests did cross gateways: getMores on at least two, and cursors one gateway opened
+    # continued by another.
+    get_mores = [metric(g, "mongomux_operations_total", 'command="getMore"') for g in lb.gateways]
+    adopted = [metric(g, "mongomux_cursors_adopted_total") for g in lb.gateways]
+    print(f"getMores per gateway {get_mores}; cursors adopted per gateway {adopted}")
+    if not load_balanced:
+        assert sum(n > 0 for n in get_mores) >= 2, get_mores
+        assert sum(n > 0 for n in adopted) >= 2, adopted
+    else:
+        assert sum(adopted) == 0, "a load-balanced driver keeps each cursor on one connection"
 
 
 NODE_SCRIPT = Path(__file__).with_name("scale_out_node.cjs")
