@@ -1,7 +1,8 @@
 //! One client connection: a task that owns the client socket. The parts, in the order a
 //! message meets them:
 //! - this module: the connection's lifecycle (TLS, the read loop, the handshake deadline, drain,
-//!   reload, and on exit the release of everything the client held upstream);
+//!   reload, and on exit the release of what the client leaves behind upstream, as
+//!   [`crate::route::Routes::leave`] decides);
 //! - [`dispatch`]: decodes each message once into a [`CommandView`](crate::command::CommandView),
 //!   authorizes it, and decides by the command table's kind what happens to it;
 //! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
