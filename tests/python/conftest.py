@@ -273,13 +273,14 @@ class Gateway:
 def start_gateway(upstream: Upstream, logdir: Path, name: str = "mongomux", pool_size: int = POOL_SIZE,
                   extra_args: tuple = (), metrics: bool = False, startup_timeout: float = 20.0,
                   listen: str = "127.0.0.1:0", upstream_uri: str | None = None,
-                  credentials_in_env: bool = True, wrapper: tuple = ()) -> Gateway:
+                  credentials_in_env: bool = True, wrapper: tuple = (), drain_timeout: str = "2s") -> Gateway:
     """Start `mongomux serve` and wait for its "listening on" line.
 
     `upstream_uri` replaces the upstream's own (credential-free) URI; with
     `credentials_in_env=False` the upstream user and password are not put in
     MONGOMUX_UPSTREAM_USERNAME/PASSWORD (the caller put them in the URI instead).
     `wrapper` is a command the gateway runs under (e.g. `prlimit --nofile=N:N --`).
+    `drain_timeout` is short by default, so that stopping a gateway never holds a test up.
     """
     binary = _binary("MONGOMUX_BIN", ROOT / "target/debug/mongomux")
     # Only what this fixture sets: a developer's own MONGOMUX_* settings must not leak in.
@@ -290,7 +291,7 @@ def start_gateway(upstream: Upstream, logdir: Path, name: str = "mongomux", pool
         env["MONGOMUX_UPSTREAM_USERNAME"] = upstream.username
         env["MONGOMUX_UPSTREAM_PASSWORD"] = upstream.password
     cmd = [*wrapper, binary, "serve", "--listen", listen, "--upstream", upstream_uri or upstream.gateway_upstream_uri(),
-           "--pool-size", pool_size, "--drain-timeout", "2s", *extra_args]
+           "--pool-size", pool_size, "--drain-timeout", drain_timeout, *extra_args]
     if metrics:
         cmd += ["--metrics-listen", "127.0.0.1:0"]
     popen, log = _spawn(name, cmd, logdir, env, stdout_pipe=True)

@@ -1,8 +1,8 @@
 """Several gateways of one deployment (issue 14, item 2): a cursor opened through one gateway
 continues through another when they share `session_key`, with no state shared between them
-(the cursor id a client sees is masked by a keyed MAC of its session; see
-crates/gateway/src/route/cursor_ids.rs). Only the session that opened a cursor can continue or
-kill it, on any gateway. Against FerretDB, with raw wire messages, so that each request is
+(the cursor id a client sees is the upstream id put through a keyed pseudo-random permutation of
+its session; see crates/gateway/src/route/cursor_ids.rs). Only the session that opened a cursor
+can continue or kill it, on any gateway, and the ids next to one's own name nobody's cursor. Against FerretDB, with raw wire messages, so that each request is
 sent to the gateway the test chooses, as a driver's pool behind a round-robin balancer does."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uuid
 import pytest
 from bson import Int64
 
-from mongowire import RawConn
+from mongowire import RawConn, next_request_id, op_msg, recv_message
 from security_fixtures import CURSOR_NOT_FOUND, GatewayFactory, lsid, make_user, write_config
 from security_fixtures import gateways  # noqa: F401 - pytest fixture
 
@@ -22,7 +22,7 @@ N = 1000
 
 @pytest.fixture(scope="module")
 def users():
-    return {"a": make_user("xgw-a"), "b": make_user("xgw-b")}
+    return {"a": make_user("xgw-a"), "b": make_user("xgw-b"), "scoped": make_user("xgw-s", databases=("xgw",))}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,6 @@ def seeded(ferretdb):
     yield
     with ferretdb.client() as c:
         c.xgw.docs.drop()
-
 
 
 
@@ -55,6 +54,72 @@ def logged_in(gw, user) -> RawConn:
 
 def get_more(raw: RawConn, cid, session) -> dict:
     return raw.command({"getMore": Int64(cid), "collection": "docs", "batchSize": 10, "lsid": session}, db="xgw")
+
+
+def pipelined(raw: RawConn, docs: list[dict], db: str, chunk: int = 256) -> list[dict]:
+    """Sends `docs` as commands, `chunk` at a time before reading their replies: thousands of
+    requests in a few round trips."""
+    replies = []
+    for i in range(0, len(docs), chunk):
+        rids, out = [], b""
+        for d in docs[i:i + chunk]:
+            rid = next_request_id()
+            rids.append(rid)
+            out += op_msg({**d, "$db": db}, request_id=rid)
+        raw.sock.sendall(out)
+        for rid in rids:
+            msg = recv_message(raw.sock, 30)
+            assert msg is not None and msg.response_to == rid, (rid, msg)
+            replies.append(msg.doc)
+    return replies
+
+
+def test_ids_next_to_ones_own_reach_no_other_users_cursor(gateways, users, seeded):
+    """FerretDB numbers cursors one after another. When the id a client saw was the upstream id
+    XOR a per-session mask, a client holding id M could send M ^ d in its own session and reach
+    upstream id u ^ d: another user's cursor, which a gateway that had never seen it adopted.
+    User B (scoped to the database) opens one cursor among six of user A's, then sends getMore
+    and killCursors for M ^ d and M + d, d in 1..4096, in its own session, on the gateway that
+    opened its cursor and on one that never saw any of these cursors. Every probe is
+    CursorNotFound, and A then reads all of its documents."""
+    g1, g2, g3 = deployment(gateways, users)
+    a, b = users["a"], users["scoped"]
+    with logged_in(g1, a) as ra, logged_in(g3, a) as ra3, logged_in(g2, b) as rb, logged_in(g3, b) as rb3:
+
+        def open_a():
+            session = lsid()
+            r = ra.command({"find": "docs", "sort": {"_id": 1}, "batchSize": 2, "lsid": session}, db="xgw")
+            return session, r["cursor"]["id"], [d["_id"] for d in r["cursor"]["firstBatch"]]
+
+        victims = [open_a() for _ in range(3)]
+        mine = lsid()
+        r = rb.command({"find": "docs", "batchSize": 2, "lsid": mine}, db="xgw")
+        m = r["cursor"]["id"]
+        victims += [open_a() for _ in range(3)]
+        probes = sorted(({m ^ d for d in range(1, 4097)} | {m + d for d in range(1, 4097)}) - {m})
+        probes = [p for p in probes if -2**63 <= p < 2**63]
+        for raw in (rb, rb3):
+            replies = pipelined(raw, [{"getMore": Int64(p), "collection": "docs", "batchSize": 2, "lsid": mine}
+                                      for p in probes], "xgw")
+            reached = [(p, r) for p, r in zip(probes, replies) if r.get("code") != CURSOR_NOT_FOUND]
+            assert not reached, f"{len(reached)} probes named a cursor: {reached[:3]}"
+            for i in range(0, len(probes), 512):
+                chunk = probes[i:i + 512]
+                r = raw.command({"killCursors": "docs", "cursors": [Int64(p) for p in chunk], "lsid": mine},
+                                db="xgw")
+                assert r.get("ok") == 1 and r.get("cursorsKilled") == [], r
+                assert sorted(r.get("cursorsNotFound")) == chunk, "every probe is reported not found"
+        # A's cursors lost nothing: each is read to its end, on the opening gateway and on another.
+        for k, (session, cid, got) in enumerate(victims):
+            conn = ra if k % 2 else ra3
+            while cid:
+                r = get_more(conn, cid, session)
+                assert r.get("ok") == 1, (k, r)
+                cid = r["cursor"]["id"]
+                got += [d["_id"] for d in r["cursor"]["nextBatch"]]
+            assert got == list(range(N)), f"cursor {k} of user A lost documents"
+        r = get_more(rb3, m, mine)
+        assert r.get("ok") == 1 and len(r["cursor"]["nextBatch"]) == 10, "B's own cursor still works"
 
 
 def test_a_cursor_continues_through_every_gateway_in_turn(gateways, users, seeded):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import pymongo
 import pytest
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 import procnet
 from conftest import Proc, _binary, _running, _spawn, free_port, start_gateway, tail, wait_until
 from rs_fixtures import make_replset, replset  # noqa: F401 - pytest fixtures
+from security_fixtures import metric
 
 HAPROXY_DEFAULT = Path(shutil.which("haproxy") or "/usr/sbin/haproxy")
 DOCS = 1000
@@ -70,16 +72,18 @@ backend gateways
 
 @pytest.fixture
 def deployment(logdir):
-    """deployment(upstream) -> HAProxy in front of three gateways sharing a session_key."""
+    """deployment(upstream) -> HAProxy in front of three gateways sharing a session_key (the
+    returned Proc's `gateways`, each with its metrics endpoint)."""
     started: list[Proc] = []
 
     def make(upstream, upstream_uri: str | None = None) -> Proc:
         key = secrets.token_hex(32)
         gws = [start_gateway(upstream, logdir, name=f"mongomux-so-{i}-{secrets.token_hex(2)}", pool_size=4,
                              extra_args=("--session-key", key), upstream_uri=upstream_uri,
-                             credentials_in_env=upstream_uri is None) for i in range(3)]
+                             credentials_in_env=upstream_uri is None, metrics=True) for i in range(3)]
         started.extend(g.proc for g in gws)
         lb = start_balancer(logdir, [g.port for g in gws])
+        lb.gateways = gws  # for the tests that read each gateway's metrics
         started.append(lb)
         return lb
 
@@ -109,15 +113,24 @@ def test_cursors_through_three_gateways_in_front_of_a_replica_set(ferretdb, repl
 
 
 def run_cursors(uri: str, coll_name: str) -> tuple[int, list[str]]:
-    """CURSORS threads each read the whole collection in batches of 10 through one client."""
+    """CURSORS threads each read the whole collection in batches of 10 through one client. Each
+    thread pauses after a batch, as an application works on it: meanwhile the others take its
+    pooled connection, so its next getMore goes out on whichever one is free, through any
+    gateway (back to back, a thread gets its own connection back, and nothing crosses)."""
     complete, errors = [0], []
     lock = threading.Lock()
     with pymongo.MongoClient(uri, maxPoolSize=50, serverSelectionTimeoutMS=10_000) as client:
         coll = client.scale_out[coll_name]
 
+        def read(cursor):
+            for i, doc in enumerate(cursor):
+                if i % 10 == 9:
+                    time.sleep(0.002)
+                yield doc
+
         def one():
             try:
-                n = sum(1 for _ in coll.find({}, batch_size=10))
+                n = sum(1 for _ in read(coll.find({}, batch_size=10)))
                 with lock:
                     complete[0] += n == DOCS
             except PyMongoError as e:
@@ -146,6 +159,16 @@ def test_cursors_through_three_gateways(ferretdb, deployment, load_balanced):
         direct.scale_out[coll_name].drop()
     assert not errors, errors[:3]
     assert complete == CURSORS
+    # The requests did cross gateways: getMores on at least two, and cursors one gateway opened
+    # continued by another.
+    get_mores = [metric(g, "mongomux_operations_total", 'command="getMore"') for g in lb.gateways]
+    adopted = [metric(g, "mongomux_cursors_adopted_total") for g in lb.gateways]
+    print(f"getMores per gateway {get_mores}; cursors adopted per gateway {adopted}")
+    if not load_balanced:
+        assert sum(n > 0 for n in get_mores) >= 2, get_mores
+        assert sum(n > 0 for n in adopted) >= 2, adopted
+    else:
+        assert sum(adopted) == 0, "a load-balanced driver keeps each cursor on one connection"
 
 
 NODE_SCRIPT = Path(__file__).with_name("scale_out_node.cjs")
@@ -259,22 +282,52 @@ def test_transactions_through_three_gateways(nx, deployment, load_balanced):
     assert stored == sorted(f"{k}-{x}" for k in range(0, 20, 2) for x in "ab")
 
 
-def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir):
-    """Twelve pymongo clients insert (retryable writes, unique ids) and read through HAProxy
-    round-robin over three gateways; one gateway gets SIGTERM in the middle. Every acknowledged
-    insert is then in FerretDB exactly once, and every error a client saw was retryable."""
+# The codes the drivers' retryable reads and writes specifications retry, and CursorNotFound is
+# not one of them: a cursor that got it lost its place, and the application must re-run the query.
+RETRYABLE_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+
+
+def retryable(e: PyMongoError) -> bool:
+    """A network error or server-selection timeout, or an error the specifications retry (by
+    code, or by a RetryableWriteError / ResetPool label)."""
+    labels = getattr(e, "_error_labels", set()) or set()
+    return (isinstance(e, ConnectionFailure) or bool(labels & {"RetryableWriteError", "ResetPool"})
+            or getattr(e, "code", None) in RETRYABLE_CODES)
+
+
+def describe(e: PyMongoError) -> tuple:
+    """(retryable, type, code, message, labels), for the figures and the assertions."""
+    labels = sorted(getattr(e, "_error_labels", set()) or ())
+    return retryable(e), type(e).__name__, getattr(e, "code", None), str(e)[:200], labels
+
+
+@pytest.mark.parametrize("load_balanced", [False, True], ids=["plain", "loadBalanced"])
+def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir, load_balanced):
+    """Through HAProxy round-robin over three gateways sharing a key, twelve pymongo clients
+    insert (retryable writes, unique ids) and read, while six threads of one more client read
+    cursors of 1,000 documents 10 at a time over its pooled connections, so through every
+    gateway; one gateway gets SIGTERM in the middle. Every acknowledged insert is then in
+    FerretDB exactly once, every cursor returned all of its documents or failed with a
+    retryable error (never CursorNotFound: a drained gateway must not end the sessions and
+    cursors the driver goes on with through the others), and every other error was retryable.
+    The drained gateway has a 10 s drain deadline: FerretDB 1.x ends a cursor with the upstream
+    connection that opened it, so the gateway keeps such connections open until then."""
     key = secrets.token_hex(32)
     gws = [start_gateway(ferretdb, logdir, name=f"mongomux-dr-{i}-{secrets.token_hex(2)}", pool_size=4,
-                         extra_args=("--session-key", key)) for i in range(3)]
+                         extra_args=("--session-key", key), metrics=True, drain_timeout="10s" if i == 0 else "2s")
+           for i in range(3)]
     lb = start_balancer(logdir, [g.port for g in gws])
-    coll_name = f"drain_{uuid.uuid4().hex[:6]}"
-    acked, errors = [], []
+    uri = f"mongodb://127.0.0.1:{lb.port}/" + ("?loadBalanced=true" if load_balanced else "")
+    coll_name, docs_name = f"drain_{uuid.uuid4().hex[:6]}", f"drain_docs_{uuid.uuid4().hex[:6]}"
+    with ferretdb.client() as direct:
+        direct.scale_out[docs_name].insert_many([{"_id": i} for i in range(DOCS)])
+    acked, errors, cursor_errors, short = [], [], [], []
+    complete = [0]
     lock = threading.Lock()
     stop = threading.Event()
 
-    def worker(n: int):
-        with pymongo.MongoClient(f"mongodb://127.0.0.1:{lb.port}/", maxPoolSize=4,
-                                 serverSelectionTimeoutMS=10_000) as c:
+    def writer(n: int):
+        with pymongo.MongoClient(uri, maxPoolSize=4, serverSelectionTimeoutMS=10_000) as c:
             coll = c.scale_out[coll_name]
             i = 0
             while not stop.is_set():
@@ -285,35 +338,66 @@ def test_a_gateway_drained_mid_run_loses_nothing(ferretdb, logdir):
                         acked.append(doc_id)
                     coll.find_one({"_id": doc_id})
                 except PyMongoError as e:
-                    labels = getattr(e, "_error_labels", set()) or set()
                     with lock:
-                        errors.append((type(e).__name__, str(e)[:200], sorted(labels)))
+                        errors.append(describe(e))
                 i += 1
 
+    def reader(coll):
+        while not stop.is_set():
+            got = 0
+            try:
+                for _ in coll.find({}, batch_size=10):
+                    got += 1
+                    if got % 100 == 0:
+                        time.sleep(0.02)  # a reader that works on its batches: cursors span the drain
+                with lock:
+                    complete[0] += got == DOCS
+                    if got != DOCS:
+                        short.append(got)
+            except PyMongoError as e:
+                with lock:
+                    cursor_errors.append((got, *describe(e)))
+
+    readers = pymongo.MongoClient(uri, maxPoolSize=12, serverSelectionTimeoutMS=10_000)
     try:
-        threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(12)]
+        threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(12)]
+        threads += [threading.Thread(target=reader, args=(readers.scale_out[docs_name],), daemon=True)
+                    for _ in range(6)]
         for t in threads:
             t.start()
         time.sleep(1.5)
-        gws[0].proc.stop()  # SIGTERM: drain, then exit
-        time.sleep(2.0)
+        gws[0].proc.popen.send_signal(signal.SIGTERM)  # drain, then exit; its metrics stay up meanwhile
+        time.sleep(3.0)
+        try:  # still up if it lingers for cursors others continue (FerretDB 1.x), else exited
+            handed_off = metric(gws[0], "mongomux_cursors_handed_off_total")
+        except OSError:
+            handed_off = None
         stop.set()
         for t in threads:
             t.join(60)
+        adopted = [metric(g, "mongomux_cursors_adopted_total") for g in gws[1:]]
+        assert gws[0].proc.popen.wait(30) == 0, tail(gws[0].proc.log)
         with ferretdb.client() as direct:
             stored = [d["_id"] for d in direct.scale_out[coll_name].find({}, {"_id": 1})]
             direct.scale_out[coll_name].drop()
-        print(f"drain mid-run: {len(acked)} acknowledged inserts, {len(errors)} client errors "
-              f"{errors[:3]}")
+            direct.scale_out[docs_name].drop()
+        form = "loadBalanced=true" if load_balanced else "plain URI"
+        print(f"drain mid-run, {form}: {len(acked)} acknowledged inserts, {len(errors)} client errors {errors[:3]}; "
+              f"{complete[0]} cursors complete, {len(cursor_errors)} failed {cursor_errors[:3]}; the drained gateway "
+              f"handed off {handed_off} cursors, the others adopted {adopted}")
         assert len(stored) == len(set(stored)), "an insert is stored twice"
         missing = set(acked) - set(stored)
         assert not missing, f"{len(missing)} acknowledged inserts are missing"
-        not_retryable = [e for e in errors if not (set(e[2]) & {"RetryableWriteError", "ResetPool"})
-                         and e[0] not in ("AutoReconnect", "NetworkTimeout", "ServerSelectionTimeoutError")]
+        assert not short, f"cursors ended early, without an error: {short[:5]}"
+        assert complete[0] > 0
+        not_retryable = [e for e in errors if not e[0]]
         assert not not_retryable, not_retryable[:3]
+        bad_cursors = [e for e in cursor_errors if not e[1]]
+        assert not bad_cursors, f"cursors failed with errors that are not retryable: {bad_cursors[:3]}"
     finally:
+        readers.close()
         lb.stop()
-        for g in gws[1:]:
+        for g in gws:
             g.proc.stop()
 
 

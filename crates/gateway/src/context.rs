@@ -187,7 +187,11 @@ impl Shared {
                 recheck_tx: watch::channel(0).0,
                 reloads: AtomicU64::new(0),
             }),
-            routes: Arc::new(Routes::new(metrics.clone())),
+            routes: Arc::new(if edge.session_key.is_configured() {
+                Routes::with_shared_sessions(metrics.clone())
+            } else {
+                Routes::new(metrics.clone())
+            }),
             edge: Arc::new(edge),
             ids: Arc::new(Ids::new()),
             sources: Arc::default(),

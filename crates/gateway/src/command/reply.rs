@@ -23,7 +23,7 @@ pub struct ReplyFacts<'a> {
     pub cursor: Option<(i64, &'a str)>,
     /// The error code of an `{ok: 0}` reply.
     pub error_code: Option<i32>,
-    /// Offset, in the reply body, of `cursor.id` when it is an int64 (for masking it).
+    /// Offset, in the reply body, of `cursor.id` when it is an int64 (for hiding it, `route::cursor_ids`).
     pub cursor_id_at: Option<usize>,
 }
 

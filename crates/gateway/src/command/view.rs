@@ -94,9 +94,6 @@ pub struct CommandView {
     lsid_at: usize,
     /// Offset in the message of a `getMore`'s cursor id, when it is an int64.
     cursor_id_at: Option<usize>,
-    /// The mask of this request's cursor ids (`route::cursor_ids`), once computed: a `getMore`
-    /// unmasks its id and masks its reply's with the same one, a MAC computed once.
-    pub cursor_mask: Option<i64>,
 }
 
 /// Top-level fields that may appear once, as bits.
@@ -144,7 +141,6 @@ impl CommandView {
             end_session_uuids: Vec::new(),
             lsid_at: 0,
             cursor_id_at: None,
-            cursor_mask: None,
         };
         let mut seen = 0u8;
         let mut elements = scan::elements(body).map_err(bad_bson)?;

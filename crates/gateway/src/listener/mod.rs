@@ -185,6 +185,7 @@ impl Gateway {
         let _ = drain_tx.send(true);
         shared.metrics.draining.set(1);
         let deadline = shared.live.settings.load().drain_timeout;
+        let drain_ends = tokio::time::Instant::now() + deadline;
         tracing::info!(
             event = "drain_started",
             clients = shared.clients.held(),
@@ -197,8 +198,35 @@ impl Gateway {
                 "drain deadline reached; closing remaining clients"
             ),
         }
+        linger_for_cursors(&shared, drain_ends).await;
         shared.upstream.close_idle();
     }
+}
+
+/// FerretDB 1.x ends a cursor with the upstream connection that opened it, and with a shared
+/// `session_key` clients may still be reading this gateway's cursors through other gateways:
+/// closing those connections as soon as the last client left would end the cursors
+/// mid-iteration (CursorNotFound). So while an idle connection may carry such cursors, the
+/// drain keeps the connections open until its deadline. MongoDB keeps cursors on the server,
+/// so there nothing waits.
+async fn linger_for_cursors(shared: &Shared, until: tokio::time::Instant) {
+    let ties_cursors = matches!(
+        shared.upstream.upstream_info().map(|i| i.flavor),
+        Some(crate::upstream::Flavor::FerretDbV1)
+    );
+    if !ties_cursors || !shared.routes.shares_sessions() {
+        return;
+    }
+    let carrying = shared.upstream.carrying_cursors();
+    if carrying == 0 || tokio::time::Instant::now() >= until {
+        return;
+    }
+    tracing::info!(
+        event = "drain_cursor_linger",
+        connections = carrying,
+        "keeping upstream connections whose cursors other gateways may be continuing open until the drain deadline"
+    );
+    tokio::time::sleep_until(until).await;
 }
 
 /// The listen backlog asked of the kernel (Linux caps it at `net.core.somaxconn`, 4096 by

@@ -152,6 +152,10 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     /// Cursors open now that clients own.
     pub open_cursors: Gauge,
+    /// Cursors another gateway opened that this one continued and took into its table.
+    pub cursors_adopted_total: Counter,
+    /// Cursors forgotten when their session's last client connection left, left open upstream.
+    pub cursors_handed_off_total: Counter,
     /// Bytes of large client messages and replies held in the in-flight budget now.
     pub inflight_bytes: Gauge,
     /// Client connections the gateway closed for holding resources too long, in
@@ -262,6 +266,14 @@ impl Default for Metrics {
             open_cursors: r.gauge(
                 "mongomux_open_cursors",
                 "Cursors owned by connected clients.",
+            ),
+            cursors_adopted_total: r.counter(
+                "mongomux_cursors_adopted_total",
+                "Cursors another gateway opened that a getMore continued here (shared session_key).",
+            ),
+            cursors_handed_off_total: r.counter(
+                "mongomux_cursors_handed_off_total",
+                "Cursors forgotten here when their session's last client connection left, left open for other gateways (shared session_key).",
             ),
             inflight_bytes: r.gauge(
                 "mongomux_inflight_bytes",

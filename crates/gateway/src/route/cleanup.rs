@@ -25,6 +25,8 @@ pub struct Leftovers {
     pub cursors: HashMap<(Arc<str>, String), Vec<i64>>,
     sessions: Vec<RawDocumentBuf>,
     transactions: Vec<(RawDocumentBuf, Pinned)>,
+    /// Cursors forgotten here but left open upstream, for another gateway to continue.
+    pub handed_off: usize,
 }
 
 impl Leftovers {

@@ -49,15 +49,34 @@ struct Tables {
 pub struct Routes {
     tables: Mutex<Tables>,
     metrics: Arc<Metrics>,
+    /// Whether the gateways of the deployment share `session_key`, so that sessions and their
+    /// cursors outlive this gateway's connections ([`Routes::leave`]).
+    shared_sessions: bool,
 }
 
 impl Routes {
-    /// Empty tables; cursor counts are reported to `metrics`.
+    /// Empty tables; cursor counts are reported to `metrics`. Sessions end with this gateway's
+    /// last connection using them.
     pub fn new(metrics: Arc<Metrics>) -> Routes {
         Routes {
             tables: Mutex::default(),
             metrics,
+            shared_sessions: false,
         }
+    }
+
+    /// Empty tables for a gateway that shares `session_key` with others: a session and its
+    /// cursors may go on through them after this gateway's last connection using it left.
+    pub fn with_shared_sessions(metrics: Arc<Metrics>) -> Routes {
+        Routes {
+            shared_sessions: true,
+            ..Routes::new(metrics)
+        }
+    }
+
+    /// Whether sessions and their cursors outlive this gateway's connections (a shared key).
+    pub fn shares_sessions(&self) -> bool {
+        self.shared_sessions
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -184,10 +203,19 @@ impl Routes {
         self.lock().sessions.was_reaped(lsid, txn)
     }
 
-    /// A client connection left: takes its own cursors, and everything of the sessions it was
-    /// the last user of, for [`Leftovers::release`]. A load-balanced connection (`bound`) also
-    /// takes every cursor it opened and the open transaction of every session it used, since
-    /// a load-balanced driver pins those to the connection.
+    /// A client connection left: takes what it leaves behind, for [`Leftovers::release`].
+    ///
+    /// Always the cursors it opened without a session, which nobody else can continue. Of the
+    /// sessions it was this gateway's last user of: without a shared key, everything (their
+    /// cursors are killed, their transaction aborted and the sessions ended, since no other
+    /// gateway can continue them). With one ([`Routes::with_shared_sessions`]), the driver
+    /// may go on in such a session through another gateway, so the session is not ended and
+    /// its cursors are not killed: they are forgotten here (and counted off their opener's
+    /// bounds), left to the upstream's own timeouts or to the driver's `killCursors` and
+    /// `endSessions`, and another gateway, or this one again, adopts them by their id. A
+    /// load-balanced connection (`bound`) also takes every cursor it opened and the open
+    /// transaction of every session it used, since a load-balanced driver pins those to the
+    /// connection.
     pub fn leave(&self, connection: i64, used: &UsedSessions, bound: bool) -> Leftovers {
         let mut out = Leftovers::default();
         let orphans = {
@@ -195,7 +223,13 @@ impl Routes {
             let ended = tables.sessions.leave(used.keys());
             let gone: HashSet<Vec<u8>> = ended.iter().map(|e| e.lsid.clone()).collect();
             for e in ended {
-                out.end_session(e.lsid, e.pinned);
+                match (self.shared_sessions, e.pinned) {
+                    (false, pinned) => out.end_session(e.lsid, pinned),
+                    // A pinned connection nothing here could ever release: its transaction is
+                    // aborted (only a load-balanced client pins one when the key is shared).
+                    (true, Some(pinned)) => out.abort_transaction(e.lsid, pinned),
+                    (true, None) => {}
+                }
             }
             if bound {
                 for lsid in used.keys().iter().filter(|k| !gone.contains(*k)) {
@@ -209,6 +243,18 @@ impl Routes {
         let mut by_ns: HashMap<(Arc<str>, String), Vec<i64>> = HashMap::new();
         for (id, c) in orphans {
             self.forget(&c);
+            let kill = match c.owner {
+                Owner::Connection(_) => true,
+                Owner::Session(_) => {
+                    !self.shared_sessions || (bound && c.opener.connection == connection)
+                }
+            };
+            if !kill {
+                c.conn.note_handed_off();
+                self.metrics.cursors_handed_off_total.inc();
+                out.handed_off += 1;
+                continue;
+            }
             by_ns
                 .entry((c.conn.address.clone(), c.ns))
                 .or_default()
@@ -348,5 +394,62 @@ mod tests {
         let killed: Vec<i64> = left.cursors.values().flatten().copied().collect();
         assert_eq!(killed, [1], "only the cursor connection 1 opened");
         assert!(routes.may_use_cursor(2, None, 2, &b));
+    }
+
+    #[test]
+    fn with_a_shared_key_a_departing_gateway_hands_its_sessions_cursors_off() {
+        let metrics = Arc::new(Metrics::default());
+        let routes = Routes::with_shared_sessions(metrics.clone());
+        let conn = Arc::new(ConnMeta::default());
+        let mut used = UsedSessions::default();
+        let s = lsid(1);
+        routes.note_session(&mut used, &s);
+        let session_owned = Owner::Session(s.clone());
+        routes
+            .add_cursor(1, "db.a", session_owned, opener(7), &conn, LIMITS)
+            .unwrap();
+        routes
+            .add_cursor(2, "db.b", Owner::Connection(7), opener(7), &conn, LIMITS)
+            .unwrap();
+        let left = routes.leave(7, &used, false);
+        assert_eq!(left.ended_sessions(), 0, "the driver may use it elsewhere");
+        let killed: Vec<i64> = left.cursors.values().flatten().copied().collect();
+        assert_eq!(killed, [2], "only the cursor opened without a session");
+        assert_eq!(left.handed_off, 1);
+        // Forgotten here, counted off every bound, and the connection kept for the cursor.
+        assert_eq!(routes.counts(), (0, 0));
+        assert_eq!(routes.cursors_opened_by(7), 0);
+        assert_eq!(metrics.open_cursors.get(), 0);
+        assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);
+        assert!(conn.may_carry_cursors(std::time::Duration::from_secs(600)));
+        assert!(!conn.may_carry_cursors(std::time::Duration::ZERO));
+        // The session goes on through this gateway too: its cursor is adopted again by id.
+        assert_eq!(routes.cursor_member(1), None);
+    }
+
+    #[test]
+    fn with_a_shared_key_a_load_balanced_connection_still_takes_its_cursors() {
+        let routes = Routes::with_shared_sessions(Arc::new(Metrics::default()));
+        let conn = Arc::new(ConnMeta::default());
+        let (mut a, mut b) = (UsedSessions::default(), UsedSessions::default());
+        routes.note_session(&mut a, b"S");
+        routes.note_session(&mut b, b"T");
+        for (id, opened_by, session) in [(1, 1, b"S"), (2, 2, b"T")] {
+            let owner = Owner::Session(session.to_vec());
+            routes
+                .add_cursor(id, "db.a", owner, opener(opened_by), &conn, LIMITS)
+                .unwrap();
+        }
+        let left = routes.leave(1, &a, true);
+        assert_eq!(left.ended_sessions(), 0);
+        let killed: Vec<i64> = left.cursors.values().flatten().copied().collect();
+        assert_eq!(
+            killed,
+            [1],
+            "the cursor the load-balanced connection opened"
+        );
+        assert_eq!(left.handed_off, 0);
+        let left = routes.leave(2, &b, false);
+        assert!(left.cursors.is_empty() && left.handed_off == 1);
     }
 }

@@ -1,8 +1,10 @@
 //! Which client connections use each logical session, and the upstream connection an open
 //! transaction of that session is pinned to.
 //!
-//! A session ends, as far as the gateway is concerned, when the last client connection that used
-//! it disconnects: that is when the driver client that owned it is gone. Generic over the pinned
+//! A session leaves this table when the last client connection that used it disconnects. Whether
+//! it is also ended upstream is [`super::Routes::leave`]'s call: yes when this gateway is the
+//! only one that can serve it (the driver client that owned it is gone), no when the gateways
+//! share `session_key` (the driver may go on in it through another). Generic over the pinned
 //! value so the bookkeeping can be tested without an upstream.
 //!
 //! Sessions are also counted per user (setting `max_sessions_per_user`): session ids are
@@ -162,7 +164,7 @@ impl<P> Sessions<P> {
 /// The sessions one client connection has used, registered once each. Bounded by the setting
 /// `max_sessions_per_client`: a request that would exceed it is refused before it is
 /// forwarded ([`UsedSessions::admits`]), so every session a client reaches upstream is recorded
-/// here, and ended (with its cursors killed) when the client leaves.
+/// here, and released ([`super::Routes::leave`]) when the client leaves.
 #[derive(Debug, Default)]
 pub struct UsedSessions {
     keys: HashSet<Vec<u8>>,

@@ -1,9 +1,14 @@
-//! A client's cursor ids on the way in and out: `getMore` and `killCursors` are unmasked to
-//! upstream ids and checked against the cursor table, replies' `cursor.id` masked
-//! ([`crate::route::cursor_ids`]). A `getMore` or `killCursors` in a session, for a cursor this
-//! gateway has never seen, is one another gateway of the deployment opened: with a shared
-//! `session_key` it is forwarded (its unmasked id names the cursor only if the session is the
-//! one that opened it) and the cursor is adopted into this gateway's table.
+//! A client's cursor ids on the way in and out: `getMore` and `killCursors` ids are revealed
+//! (deciphered) to upstream ids and checked against the cursor table, replies' `cursor.id`
+//! hidden ([`crate::route::cursor_ids`]). A `getMore` or `killCursors` in a session, for a
+//! cursor this gateway has never seen, is one another gateway of the deployment opened: with a
+//! shared `session_key` it is forwarded (its revealed id names the cursor only if the session
+//! is the one that opened it) and the cursor is adopted into this gateway's table.
+//!
+//! The owner's cipher is derived once and kept for the connection's next request of the same
+//! owner (a cursor is iterated in one session), so a `getMore` costs the rounds only.
+
+use std::sync::Arc;
 
 use bson::{doc, Bson};
 use bytes::BytesMut;
@@ -12,37 +17,51 @@ use super::reply::Outcome;
 use super::Session;
 use crate::command::CommandView;
 use crate::error::GatewayError;
-use crate::route::cursor_ids::{self, IdOwner};
+use crate::route::cursor_ids::{IdCipher, IdOwner};
 use crate::upstream::topology::select::Need;
 
+/// The cipher of the last owner whose cursor ids a connection handled.
+#[derive(Debug)]
+pub(super) struct LastCipher {
+    /// The owner: the raw lsid, or None for the connection itself.
+    lsid: Option<Box<[u8]>>,
+    cipher: Arc<IdCipher>,
+}
+
 impl Session {
-    /// The mask of the cursor ids of `view`'s owner: its session, or this connection.
-    pub(super) fn cursor_mask(&self, view: &CommandView) -> i64 {
-        if let Some(mask) = view.cursor_mask {
-            return mask;
+    /// The cipher of the cursor ids of `view`'s owner: its session, or this connection.
+    pub(super) fn cursor_cipher(&mut self, view: &CommandView) -> Arc<IdCipher> {
+        let lsid = view.lsid.as_ref().map(|l| l.as_bytes());
+        if let Some(last) = &self.last_cipher {
+            if last.lsid.as_deref() == lsid {
+                return last.cipher.clone();
+            }
         }
         let key = &self.shared.edge.session_key;
-        match &view.lsid {
-            Some(lsid) => cursor_ids::mask(key, IdOwner::Session(lsid.as_bytes())),
-            None => cursor_ids::mask(
-                key,
-                IdOwner::Connection {
-                    process: self.shared.ids.service_id.bytes(),
-                    connection: self.connection_id,
-                },
-            ),
-        }
+        let owner = match lsid {
+            Some(lsid) => IdOwner::Session(lsid),
+            None => IdOwner::Connection {
+                process: self.shared.ids.service_id.bytes(),
+                connection: self.connection_id,
+            },
+        };
+        let cipher = Arc::new(IdCipher::for_owner(key, owner));
+        self.last_cipher = Some(Box::new(LastCipher {
+            lsid: lsid.map(Box::from),
+            cipher: cipher.clone(),
+        }));
+        cipher
     }
 
     /// Whether upstream cursor `id`, unknown here, may be continued as another gateway's: only
-    /// in a session, and only when the gateways share a key (so the id was masked for it).
+    /// in a session, and only when the gateways share a key (so the id was hidden for it).
     pub(super) fn may_adopt_cursor(&self, id: i64, view: &CommandView) -> bool {
         view.lsid.is_some()
             && self.shared.edge.session_key.is_configured()
             && self.shared.routes.cursor_member(id).is_none()
     }
 
-    /// getMore: the id unmasked, then forwarded if the cursor is the client's (here or, by its
+    /// getMore: the id revealed, then forwarded if the cursor is the client's (here or, by its
     /// id, from another gateway).
     pub(super) async fn get_more(
         &mut self,
@@ -56,9 +75,7 @@ impl Session {
                 false,
             );
         };
-        let mask = self.cursor_mask(view);
-        view.cursor_mask = Some(mask);
-        let id = cursor_ids::apply(seen, mask);
+        let id = self.cursor_cipher(view).reveal(seen);
         view.set_cursor_id(&mut frame, id);
         if self.may_use_cursor(id, view) || self.may_adopt_cursor(id, view) {
             return self.forward(frame, view).await;
@@ -68,8 +85,8 @@ impl Session {
     }
 
     /// killCursors: only the client's own cursors reach the upstream; the others are reported
-    /// as not found, exactly as a server reports unknown ids. Ids go out unmasked and come
-    /// back masked.
+    /// as not found, exactly as a server reports unknown ids. Ids go out revealed and come
+    /// back hidden.
     pub(super) async fn kill_cursors(&mut self, view: &CommandView) -> Outcome {
         let Some(seen) = &view.kill_cursor_ids else {
             return self.replier().error(
@@ -78,14 +95,14 @@ impl Session {
                 false,
             );
         };
-        let mask = self.cursor_mask(view);
+        let cipher = self.cursor_cipher(view);
         let (owned, foreign): (Vec<i64>, Vec<i64>) = seen
             .iter()
-            .map(|s| cursor_ids::apply(*s, mask))
+            .map(|s| cipher.reveal(*s))
             .partition(|id| self.may_use_cursor(*id, view) || self.may_adopt_cursor(*id, view));
-        let masked = |ids: Vec<i64>| -> Vec<Bson> {
+        let hidden = |ids: Vec<i64>| -> Vec<Bson> {
             ids.into_iter()
-                .map(|id| Bson::Int64(cursor_ids::apply(id, mask)))
+                .map(|id| Bson::Int64(cipher.hide(id)))
                 .collect()
         };
         // Cursors of one killCursors come from one find or aggregate: one member.
@@ -95,7 +112,7 @@ impl Session {
         for id in &owned {
             self.shared.routes.remove_cursor(*id);
         }
-        let mut not_found = masked(foreign);
+        let mut not_found = hidden(foreign);
         let (mut killed, mut alive, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
         if !owned.is_empty() {
             let coll = view.collection.clone().unwrap_or_default();
@@ -119,10 +136,10 @@ impl Session {
                     .map(|a| a.iter().filter_map(Bson::as_i64).collect())
                     .unwrap_or_default()
             };
-            killed = masked(ids("cursorsKilled"));
-            not_found.extend(masked(ids("cursorsNotFound")));
-            alive = masked(ids("cursorsAlive"));
-            unknown = masked(ids("cursorsUnknown"));
+            killed = hidden(ids("cursorsKilled"));
+            not_found.extend(hidden(ids("cursorsNotFound")));
+            alive = hidden(ids("cursorsAlive"));
+            unknown = hidden(ids("cursorsUnknown"));
         }
         let reply = doc! {
             "cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": alive,
@@ -135,13 +152,13 @@ impl Session {
     }
 }
 
-/// Masks the upstream cursor id at offset `at` of a reply.
-pub(super) fn mask_reply_cursor(reply: &mut [u8], at: usize, mask: i64) {
-    if mask == 0 || at + 8 > reply.len() {
+/// Hides the upstream cursor id at offset `at` of a reply.
+pub(super) fn hide_reply_cursor(reply: &mut [u8], at: usize, cipher: &IdCipher) {
+    if at + 8 > reply.len() {
         return;
     }
     let mut id = [0u8; 8];
     id.copy_from_slice(&reply[at..at + 8]);
-    let masked = cursor_ids::apply(i64::from_le_bytes(id), mask);
-    reply[at..at + 8].copy_from_slice(&masked.to_le_bytes());
+    let hidden = cipher.hide(i64::from_le_bytes(id));
+    reply[at..at + 8].copy_from_slice(&hidden.to_le_bytes());
 }

@@ -275,7 +275,8 @@ impl Session {
             (None, false) => {
                 let mut reply = reply;
                 if let Some(at) = cursor_at {
-                    super::cursors::mask_reply_cursor(&mut reply, at, self.cursor_mask(view));
+                    let cipher = self.cursor_cipher(view);
+                    super::cursors::hide_reply_cursor(&mut reply, at, &cipher);
                 }
                 self.relay(reply, view)
             }
@@ -318,6 +319,7 @@ impl Session {
                 }
                 // Continued here, opened through another gateway: this one tracks it now.
                 Some((_, ns)) if routes.cursor_member(id).is_none() => {
+                    self.shared.metrics.cursors_adopted_total.inc();
                     self.adopt_cursor(id, ns, view, meta)
                 }
                 Some(_) => None,

@@ -2,14 +2,14 @@
 //! message meets them:
 //! - this module: the connection's lifecycle (TLS, the read loop, the handshake deadline, drain,
 //!   reload and revocation (closing, between messages, a connection whose address the access
-//!   list no longer admits or whose user was removed), and on exit the release of everything
-//!   the client held upstream);
+//!   list no longer admits or whose user was removed), and on exit the release of what the
+//!   client leaves behind upstream, as [`crate::route::Routes::leave`] decides);
 //! - [`dispatch`]: decodes each message once into a [`CommandView`](crate::command::CommandView),
 //!   authorizes it, and decides by the command table's kind what happens to it;
 //! - [`handshake`]: the gateway's own `hello`; [`auth`]: edge authentication (SASL);
 //! - [`forward`]: the exchange with the upstream and the cursor/session/transaction bookkeeping;
 //!   [`upstream_choice`]: which connection a request goes out on, and whether it may go again;
-//! - [`cursors`]: the cursor ids a client sends and sees (`getMore`, `killCursors`, masking);
+//! - [`cursors`]: the cursor ids a client sends and sees (`getMore`, `killCursors`, their enciphering);
 //! - [`inbound`]: receiving a message within the size, budget and time bounds;
 //! - [`legacy`]: OP_QUERY, where only the handshake is served; [`reply`]: framing the gateway's
 //!   own replies and errors.
@@ -85,6 +85,9 @@ struct Session {
     /// Why this connection lost its right to stay (a `mongomux_client_connections_revoked_total`
     /// reason), once it has; it closes after the message it is receiving, if any.
     revoked: Option<&'static str>,
+    /// The cursor-id cipher of the owner this connection last used (boxed: idle clients carry
+    /// only the pointer).
+    last_cipher: Option<Box<cursors::LastCipher>>,
 }
 
 /// Serves one client until it disconnects, breaks the protocol, or the gateway drains.
@@ -128,6 +131,7 @@ pub async fn run(
         last_message: tokio::time::Instant::now(),
         app_ops: None,
         user_ops: None,
+        last_cipher: None,
     };
     tracing::info!(event = "client_connected", peer = %peer, conn = session.connection_id, "client connected");
     let connected = std::time::Instant::now();

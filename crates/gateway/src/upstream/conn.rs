@@ -15,7 +15,7 @@
 //! load balancer that dropped the flow) would otherwise only be noticed by the next request,
 //! which then waits for its whole reply deadline ([`UpstreamConn::round_trip_within`]).
 
-use std::sync::atomic::AtomicI64;
+pub use super::conn_meta::ConnMeta;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,18 +118,6 @@ impl Default for UpstreamInfo {
     }
 }
 
-/// Per-connection facts shared with the cursor table, which must know whether a connection
-/// still carries open cursors before the pool reaps it.
-#[derive(Debug, Default)]
-pub struct ConnMeta {
-    /// Gateway-local id of the upstream connection.
-    pub id: u64,
-    /// The member it is connected to (`host:port`): cursors opened on it continue there.
-    pub address: Arc<str>,
-    /// Cursors opened on this connection that are still open.
-    pub open_cursors: AtomicI64,
-}
-
 /// An upstream connection.
 #[derive(Debug)]
 pub struct UpstreamConn {
@@ -179,11 +167,7 @@ impl UpstreamConn {
         };
         Ok(UpstreamConn {
             framed: Framed::new(stream, MAX_MESSAGE_SIZE),
-            meta: Arc::new(ConnMeta {
-                id,
-                address: Arc::from(address),
-                open_cursors: AtomicI64::new(0),
-            }),
+            meta: Arc::new(ConnMeta::new(id, address)),
             next_request_id: 1,
             compressor: None,
         })

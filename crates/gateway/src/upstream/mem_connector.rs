@@ -2,7 +2,7 @@
 //! how many the "upstream" sees at once, and can be told to refuse or hang the next attempts.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,11 +78,7 @@ impl Connector for Mem {
                 up.peak.fetch_max(live, Ordering::SeqCst);
                 up.opened.fetch_add(1, Ordering::SeqCst);
                 let conn = MemConn {
-                    meta: Arc::new(ConnMeta {
-                        id,
-                        address: Arc::from(self.address()),
-                        open_cursors: AtomicI64::new(0),
-                    }),
+                    meta: Arc::new(ConnMeta::new(id, self.address())),
                     healthy: Arc::new(AtomicBool::new(true)),
                     upstream: up.clone(),
                 };

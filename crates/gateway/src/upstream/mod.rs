@@ -1,5 +1,5 @@
-//! Everything on the upstream side: single authenticated connections ([`conn`], with the
-//! MONGODB-AWS login in `aws_login`, its credential source in `aws_credentials`, and wire
+//! Everything on the upstream side: single authenticated connections ([`conn`], what the pool
+//! and the cursor table share about each in [`conn_meta`], with the MONGODB-AWS login in `aws_login`, its credential source in `aws_credentials`, and wire
 //! compression in [`compression`]), what the pool needs from them ([`connector`]), the bounded
 //! pool per member that hands them out ([`pool`]) under a budget shared by all members
 //! ([`total`]), and the one error type for all of it ([`error`]); the deployment's description
@@ -11,6 +11,7 @@ mod bound;
 pub mod compression;
 pub mod config;
 pub mod conn;
+pub mod conn_meta;
 pub mod connector;
 pub mod error;
 #[cfg(test)]

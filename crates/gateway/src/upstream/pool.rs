@@ -342,7 +342,7 @@ impl<C: Connector> Pool<C> {
         let idle_timeout = self.limits.idle();
         let mut stock = self.lock();
         let (keep, expired): (Vec<_>, Vec<_>) = stock.idle.drain(..).partition(|idle| {
-            let limit = if idle.conn.meta().open_cursors.load(Ordering::Relaxed) > 0 {
+            let limit = if idle.conn.meta().may_carry_cursors(CURSOR_KEEPALIVE) {
                 CURSOR_KEEPALIVE.max(idle_timeout)
             } else {
                 idle_timeout
@@ -362,6 +362,13 @@ impl<C: Connector> Pool<C> {
         for idle in all {
             self.discard(&mut stock, idle.conn);
         }
+    }
+
+    /// Idle connections that may carry cursors clients still use ([`ConnMeta::may_carry_cursors`](super::conn_meta::ConnMeta::may_carry_cursors)).
+    pub fn carrying_cursors(&self) -> usize {
+        let stock = self.lock();
+        let carrying = |i: &&Idle<C::Conn>| i.conn.meta().may_carry_cursors(CURSOR_KEEPALIVE);
+        stock.idle.iter().filter(carrying).count()
     }
 
     /// Idle connections now.

@@ -381,6 +381,11 @@ impl Topology {
         }
     }
 
+    /// Idle connections across members that may carry cursors clients still use.
+    pub fn carrying_cursors(&self) -> usize {
+        self.pools().iter().map(|p| p.carrying_cursors()).sum()
+    }
+
     /// Open pooled connections across members.
     pub fn open_count(&self) -> usize {
         self.pools().iter().map(|p| p.open_count()).sum()
