@@ -5,6 +5,7 @@ member is selectable for writes and the gateway is not draining, else 503 with a
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import urllib.error
@@ -12,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import free_port, start_ferretdb, wait_until
+from conftest import ROOT, free_port, start_ferretdb, wait_until
 from mongowire import RawConn, op_msg
 from security_fixtures import GatewayFactory
 
@@ -83,3 +84,17 @@ def test_not_ready_while_draining(gateways):
                    what="/readyz 503 while draining")
         assert get(gw, "/livez") == (200, "ok\n")
     assert gw.proc.popen.wait(10) == 0
+
+
+def test_the_template_leaves_ending_connections_to_the_drain():
+    """deploy/template.yaml's target group: the NLB must not reset a stopping task's connections
+    when its deregistration delay ends, since ECS sends SIGTERM only after that delay and the
+    gateway's drain is what ends connections (docs/deploy.md "Stopping a task"); its health check
+    is GET /readyz on the metrics port, behind the PROXY v2 header the metrics listener accepts
+    (test_proxy_protocol.py runs that check with HAProxy)."""
+    text = (ROOT / "deploy/template.yaml").read_text()
+    attributes = dict(re.findall(r"- Key: (\S+)\n\s+Value: (.+)", text))
+    assert attributes["deregistration_delay.connection_termination.enabled"] == '"false"'
+    assert attributes["proxy_protocol.v2.enabled"] == '"true"'
+    for line in ("HealthCheckProtocol: HTTP", "HealthCheckPort: !Ref MetricsPort", "HealthCheckPath: /readyz"):
+        assert line in text, line

@@ -274,6 +274,7 @@ def test_iam_example_one_client_for_100_invocations(ferretdb, iam_gateway, lambd
         created = em.created_client_lines()
         assert len(created) == 1, f"'created client' logged {len(created)} times:\n" + "\n".join(created)
         assert "auth=iam" in created[0] and "app_name=orders-fn-iam" in created[0], created[0]
+        assert "load_balanced=true" in created[0], created[0]
         ready = em.connections_ready_ms()
         assert len(ready) == 1, f"the function opened {len(ready)} pooled connections in {INVOCATIONS} invocations"
         log = em.log_text()

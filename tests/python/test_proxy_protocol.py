@@ -1,6 +1,8 @@
 """PROXY protocol on the client listener (issue 14, item 3), through a real HAProxy (Debian's
 package, `mode tcp`, `send-proxy-v2`) started by the tests, and with hand-made headers sent
-straight to the gateway.
+straight to the gateway; and on the metrics listener, where a balancer that sends the header on
+its traffic sends it on its health checks too (an NLB target group with proxy protocol v2, HAProxy
+`check-send-proxy`), so `GET /readyz` must be served behind one.
 
 The gateway trusts headers only from 127.0.0.1/32 (where HAProxy's own connections come from);
 clients bind chosen loopback sources (127.0.0.9, 127.0.0.10) to reach HAProxy, so the address in
@@ -39,26 +41,11 @@ def gateways(tmp_path, ferretdb):
     f.stop_all()
 
 
-def start_haproxy(folder: Path, backend_port: int, name: str = "haproxy") -> Proc:
-    """HAProxy on a free loopback port, forwarding in TCP mode to the gateway with a PROXY v2
-    header in front of every connection."""
+def run_haproxy(folder: Path, name: str, config: str, port: int) -> Proc:
+    """HAProxy with `config` (a whole configuration file), once it listens on `port`."""
     binary = _binary("MONGOMUX_HAPROXY", HAPROXY_DEFAULT)
-    port = free_port()
     cfg = folder / f"{name}.cfg"
-    cfg.write_text(f"""
-global
-    maxconn 200
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend clients
-    bind 127.0.0.1:{port}
-    default_backend gateway
-backend gateway
-    server gw 127.0.0.1:{backend_port} send-proxy-v2
-""")
+    cfg.write_text(config)
     popen, log = _spawn(name, [binary, "-db", "-f", cfg], folder)
     proc = Proc(name, popen, port, log)
     _running.append(proc)
@@ -71,6 +58,26 @@ backend gateway
 
     wait_until(listening, 10, what="haproxy listening")
     return proc
+
+
+def start_haproxy(folder: Path, backend_port: int, name: str = "haproxy") -> Proc:
+    """HAProxy on a free loopback port, forwarding in TCP mode to the gateway with a PROXY v2
+    header in front of every connection."""
+    port = free_port()
+    return run_haproxy(folder, name, f"""
+global
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend clients
+    bind 127.0.0.1:{port}
+    default_backend gateway
+backend gateway
+    server gw 127.0.0.1:{backend_port} send-proxy-v2
+""", port)
 
 
 @pytest.fixture
@@ -190,3 +197,122 @@ def test_per_source_limit_counts_the_real_address(gateways, haproxy_for):
         with RawConn(hp.port, source="127.0.0.10") as other:
             assert other.hello().get("ok") == 1
     assert "max-connections-per-source reached; refusing a client from 127.0.0.9:" in log_of(gw)
+
+
+# ---------------------------------------------------------------------------
+# The metrics listener behind a balancer that sends PROXY headers on its health checks
+
+
+def start_haproxy_checking(folder: Path, gw, send_proxy: str) -> tuple[Proc, int]:
+    """HAProxy checking `gw` as the template's NLB target group does: `GET /readyz` over HTTP on
+    the metrics port, with the PROXY header (`send_proxy`: `send-proxy-v2` as an NLB, or
+    `send-proxy`, version 1) that the server line also sends on its traffic. `port` moves the
+    check to another port, so HAProxy sends the header there only because of
+    `check-send-proxy`. Returns HAProxy and its stats port."""
+    port, stats = free_port(), free_port()
+    proc = run_haproxy(folder, f"haproxy-check-{gw.port}", f"""
+global
+    maxconn 50
+    stats socket ipv4@127.0.0.1:{stats} level user
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+    timeout check 2s
+listen gateway
+    bind 127.0.0.1:{port}
+    option httpchk GET /readyz
+    http-check expect status 200
+    server gw 127.0.0.1:{gw.port} {send_proxy} check check-send-proxy port {gw.metrics_port} inter 200ms rise 2 fall 2
+""", port)
+    return proc, stats
+
+
+def server_state(stats_port: int) -> dict:
+    """HAProxy's own view of the server `gw` (`show stat` on its stats socket): status (UP,
+    DOWN), check_status (L7OK: the last check got the expected status) and check_code."""
+    with socket.create_connection(("127.0.0.1", stats_port), timeout=5) as s:
+        s.sendall(b"show stat\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    lines = out.decode().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(",")))
+        if row.get("svname") == "gw":
+            row["check_status"] = row.get("check_status", "").lstrip("* ")
+            return row
+    raise AssertionError(f"no server gw in HAProxy's stats:\n{out.decode()}")
+
+
+def http_from(port: int, source: str, prefix: bytes = b"", path: str = "/readyz") -> bytes:
+    """A GET from `source`, after `prefix`; b"" when the server closed without an answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(prefix + f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+        out = b""
+        try:
+            while chunk := s.recv(4096):
+                out += chunk
+        except ConnectionResetError:  # closed with the request unread
+            pass
+        return out
+
+
+def ready(gw) -> bool:
+    return http_from(gw.metrics_port, "127.0.0.1").startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("send_proxy", ["send-proxy-v2", "send-proxy"])
+def test_a_health_check_behind_proxy_headers_reports_the_gateway_up(gateways, tmp_path, send_proxy):
+    gw = gateways(*REQUIRED, "--access", "127.0.0.9/32")
+    wait_until(lambda: ready(gw), 10, what="/readyz 200")
+    _, stats = start_haproxy_checking(tmp_path, gw, send_proxy)
+    wait_until(lambda: (s := server_state(stats))["status"] == "UP" and s["check_status"] == "L7OK", 10,
+               what="HAProxy's check of /readyz passing")
+    state = server_state(stats)
+    assert state["check_code"] == "200", state
+    # Each check was a header from a listed source: nothing refused, nothing logged.
+    assert "metrics connection from" not in log_of(gw)
+
+
+@pytest.mark.parametrize("send_proxy", ["send-proxy-v2", "send-proxy"])
+def test_without_proxy_protocol_the_same_check_fails(gateways, tmp_path, send_proxy):
+    """The control, which shows HAProxy does send the header on its checks: a gateway that does
+    not expect it reads it as the request, answers 404, and the balancer takes the gateway out
+    (as every NLB check did before the metrics listener read PROXY headers)."""
+    gw = gateways()
+    wait_until(lambda: ready(gw), 10, what="/readyz 200")
+    _, stats = start_haproxy_checking(tmp_path, gw, send_proxy)
+    wait_until(lambda: server_state(stats)["status"] == "DOWN", 10, what="HAProxy's check failing")
+    state = server_state(stats)
+    assert (state["check_status"], state["check_code"]) == ("L7STS", "404"), state
+
+
+def test_metrics_listener_refuses_a_forged_header_and_serves_plain_requests(gateways):
+    gw = gateways(*REQUIRED, "--access", "127.0.0.9/32")
+    wait_until(lambda: ready(gw), 10, what="/readyz 200")
+    port = gw.metrics_port
+    # 127.0.0.9 is not a PROXY source: a header from it, either version, gets no answer.
+    assert http_from(port, "127.0.0.9", v2_header("10.1.2.3")) == b""
+    assert http_from(port, "127.0.0.9", b"PROXY TCP4 10.1.2.3 127.0.0.1 1 2\r\n") == b""
+    wait_until(lambda: "metrics connection from 127.0.0.9:" in log_of(gw), 5, what="the refusal log line")
+    line = next(ln for ln in log_of(gw).splitlines() if "metrics connection from 127.0.0.9:" in ln)
+    assert "not in proxy_protocol_sources" in line, line
+    # Plain requests are served, from an unlisted peer and from a listed one (which in
+    # `required` mode may still omit the header here: a scraper sends none).
+    assert http_from(port, "127.0.0.9").startswith(b"HTTP/1.1 200 OK\r\n")
+    assert http_from(port, "127.0.0.1", path="/livez").endswith(b"\r\n\r\nok\n")
+    # A listed source's headers: LOCAL (a check) and PROXY (carrying another address).
+    for head in (v2_header("0.0.0.0", command=0x0), v2_header("10.1.2.3"),
+                 b"PROXY UNKNOWN\r\n", b"PROXY TCP4 10.1.2.3 127.0.0.1 1 2\r\n"):
+        assert http_from(port, "127.0.0.1", head).endswith(b"\r\n\r\nready\n"), head
+    # A garbled header from a listed source is refused too.
+    assert http_from(port, "127.0.0.1", V2_SIGNATURE + b"\x99\x99\x00\x04abcd") == b""
+    # Health checks are not clients: the client listener's refusal counter did not move.
+    assert sum(metric(gw, REFUSED, f'reason="{r}"') for r in
+               ("untrusted", "missing", "invalid", "timeout")) == 0

@@ -1,7 +1,9 @@
 //! The PROXY protocol on the client listener: a load balancer that terminates nothing (an AWS
 //! Network Load Balancer with IP targets, HAProxy in `mode tcp`) opens the gateway connection
 //! itself, so the socket's peer is the balancer; with `proxy_protocol` on, the balancer puts a
-//! header in front of the client's bytes that carries the client's own address.
+//! header in front of the client's bytes that carries the client's own address. Such a balancer
+//! puts one in front of its health checks too, so the metrics listener reads headers with the
+//! same functions ([`crate::metrics::http`]).
 //!
 //! Owns the modes ([`ProxyMode`]), reading the header off a new socket ([`read`], under the
 //! handshake deadline, into a buffer of [`MAX_HEADER`] bytes, consuming exactly the header and
@@ -111,7 +113,7 @@ impl Refusal {
             Refusal::Untrusted => "PROXY protocol header from a peer not in proxy_protocol_sources",
             Refusal::Missing => "no PROXY protocol header, and proxy_protocol is required",
             Refusal::Invalid => "malformed or unusable PROXY protocol header",
-            Refusal::Timeout => "no PROXY protocol decision before the handshake deadline",
+            Refusal::Timeout => "no PROXY protocol decision before the deadline",
             Refusal::Closed => "peer closed before sending anything",
         }
     }

@@ -151,10 +151,11 @@ impl Kit {
         let o = &resolved.client_options;
         let hosts: Vec<String> = o.hosts.iter().map(ToString::to_string).collect();
         let summary = format!(
-            "hosts={} auth={} app_name={} max_pool_size={} min_pool_size={} \
+            "hosts={} load_balanced={} auth={} app_name={} max_pool_size={} min_pool_size={} \
              server_selection_timeout={:?} connect_timeout={:?} max_idle_time={:?} \
              monitoring={:?} retry_writes={} retry_reads={} uri_from={}",
             hosts.join(","),
+            o.load_balanced.unwrap_or_default(),
             resolved.auth.as_str(),
             o.app_name.as_deref().unwrap_or(""),
             o.max_pool_size.unwrap_or_default(),

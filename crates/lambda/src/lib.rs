@@ -22,7 +22,8 @@
 //! async fn main() -> Result<(), Error> {
 //!     lambda_runtime::tracing::init_default_subscriber();
 //!     // The connection string comes from MONGOMUX_URI (or MONGODB_URI), e.g.
-//!     // mongodb://gateway.internal:27018/app : no password, so IAM is used on Lambda.
+//!     // mongodb://gateway.internal:27018/app?loadBalanced=true : no password, so IAM is
+//!     // used on Lambda.
 //!     let kit = Kit::new(LambdaOptions::default());
 //!     // run_concurrent takes several invocations at once on Lambda Managed Instances and
 //!     // behaves like run() elsewhere; the kit is safe either way.
@@ -42,8 +43,18 @@
 //! # Pointing it at the gateway
 //!
 //! The connection string is, in order: [`LambdaOptions::uri`], `MONGOMUX_URI`,
-//! `MONGODB_URI`. Give it the gateway's load-balancer address, one host, no `replicaSet`: the
-//! gateway answers as a mongos. A database in the path becomes [`Kit::default_database`].
+//! `MONGODB_URI`. Give it the gateway's load-balancer address, one host, no `replicaSet`, with
+//! `loadBalanced=true`, as `deploy/template.yaml` does:
+//! `mongodb://gateway.internal:27018/app?loadBalanced=true`. A database in the path becomes
+//! [`Kit::default_database`].
+//!
+//! Why `loadBalanced=true`: several gateways stand behind one balancer, which picks one per
+//! TCP connection. In load-balanced mode the driver keeps each cursor and each transaction on
+//! the connection that opened it, so on one gateway, and opens no monitoring connection (one
+//! environment, one gateway connection, one IAM login). A plain `mongodb://host/` string works
+//! too (the gateway answers as a mongos, and gateways that share a `session_key` continue each
+//! other's sessions and cursors), but a cursor read from a secondary, for one, cannot move
+//! between gateways: `docs/deploy.md`, "What cannot continue on another gateway".
 //!
 //! # Authentication
 //!

@@ -193,7 +193,8 @@ pub struct Resolved {
 
 impl LambdaOptions {
     /// The connection string, instead of `MONGOMUX_URI` / `MONGODB_URI`. Point it at the
-    /// gateway (its load balancer), e.g. `mongodb://gateway.internal:27018/app`.
+    /// gateway (its load balancer), e.g.
+    /// `mongodb://gateway.internal:27018/app?loadBalanced=true` (see the crate docs for why).
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = Some(uri.into());
         self

@@ -205,6 +205,34 @@ async fn a_password_in_the_uri_means_password_auth_even_on_lambda() {
     assert_eq!(c.source.as_deref(), Some("admin"));
 }
 
+/// The connection-string form `deploy/template.yaml` gives the functions behind its NLB keeps
+/// every kit default, and the driver accepts the result (it checks the load-balanced rules,
+/// one host and no replica set, when a client is created).
+#[tokio::test]
+async fn the_load_balanced_form_keeps_the_kit_defaults() {
+    let forms = [
+        (
+            "mongodb://nlb.internal:27018/app?loadBalanced=true",
+            AuthKind::None,
+        ),
+        (
+            "mongodb://fn:pw@nlb.internal:27018/app?authSource=admin&loadBalanced=true",
+            AuthKind::Password,
+        ),
+    ];
+    for (uri, auth) in forms {
+        let r = resolve(LambdaOptions::default().uri(uri), &env(&[])).await;
+        let o = &r.client_options;
+        assert_eq!(o.load_balanced, Some(true), "{uri}");
+        assert_eq!(o.max_pool_size, Some(DEFAULT_MAX_POOL_SIZE), "{uri}");
+        assert_eq!(o.min_pool_size, Some(DEFAULT_MIN_POOL_SIZE), "{uri}");
+        assert_eq!(o.max_idle_time, Some(DEFAULT_MAX_IDLE_TIME), "{uri}");
+        assert_eq!(o.default_database.as_deref(), Some("app"), "{uri}");
+        assert_eq!(r.auth, auth, "{uri}");
+        mongodb::Client::with_options(r.client_options).expect("the driver accepts the options");
+    }
+}
+
 #[tokio::test]
 async fn no_credentials_and_no_aws_environment_means_no_auth() {
     let r = resolve(LambdaOptions::default().uri("mongodb://gw/"), &env(&[])).await;
@@ -263,6 +291,14 @@ mod iam {
         )
         .await;
         assert_iam(&r);
+        // The same in the load-balanced form the template uses.
+        let r = resolve(
+            LambdaOptions::default().uri("mongodb://gw:27018/app?loadBalanced=true"),
+            &lambda_env(&[]),
+        )
+        .await;
+        assert_iam(&r);
+        assert_eq!(r.client_options.load_balanced, Some(true));
     }
 
     #[tokio::test]

@@ -8,8 +8,10 @@
 //!
 //! Environment:
 //!
-//! - `MONGOMUX_URI`: the gateway, without credentials, with the database to use, e.g.
-//!   `mongodb://gateway.internal:27018/app`.
+//! - `MONGOMUX_URI`: the gateway's load balancer, without credentials, with the database to use
+//!   and `loadBalanced=true` (several gateways behind one balancer: the driver keeps each
+//!   cursor and transaction on one of them), e.g.
+//!   `mongodb://gateway.internal:27018/app?loadBalanced=true`, as `deploy/template.yaml` sets it.
 //! - `APP_COLLECTION` (optional): the collection, default `events`.
 //!
 //! Events (JSON): `{"op":"insert","doc":{...}}` inserts one document and answers its id;

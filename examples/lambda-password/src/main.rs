@@ -9,8 +9,9 @@
 //!
 //! Environment:
 //!
-//! - `MONGODB_URI`: the gateway with the user, password and database, e.g.
-//!   `mongodb://orders-fn:PASSWORD@gateway.internal:27018/app?authSource=admin`
+//! - `MONGODB_URI`: the gateway's load balancer with the user, password and database, and
+//!   `loadBalanced=true` as for `examples/lambda-iam`, e.g.
+//!   `mongodb://orders-fn:PASSWORD@gateway.internal:27018/app?authSource=admin&loadBalanced=true`
 //!   (percent-encode the password). `MONGOMUX_URI` is read first if set.
 //! - `APP_COLLECTION` (optional): the collection, default `events`.
 //!

@@ -9,15 +9,19 @@
 //!
 //! Refusals are logged at most every [`WARN_EVERY`] per kind, with a count of those left out,
 //! so a flood of refused connections cannot flood the log.
+//!
+//! The metrics listener's PROXY policy ([`metrics_proxy`]) is built here too, from the same
+//! settings, so both listeners trust the same sources.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
 use crate::context::Shared;
 use crate::limits::client_limit::ClientPermit;
+use crate::metrics::http::ProxyPolicy;
 use crate::proxy::{self, Decision, ProxyMode, Refusal};
 use crate::session;
 
@@ -102,7 +106,7 @@ pub(super) async fn admit(
     (mut stream, peer, front): (TcpStream, SocketAddr, super::Front),
     permit: ClientPermit,
     access_checked: bool,
-    warnings: std::sync::Arc<Warnings>,
+    warnings: Arc<Warnings>,
 ) {
     let (mode, trusted, deadline) = {
         let s = shared.live.settings.load();
@@ -163,5 +167,26 @@ fn refuse_proxy(shared: &Shared, warnings: &Warnings, peer: SocketAddr, why: Ref
             });
         }
         None => tracing::debug!(peer = %peer, "{}", why.describe()),
+    }
+}
+
+/// The metrics listener's PROXY policy: the client listener's `proxy_protocol` and
+/// `proxy_protocol_sources`, read per connection (a reload applies to the next one). Its
+/// refusals are logged like the client listener's, under a kind of their own, so that refused
+/// checks and refused clients do not hide each other's lines. They are not counted in
+/// `mongomux_client_connections_proxy_refused_total`: a health check is not a client.
+pub(super) fn metrics_proxy(shared: &Shared) -> ProxyPolicy {
+    let live = shared.live.clone();
+    let throttle = Arc::new(Throttle::new("metrics_proxy_refused"));
+    ProxyPolicy {
+        trust: Arc::new(move |ip| {
+            let s = live.settings.load();
+            (s.proxy_protocol, s.trusts_proxy(ip))
+        }),
+        refused: Arc::new(move |peer, why: Refusal| {
+            throttle.warn(Some(peer), || {
+                format!("metrics connection from {peer} refused: {}", why.describe())
+            });
+        }),
     }
 }

@@ -155,6 +155,7 @@ impl Gateway {
             let endpoints = metrics::http::Endpoints {
                 ready: readiness(&shared, &accepting),
                 admin: status_json::handler(&shared),
+                proxy: admit::metrics_proxy(&shared),
             };
             tokio::spawn(metrics::serve(
                 l,

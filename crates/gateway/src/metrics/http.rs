@@ -10,7 +10,16 @@
 //! server; the head is parsed by `httparse`. It is read into a fixed 2 KiB buffer under a
 //! deadline, and at most [`MAX_SCRAPES`] exchanges run at once, so a misbehaving client holds a
 //! bounded amount of memory and tasks.
+//!
+//! With the gateway's `proxy_protocol` on, a request may start with a PROXY header
+//! ([`ProxyPolicy`]): a load balancer that sends one on every connection to its targets sends it
+//! on its health checks too (an AWS NLB target group with `proxy_protocol.v2.enabled`, HAProxy's
+//! `check-send-proxy`), and the check must still reach `/readyz`. The header is read by
+//! [`crate::proxy`] (bounded to [`crate::proxy::MAX_HEADER`] bytes, under [`HEADER_DEADLINE`]),
+//! and only a peer in `proxy_protocol_sources` may send one; from anyone else it closes the
+//! connection unanswered, as on the client listener.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::Metrics;
+use crate::proxy::{self, Decision, ProxyMode, Refusal};
 
 /// Bytes of request head read at most; a scrape's head is far smaller.
 const MAX_HEAD: usize = 2048;
@@ -26,6 +36,10 @@ const MAX_HEAD: usize = 2048;
 const DEADLINE: Duration = Duration::from_secs(5);
 /// Exchanges served at once; further connections wait in the listen backlog.
 const MAX_SCRAPES: usize = 16;
+/// Time for the PROXY header decision, within [`DEADLINE`]: a balancer sends the header and
+/// its request at once, and a refusal for want of either is then decided (and reported) before
+/// the exchange's own deadline cuts the connection silently.
+const HEADER_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The readiness probe behind `GET /readyz`: `Ok` when ready, else a short plain-text reason.
 /// Called once per request; it must not block.
@@ -38,6 +52,31 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 pub type AdminJson =
     Arc<dyn Fn(&str, Option<&str>) -> Option<(&'static str, String)> + Send + Sync>;
 
+/// Who may put a PROXY header in front of a request: the gateway's own `proxy_protocol` and
+/// `proxy_protocol_sources`, handed in as closures because settings are not this module's.
+#[derive(Clone)]
+pub struct ProxyPolicy {
+    /// For a peer's address: the `proxy_protocol` mode in force and whether the peer is one of
+    /// the `proxy_protocol_sources`. Asked once per connection, so a reload applies to the next
+    /// one. Any mode but `off` is served as `optional` here, even where the client listener
+    /// requires a header: a Prometheus server or an operator's `curl` inside the listed ranges
+    /// sends none and must still be answered, while a balancer's check sends one.
+    pub trust: Arc<dyn Fn(IpAddr) -> (ProxyMode, bool) + Send + Sync>,
+    /// Told of every connection refused at the PROXY step except a peer that just left (the
+    /// caller logs it, rate-limited). Must not block.
+    pub refused: Arc<dyn Fn(SocketAddr, Refusal) + Send + Sync>,
+}
+
+impl ProxyPolicy {
+    /// No PROXY protocol: every request is plain HTTP from its socket's peer.
+    pub fn off() -> ProxyPolicy {
+        ProxyPolicy {
+            trust: Arc::new(|_| (ProxyMode::Off, false)),
+            refused: Arc::new(|_, _| {}),
+        }
+    }
+}
+
 /// What the endpoint serves besides the metrics.
 #[derive(Clone)]
 pub struct Endpoints {
@@ -45,6 +84,8 @@ pub struct Endpoints {
     pub ready: Readiness,
     /// `/admin/...`.
     pub admin: AdminJson,
+    /// PROXY headers in front of requests.
+    pub proxy: ProxyPolicy,
 }
 
 /// Serves `GET /metrics`, `/livez`, `/readyz` and `/admin/...` until `stop` changes or its
@@ -64,7 +105,7 @@ pub async fn serve(
             } => a,
             _ = stop.changed() => return,
         };
-        let (Ok((sock, _)), Ok(slot)) = accepted else {
+        let (Ok((sock, peer)), Ok(slot)) = accepted else {
             // Accept errors are transient (descriptor limit, aborted handshake): back off.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -72,7 +113,8 @@ pub async fn serve(
         let metrics = metrics.clone();
         let endpoints = endpoints.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(DEADLINE, respond(sock, &metrics, &endpoints)).await;
+            let exchange = respond(sock, peer, &metrics, &endpoints);
+            let _ = tokio::time::timeout(DEADLINE, exchange).await;
             drop(slot);
         });
     }
@@ -108,8 +150,35 @@ fn parse_get(head: &[u8]) -> Option<Get> {
     Some(Get { path, bearer })
 }
 
-/// Reads one request head and writes one response.
-async fn respond(mut sock: TcpStream, metrics: &Metrics, endpoints: &Endpoints) {
+/// The PROXY step of one connection from `peer`: whether it may go on to its request. Only a
+/// header is read off the socket; the request stays unread. The address a header carries is
+/// not kept: nothing on this listener judges or logs clients by address (the admin reports
+/// check a token), and a balancer's check carries its own address or none (`LOCAL`).
+async fn proxy_step(
+    sock: &mut TcpStream,
+    peer: SocketAddr,
+    policy: &ProxyPolicy,
+) -> Result<(), Refusal> {
+    let (mode, trusted) = (policy.trust)(peer.ip());
+    if mode == ProxyMode::Off {
+        return Ok(());
+    }
+    let seen = proxy::read(sock, trusted, HEADER_DEADLINE).await;
+    match proxy::decide(ProxyMode::Optional, trusted, peer, seen) {
+        Decision::Admit(_) => Ok(()),
+        Decision::Refuse(why) => Err(why),
+    }
+}
+
+/// Reads one request head and writes one response; a connection refused at the PROXY step is
+/// closed without one.
+async fn respond(mut sock: TcpStream, peer: SocketAddr, metrics: &Metrics, endpoints: &Endpoints) {
+    if let Err(why) = proxy_step(&mut sock, peer, &endpoints.proxy).await {
+        if why != Refusal::Closed {
+            (endpoints.proxy.refused)(peer, why);
+        }
+        return;
+    }
     let mut buf = [0u8; MAX_HEAD];
     let mut n = 0;
     while n < buf.len() {
@@ -159,178 +228,5 @@ async fn respond(mut sock: TcpStream, metrics: &Metrics, endpoints: &Endpoints) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::Ordering;
-
-    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
-    }
-
-    fn always_ready() -> Endpoints {
-        with_ready(Arc::new(|| Ok(())))
-    }
-
-    fn with_ready(ready: Readiness) -> Endpoints {
-        Endpoints {
-            ready,
-            admin: Arc::new(|path, bearer| {
-                let section = path.strip_prefix("/admin/")?;
-                Some(match bearer {
-                    Some("t0k3n") => ("200 OK", format!("{{\"section\":\"{section}\"}}")),
-                    _ => ("401 Unauthorized", "{}".to_string()),
-                })
-            }),
-        }
-    }
-
-    #[tokio::test]
-    async fn health_endpoints_follow_the_probe() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let probe = flag.clone();
-        let ready: Readiness = Arc::new(move || match probe.load(Ordering::Relaxed) {
-            true => Ok(()),
-            false => Err("draining".into()),
-        });
-        let (_tx, rx) = watch::channel(false);
-        tokio::spawn(serve(
-            listener,
-            Arc::new(Metrics::default()),
-            with_ready(ready),
-            rx,
-        ));
-        let live = get(addr, "/livez").await;
-        assert!(live.starts_with("HTTP/1.1 200 OK\r\n"), "{live}");
-        let ok = get(addr, "/readyz").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.ends_with("\r\n\r\nready\n"), "{ok}");
-        flag.store(false, Ordering::Relaxed);
-        let not = get(addr, "/readyz?verbose=1").await;
-        assert!(
-            not.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-            "{not}"
-        );
-        assert!(not.ends_with("\r\n\r\nnot ready: draining\n"), "{not}");
-        // Liveness does not depend on readiness; other paths and methods are 404.
-        assert!(get(addr, "/livez").await.starts_with("HTTP/1.1 200 OK\r\n"));
-        assert!(get(addr, "/readyzz").await.starts_with("HTTP/1.1 404 "));
-        assert!(get(addr, "/metricsx").await.starts_with("HTTP/1.1 404 "));
-    }
-
-    #[test]
-    fn request_heads_are_parsed_not_prefix_matched() {
-        let path = |head: &[u8]| parse_get(head).map(|g| g.path);
-        assert_eq!(
-            path(b"GET /readyz HTTP/1.1\r\n\r\n").as_deref(),
-            Some("/readyz")
-        );
-        assert_eq!(
-            path(b"GET /livez?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").as_deref(),
-            Some("/livez")
-        );
-        assert_eq!(path(b"POST /readyz HTTP/1.1\r\n\r\n"), None);
-        assert_eq!(path(b"GET /readyz HTTP/1.1\r\n"), None, "partial head");
-        assert_eq!(path(b""), None);
-        let bearer = |head: &[u8]| parse_get(head).and_then(|g| g.bearer);
-        assert_eq!(
-            bearer(b"GET /admin/status HTTP/1.1\r\nauthorization: Bearer abc \r\n\r\n").as_deref(),
-            Some("abc")
-        );
-        // Two Authorization headers, or another scheme, carry no token.
-        assert_eq!(
-            bearer(b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"),
-            None
-        );
-        assert_eq!(
-            bearer(b"GET / HTTP/1.1\r\nAuthorization: Basic YTpi\r\n\r\n"),
-            None
-        );
-    }
-
-    #[tokio::test]
-    async fn admin_paths_go_to_the_admin_handler_with_the_token() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (_tx, rx) = watch::channel(false);
-        tokio::spawn(serve(
-            listener,
-            Arc::new(Metrics::default()),
-            always_ready(),
-            rx,
-        ));
-        let denied = get(addr, "/admin/status").await;
-        assert!(
-            denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
-            "{denied}"
-        );
-        assert!(denied.contains("WWW-Authenticate: Bearer"), "{denied}");
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"GET /admin/pools HTTP/1.1\r\nAuthorization: Bearer t0k3n\r\n\r\n")
-            .await
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        assert!(out.contains("Content-Type: application/json"), "{out}");
-        assert!(out.ends_with("{\"section\":\"pools\"}"), "{out}");
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_404_and_stops_on_drain() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let metrics = Arc::new(Metrics::default());
-        metrics.count_op("find");
-        let (tx, rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, metrics, always_ready(), rx));
-
-        let ok = get(addr, "/metrics").await;
-        let (head, body) = ok.split_once("\r\n\r\n").expect("head");
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(
-            head.contains("Content-Type: text/plain; version=0.0.4"),
-            "{head}"
-        );
-        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
-        assert!(body.contains("mongomux_operations_total{command=\"find\"} 1\n"));
-
-        let missing = get(addr, "/").await;
-        assert!(
-            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
-            "{missing}"
-        );
-
-        tx.send(true).expect("send");
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .expect("serve returns on drain")
-            .expect("serve task");
-    }
-
-    #[tokio::test]
-    async fn oversized_head_is_answered_without_growing() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (_tx, rx) = watch::channel(false);
-        tokio::spawn(serve(
-            listener,
-            Arc::new(Metrics::default()),
-            always_ready(),
-            rx,
-        ));
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        // No end of head within the limit: the reply comes after MAX_HEAD bytes.
-        let junk = vec![b'x'; MAX_HEAD];
-        s.write_all(&junk).await.expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
-    }
-}
+#[path = "http_tests.rs"]
+mod tests;

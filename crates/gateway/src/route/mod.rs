@@ -403,7 +403,8 @@ mod tests {
         let conn = Arc::new(ConnMeta::default());
         let mut used = UsedSessions::default();
         let s = lsid(1);
-        routes.note_session(&mut used, &s);
+        routes.note_session(&mut used, &s, Some("u"));
+        assert!(!routes.user_session_admits(b"other", "u", 1));
         let session_owned = Owner::Session(s.clone());
         routes
             .add_cursor(1, "db.a", session_owned, opener(7), &conn, LIMITS)
@@ -418,6 +419,7 @@ mod tests {
         assert_eq!(left.handed_off, 1);
         // Forgotten here, counted off every bound, and the connection kept for the cursor.
         assert_eq!(routes.counts(), (0, 0));
+        assert!(routes.user_session_admits(b"other", "u", 1), "off the user's bound");
         assert_eq!(routes.cursors_opened_by(7), 0);
         assert_eq!(metrics.open_cursors.get(), 0);
         assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);
@@ -432,8 +434,8 @@ mod tests {
         let routes = Routes::with_shared_sessions(Arc::new(Metrics::default()));
         let conn = Arc::new(ConnMeta::default());
         let (mut a, mut b) = (UsedSessions::default(), UsedSessions::default());
-        routes.note_session(&mut a, b"S");
-        routes.note_session(&mut b, b"T");
+        routes.note_session(&mut a, b"S", None);
+        routes.note_session(&mut b, b"T", None);
         for (id, opened_by, session) in [(1, 1, b"S"), (2, 2, b"T")] {
             let owner = Owner::Session(session.to_vec());
             routes
