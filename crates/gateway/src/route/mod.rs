@@ -419,7 +419,10 @@ mod tests {
         assert_eq!(left.handed_off, 1);
         // Forgotten here, counted off every bound, and the connection kept for the cursor.
         assert_eq!(routes.counts(), (0, 0));
-        assert!(routes.user_session_admits(b"other", "u", 1), "off the user's bound");
+        assert!(
+            routes.user_session_admits(b"other", "u", 1),
+            "off the user's bound"
+        );
         assert_eq!(routes.cursors_opened_by(7), 0);
         assert_eq!(metrics.open_cursors.get(), 0);
         assert_eq!(conn.open_cursors.load(Ordering::Relaxed), 0);

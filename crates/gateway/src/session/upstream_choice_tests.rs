@@ -37,10 +37,18 @@ fn a_write_runs_twice_only_as_a_retryable_write_on_a_server_that_deduplicates() 
         "insert": "c", "documents": [{ "_id": 1 }], "lsid": lsid(), "txnNumber": 4i64, "$db": "app",
     });
     assert!(may_run_twice(&retryable, true));
-    assert!(!may_run_twice(&retryable, false), "FerretDB 1.x ignores txnNumber");
-    let plain = view(rawdoc! { "insert": "c", "documents": [{ "_id": 1 }], "lsid": lsid(), "$db": "app" });
-    assert!(!may_run_twice(&plain, true), "no txnNumber: nothing deduplicates it");
-    let no_session = view(rawdoc! { "delete": "c", "deletes": [], "txnNumber": 4i64, "$db": "app" });
+    assert!(
+        !may_run_twice(&retryable, false),
+        "FerretDB 1.x ignores txnNumber"
+    );
+    let plain =
+        view(rawdoc! { "insert": "c", "documents": [{ "_id": 1 }], "lsid": lsid(), "$db": "app" });
+    assert!(
+        !may_run_twice(&plain, true),
+        "no txnNumber: nothing deduplicates it"
+    );
+    let no_session =
+        view(rawdoc! { "delete": "c", "deletes": [], "txnNumber": 4i64, "$db": "app" });
     assert!(!may_run_twice(&no_session, true));
 }
 
@@ -51,10 +59,19 @@ fn transactions_cursors_and_fire_and_forget_never_run_twice() {
     });
     assert!(!may_run_twice(&in_txn, true));
     let get_more = view(rawdoc! { "getMore": 5i64, "collection": "c", "$db": "app" });
-    assert!(!may_run_twice(&get_more, true), "a batch read twice is a batch lost");
+    assert!(
+        !may_run_twice(&get_more, true),
+        "a batch read twice is a batch lost"
+    );
     let kill = view(rawdoc! { "killCursors": "c", "cursors": [5i64], "$db": "app" });
     assert!(!may_run_twice(&kill, true));
-    let bytes = encode_op_msg(1, 0, 2, rawdoc! { "find": "c", "$db": "app" }.as_bytes(), &[]);
+    let bytes = encode_op_msg(
+        1,
+        0,
+        2,
+        rawdoc! { "find": "c", "$db": "app" }.as_bytes(),
+        &[],
+    );
     let msg = OpMsg::parse(&bytes).unwrap();
     let unacknowledged = CommandView::parse(&bytes, &msg).unwrap();
     assert!(!may_run_twice(&unacknowledged, true));
