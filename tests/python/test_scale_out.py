@@ -76,10 +76,11 @@ def deployment(logdir):
     returned Proc's `gateways`, each with its metrics endpoint)."""
     started: list[Proc] = []
 
-    def make(upstream, upstream_uri: str | None = None) -> Proc:
+    def make(upstream, upstream_uri: str | None = None, shared_key: bool = True) -> Proc:
         key = secrets.token_hex(32)
         gws = [start_gateway(upstream, logdir, name=f"mongomux-so-{i}-{secrets.token_hex(2)}", pool_size=4,
-                             extra_args=("--session-key", key), upstream_uri=upstream_uri,
+                             extra_args=("--session-key", key if shared_key else secrets.token_hex(32)),
+                             upstream_uri=upstream_uri,
                              credentials_in_env=upstream_uri is None, metrics=True) for i in range(3)]
         started.extend(g.proc for g in gws)
         lb = start_balancer(logdir, [g.port for g in gws])
@@ -169,6 +170,30 @@ def test_cursors_through_three_gateways(ferretdb, deployment, load_balanced):
         assert sum(n > 0 for n in adopted) >= 2, adopted
     else:
         assert sum(adopted) == 0, "a load-balanced driver keeps each cursor on one connection"
+
+
+def test_without_a_shared_key_plain_cursors_break(ferretdb, deployment):
+    """How it was before issue 14, as gateways that do not share `session_key` still are: the
+    same 20 cursors through three gateways, with a plain URI, fail with CursorNotFound once a
+    getMore lands on a gateway that did not open the cursor (never with wrong data); with
+    `loadBalanced=true` the driver pins each cursor to one gateway and all complete. Reported
+    for the record, and proof that the plain-URI test above does move cursors between gateways."""
+    lb = deployment(ferretdb, shared_key=False)
+    coll_name = f"docs_{uuid.uuid4().hex[:6]}"
+    with ferretdb.client() as direct:
+        direct.scale_out[coll_name].insert_many([{"_id": i} for i in range(DOCS)])
+    results = {}
+    for form, suffix in (("plain URI", ""), ("loadBalanced=true", "?loadBalanced=true")):
+        complete, errors = run_cursors(f"mongodb://127.0.0.1:{lb.port}/{suffix}", coll_name)
+        results[form] = (complete, errors)
+        print(f"without a shared key, {form}: {complete}/{CURSORS} cursors returned all {DOCS} documents; "
+              f"{len(errors)} errors {errors[:1]}")
+    with ferretdb.client() as direct:
+        direct.scale_out[coll_name].drop()
+    complete, errors = results["plain URI"]
+    assert errors and complete + len(errors) == CURSORS, results["plain URI"]
+    assert all("CursorNotFound" in e or "not found" in e for e in errors), errors[:3]
+    assert results["loadBalanced=true"] == (CURSORS, [])
 
 
 NODE_SCRIPT = Path(__file__).with_name("scale_out_node.cjs")
