@@ -136,7 +136,9 @@ def test_in_flight_operations_are_not_cut(gateways, ferretdb, make_proxy):
         assert reply is not None and reply.doc.get("ok") == 1, "a message partly received was cut"
         assert w.wait_closed(partial.sock, 5), "the connection stayed open after its message"
     proxy.clear()
-    wait_until(lambda: revoked(gw) == 2, 5, what="two access revocations counted")
+    # At least the two: a probe of refused_before_reply that got in before the reload took
+    # effect was revoked too.
+    wait_until(lambda: revoked(gw) >= 2, 5, what="two access revocations counted")
 
 
 def v2_header(src: str, dst: str = "127.0.0.1", sport: int = 40000, dport: int = 27018) -> bytes:
