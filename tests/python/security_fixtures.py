@@ -26,6 +26,7 @@ from bson.binary import Binary, UuidRepresentation
 from pymongo.errors import OperationFailure
 
 from conftest import ROOT, Gateway, _binary, start_gateway
+from mongowire import RawConn
 
 UNAUTHORIZED = 13
 CURSOR_NOT_FOUND = 43
@@ -276,6 +277,29 @@ def timed(fn, *a, **kw) -> tuple[float, object]:
     t = time.perf_counter()
     v = fn(*a, **kw)
     return time.perf_counter() - t, v
+
+
+def logged_in(gw, user) -> RawConn:
+    """A raw wire connection to `gw`, logged in as `user`."""
+    raw = RawConn(gw.port)
+    assert raw.auth(user.name, user.password)["ok"] == 1
+    return raw
+
+
+def transaction_across(conns: list, k: int, db: str) -> str:
+    """Transaction `k`, in a session of its own, as a plain driver's pool behind a round-robin
+    balancer sends it: started on conns[0] (inserts `k-a`), continued on conns[1] (`k-b`),
+    committed (even k) or aborted (odd k) on conns[2]. Returns the ending command's name."""
+    txn = {"lsid": lsid(), "txnNumber": Int64(1), "autocommit": False}
+    r = conns[0].command({"insert": "docs", "documents": [{"_id": f"{k}-a"}], "startTransaction": True, **txn},
+                         db=db)
+    assert r.get("ok") == 1, (k, r)
+    r = conns[1].command({"insert": "docs", "documents": [{"_id": f"{k}-b"}], **txn}, db=db)
+    assert r.get("ok") == 1, (k, r)
+    end = "commitTransaction" if k % 2 == 0 else "abortTransaction"
+    r = conns[2].command({end: 1, **txn}, db="admin")
+    assert r.get("ok") == 1, (k, end, r)
+    return end
 
 
 def lsid(u: uuid.UUID | None = None) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from bson import Int64
 
 from mongowire import RawConn, next_request_id, op_msg, recv_message
-from security_fixtures import CURSOR_NOT_FOUND, GatewayFactory, lsid, make_user, write_config
+from security_fixtures import CURSOR_NOT_FOUND, GatewayFactory, logged_in, lsid, make_user, transaction_across, write_config
 from security_fixtures import gateways  # noqa: F401 - pytest fixture
 
 N = 1000
@@ -44,12 +44,6 @@ def deployment(gateways, users, n: int = 3, shared_key: bool = True):
         cfg = write_config(gateways.logdir / f"xgw-{secrets.token_hex(3)}.toml", list(users.values()), **extra)
         gws.append(gateways("--config", cfg))
     return gws
-
-
-def logged_in(gw, user) -> RawConn:
-    raw = RawConn(gw.port)
-    assert raw.auth(user.name, user.password)["ok"] == 1
-    return raw
 
 
 def get_more(raw: RawConn, cid, session) -> dict:
@@ -198,16 +192,7 @@ def test_a_transaction_runs_across_gateways(logdir, nx, users):
         conns = [logged_in(gw, a) for gw in gws]
         try:
             for k in range(6):
-                session = lsid()
-                txn = {"lsid": session, "txnNumber": Int64(1), "autocommit": False}
-                r = conns[0].command({"insert": "docs", "documents": [{"_id": f"{k}-a"}], "startTransaction": True,
-                                      **txn}, db="xgw_txn")
-                assert r.get("ok") == 1, (k, r)
-                r = conns[1].command({"insert": "docs", "documents": [{"_id": f"{k}-b"}], **txn}, db="xgw_txn")
-                assert r.get("ok") == 1, (k, r)
-                end = "commitTransaction" if k % 2 == 0 else "abortTransaction"
-                r = conns[2].command({end: 1, **txn}, db="admin")
-                assert r.get("ok") == 1, (k, end, r)
+                transaction_across(conns, k, "xgw_txn")
         finally:
             for c in conns:
                 c.close()

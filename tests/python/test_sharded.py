@@ -16,14 +16,12 @@ import time
 import uuid
 
 import pytest
-from bson import Int64
 from pymongo.errors import PyMongoError
 
 from conftest import start_gateway, wait_until
 from dns_fixtures import dns_server  # noqa: F401 - pytest fixture
 from rs_fixtures import make_mongos  # noqa: F401 - pytest fixture
-from mongowire import RawConn
-from security_fixtures import GatewayFactory, lsid, make_user, metrics_text, write_config
+from security_fixtures import GatewayFactory, logged_in, make_user, metrics_text, transaction_across, write_config
 
 FAST = {"heartbeatFrequencyMS": 500, "serverSelectionTimeoutMS": 5000}
 DB = "sharded"
@@ -350,22 +348,11 @@ def test_a_transaction_stays_on_one_router_across_gateways(make_mongos, nx, logd
         with nx.client() as direct:
             direct.sharded_txn.docs.drop()
             direct.sharded_txn.create_collection("docs")
-        for gw in gws:
-            raw = RawConn(gw.port)
-            assert raw.auth(user.name, user.password)["ok"] == 1
-            conns.append(raw)
+        conns.extend(logged_in(gw, user) for gw in gws)
         routers_used = set()
         for k in range(12):
             sc.reset_counts()
-            txn = {"lsid": lsid(), "txnNumber": Int64(1), "autocommit": False}
-            r = conns[0].command({"insert": "docs", "documents": [{"_id": f"{k}-a"}],
-                                  "startTransaction": True, **txn}, db="sharded_txn")
-            assert r.get("ok") == 1, (k, r)
-            r = conns[1].command({"insert": "docs", "documents": [{"_id": f"{k}-b"}], **txn}, db="sharded_txn")
-            assert r.get("ok") == 1, (k, r)
-            end = "commitTransaction" if k % 2 == 0 else "abortTransaction"
-            r = conns[2].command({end: 1, **txn}, db="admin")
-            assert r.get("ok") == 1, (k, end, r)
+            end = transaction_across(conns, k, "sharded_txn")
             served = {i: (sc.served(i, "insert"), sc.served(i, end)) for i in range(3)}
             on = [i for i, (inserts, ends) in served.items() if inserts or ends]
             assert len(on) == 1 and served[on[0]] == (2, 1), (k, served)

@@ -32,12 +32,13 @@ impl Session {
     /// The cipher of the cursor ids of `view`'s owner: its session, or this connection.
     pub(super) fn cursor_cipher(&mut self, view: &CommandView) -> Arc<IdCipher> {
         let lsid = view.lsid.as_ref().map(|l| l.as_bytes());
+        let key = &self.shared.edge.session_key;
         if let Some(last) = &self.last_cipher {
-            if last.lsid.as_deref() == lsid {
+            // Without a shared key every owner's cipher is the identity: one serves them all.
+            if last.lsid.as_deref() == lsid || !key.is_configured() {
                 return last.cipher.clone();
             }
         }
-        let key = &self.shared.edge.session_key;
         let owner = match lsid {
             Some(lsid) => IdOwner::Session(lsid),
             None => IdOwner::Connection {
@@ -152,13 +153,19 @@ impl Session {
     }
 }
 
-/// Hides the upstream cursor id at offset `at` of a reply.
-pub(super) fn hide_reply_cursor(reply: &mut [u8], at: usize, cipher: &IdCipher) {
-    if at + 8 > reply.len() {
-        return;
+impl Session {
+    /// Hides the upstream cursor id at offset `at` of a reply. Most replies carry 0 (a short
+    /// `find` returns everything at once), and without a shared key ids pass unchanged: in
+    /// neither case is the owner's cipher derived.
+    pub(super) fn hide_reply_cursor(&mut self, reply: &mut [u8], at: usize, view: &CommandView) {
+        let Some(bytes) = reply.get(at..at.saturating_add(8)) else {
+            return;
+        };
+        let id = i64::from_le_bytes(bytes.try_into().expect("a range of 8 bytes"));
+        if id == 0 || !self.shared.edge.session_key.is_configured() {
+            return;
+        }
+        let hidden = self.cursor_cipher(view).hide(id);
+        reply[at..at + 8].copy_from_slice(&hidden.to_le_bytes());
     }
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&reply[at..at + 8]);
-    let hidden = cipher.hide(i64::from_le_bytes(id));
-    reply[at..at + 8].copy_from_slice(&hidden.to_le_bytes());
 }

@@ -275,8 +275,7 @@ impl Session {
             (None, false) => {
                 let mut reply = reply;
                 if let Some(at) = cursor_at {
-                    let cipher = self.cursor_cipher(view);
-                    super::cursors::hide_reply_cursor(&mut reply, at, &cipher);
+                    self.hide_reply_cursor(&mut reply, at, view);
                 }
                 self.relay(reply, view)
             }
